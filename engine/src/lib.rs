@@ -11,3 +11,6 @@
 //! [`core::Stats`] and dropped or answered as Raft says.
 
 pub mod core;
+pub mod kv;
+pub mod node;
+pub mod wal;

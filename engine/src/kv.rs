@@ -1,0 +1,413 @@
+//! A replicated key-value store: the state machine behind the examples and the benchmark.
+//!
+//! Commands are `put`, `delete` and `compare_and_swap`, encoded compactly; reads are local to a
+//! node and linearizable after [`Node::read_index`](crate::node::Node::read_index) (or the
+//! lease). The map is shared copy-on-write, so a snapshot is an `Arc` clone taken in
+//! constant time on the apply path and serialized on the snapshot thread.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::core::Index;
+use crate::node::{Command, Error, Node, SnapshotSource, StateMachine, StateMachineError};
+
+/// A key-value command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvCommand {
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    /// Sets `key` to `new` (or deletes it when `None`) only if it currently holds `expected`
+    /// (`None`: absent).
+    CompareAndSwap {
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    },
+}
+
+/// Why a key-value call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error("key not found")]
+    NotFound,
+    /// A compare-and-swap found another value (`None`: the key is absent).
+    #[error("compare-and-swap failed")]
+    CompareFailed { current: Option<Bytes> },
+    #[error("malformed command")]
+    Malformed,
+    #[error(transparent)]
+    Node(#[from] Error),
+}
+
+const TAG_PUT: u8 = 1;
+const TAG_DELETE: u8 = 2;
+const TAG_CAS: u8 = 3;
+
+const RESPONSE_OK: u8 = 0;
+const RESPONSE_NOT_FOUND: u8 = 1;
+const RESPONSE_COMPARE_FAILED: u8 = 2;
+const RESPONSE_MALFORMED: u8 = 3;
+
+impl KvCommand {
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        match self {
+            KvCommand::Put { key, value } => {
+                b.put_u8(TAG_PUT);
+                put_bytes(&mut b, key);
+                b.put_slice(value);
+            }
+            KvCommand::Delete { key } => {
+                b.put_u8(TAG_DELETE);
+                b.put_slice(key);
+            }
+            KvCommand::CompareAndSwap { key, expected, new } => {
+                b.put_u8(TAG_CAS);
+                put_bytes(&mut b, key);
+                put_option(&mut b, expected);
+                put_option(&mut b, new);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes a command; `None` when the bytes are not one. Slices share `data`'s buffer.
+    pub fn decode(data: &Bytes) -> Option<Self> {
+        let mut rest = data.clone();
+        if !rest.has_remaining() {
+            return None;
+        }
+        let command = match rest.get_u8() {
+            TAG_PUT => {
+                let key = take_bytes(&mut rest)?;
+                KvCommand::Put { key, value: rest }
+            }
+            TAG_DELETE => KvCommand::Delete { key: rest },
+            TAG_CAS => {
+                let key = take_bytes(&mut rest)?;
+                let expected = take_option(&mut rest)?;
+                let new = take_option(&mut rest)?;
+                if rest.has_remaining() {
+                    return None;
+                }
+                KvCommand::CompareAndSwap { key, expected, new }
+            }
+            _ => return None,
+        };
+        Some(command)
+    }
+}
+
+fn put_bytes(b: &mut BytesMut, data: &[u8]) {
+    b.put_u32_le(u32::try_from(data.len()).expect("keys and values are below 4 GiB"));
+    b.put_slice(data);
+}
+
+fn put_option(b: &mut BytesMut, data: &Option<Bytes>) {
+    match data {
+        Some(d) => {
+            b.put_u8(1);
+            put_bytes(b, d);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+fn take_bytes(rest: &mut Bytes) -> Option<Bytes> {
+    if rest.remaining() < 4 {
+        return None;
+    }
+    let len = rest.get_u32_le() as usize;
+    (rest.remaining() >= len).then(|| rest.split_to(len))
+}
+
+fn take_option(rest: &mut Bytes) -> Option<Option<Bytes>> {
+    if !rest.has_remaining() {
+        return None;
+    }
+    match rest.get_u8() {
+        0 => Some(None),
+        1 => take_bytes(rest).map(Some),
+        _ => None,
+    }
+}
+
+/// The key-value state machine.
+#[derive(Clone, Debug, Default)]
+pub struct KvStore {
+    map: Arc<BTreeMap<Bytes, Bytes>>,
+    applied: Index,
+}
+
+impl KvStore {
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.map.get(key).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn execute(&mut self, command: &Bytes) -> Bytes {
+        let Some(command) = KvCommand::decode(command) else {
+            return Bytes::from_static(&[RESPONSE_MALFORMED]);
+        };
+        let map = Arc::make_mut(&mut self.map);
+        match command {
+            KvCommand::Put { key, value } => {
+                map.insert(key, value);
+                Bytes::from_static(&[RESPONSE_OK])
+            }
+            KvCommand::Delete { key } => match map.remove(&key) {
+                Some(_) => Bytes::from_static(&[RESPONSE_OK]),
+                None => Bytes::from_static(&[RESPONSE_NOT_FOUND]),
+            },
+            KvCommand::CompareAndSwap { key, expected, new } => {
+                let current = map.get(&key);
+                if current != expected.as_ref() {
+                    let mut b = BytesMut::new();
+                    b.put_u8(RESPONSE_COMPARE_FAILED);
+                    put_option(&mut b, &current.cloned());
+                    return b.freeze();
+                }
+                match new {
+                    Some(v) => map.insert(key, v),
+                    None => map.remove(&key),
+                };
+                Bytes::from_static(&[RESPONSE_OK])
+            }
+        }
+    }
+}
+
+/// Reads a response of [`KvStore`] back into a result.
+pub fn decode_response(response: &Bytes) -> Result<(), KvError> {
+    let mut rest = response.clone();
+    if !rest.has_remaining() {
+        return Err(KvError::Malformed);
+    }
+    match rest.get_u8() {
+        RESPONSE_OK => Ok(()),
+        RESPONSE_NOT_FOUND => Err(KvError::NotFound),
+        RESPONSE_COMPARE_FAILED => Err(KvError::CompareFailed {
+            current: take_option(&mut rest).ok_or(KvError::Malformed)?,
+        }),
+        _ => Err(KvError::Malformed),
+    }
+}
+
+impl StateMachine for KvStore {
+    fn apply(&mut self, commands: &[Command<'_>]) -> Result<Vec<Bytes>, StateMachineError> {
+        let responses = commands.iter().map(|c| self.execute(c.data)).collect();
+        if let Some(last) = commands.last() {
+            self.applied = last.index;
+        }
+        Ok(responses)
+    }
+
+    fn applied_index(&self) -> Index {
+        self.applied
+    }
+
+    fn snapshot(&self) -> Box<dyn SnapshotSource> {
+        Box::new(KvSnapshot {
+            map: self.map.clone(),
+        })
+    }
+
+    fn restore(&mut self, index: Index, data: &mut dyn Read) -> Result<(), StateMachineError> {
+        let mut raw = Vec::new();
+        data.read_to_end(&mut raw)
+            .map_err(|e| StateMachineError(format!("reading the snapshot: {e}")))?;
+        let mut rest = Bytes::from(raw);
+        let bad = || StateMachineError("malformed key-value snapshot".into());
+        if rest.remaining() < 8 {
+            return Err(bad());
+        }
+        let count = rest.get_u64_le();
+        let mut map = BTreeMap::new();
+        for _ in 0..count {
+            let key = take_bytes(&mut rest).ok_or_else(bad)?;
+            let value = take_bytes(&mut rest).ok_or_else(bad)?;
+            map.insert(key, value);
+        }
+        self.map = Arc::new(map);
+        self.applied = index;
+        Ok(())
+    }
+}
+
+struct KvSnapshot {
+    map: Arc<BTreeMap<Bytes, Bytes>>,
+}
+
+impl SnapshotSource for KvSnapshot {
+    fn write_to(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
+        out.write_all(&(self.map.len() as u64).to_le_bytes())?;
+        for (k, v) in self.map.iter() {
+            for part in [k, v] {
+                let len = u32::try_from(part.len()).map_err(io::Error::other)?;
+                out.write_all(&len.to_le_bytes())?;
+                out.write_all(part)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable: a ReadIndex round (forwarded to the leader from a follower).
+    Linearizable,
+    /// Linearizable while the leader lease holds, without a round trip.
+    Lease,
+    /// Whatever this node has applied: may be stale.
+    Local,
+}
+
+impl Node<KvStore> {
+    /// Sets `key` to `value` through the leader; returns once this node... the leader applied it.
+    pub fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Index, KvError> {
+        let command = KvCommand::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        self.execute(command, timeout)
+    }
+
+    /// Deletes `key`; `NotFound` if it was absent.
+    pub fn delete(&self, key: impl Into<Bytes>, timeout: Duration) -> Result<Index, KvError> {
+        self.execute(KvCommand::Delete { key: key.into() }, timeout)
+    }
+
+    /// Replaces `expected` with `new` atomically.
+    pub fn compare_and_swap(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Index, KvError> {
+        let command = KvCommand::CompareAndSwap {
+            key: key.into(),
+            expected,
+            new,
+        };
+        self.execute(command, timeout)
+    }
+
+    fn execute(&self, command: KvCommand, timeout: Duration) -> Result<Index, KvError> {
+        let applied = self
+            .propose_forwarded(command.encode())
+            .wait_applied(timeout)?;
+        decode_response(&applied.response)?;
+        Ok(applied.index)
+    }
+
+    /// Reads `key` at the given consistency; `NotFound` if absent.
+    pub fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+        timeout: Duration,
+    ) -> Result<Bytes, KvError> {
+        match consistency {
+            Consistency::Linearizable => {
+                self.read_index().wait(timeout)?;
+            }
+            Consistency::Lease => {
+                self.lease_read().wait(timeout)?;
+            }
+            Consistency::Local => {}
+        }
+        self.state_machine().get(key).ok_or(KvError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        let commands = [
+            KvCommand::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+            },
+            KvCommand::Delete {
+                key: Bytes::from_static(b"k"),
+            },
+            KvCommand::CompareAndSwap {
+                key: Bytes::from_static(b"k"),
+                expected: None,
+                new: Some(Bytes::from_static(b"x")),
+            },
+        ];
+        for c in commands {
+            assert_eq!(KvCommand::decode(&c.encode()), Some(c));
+        }
+        assert_eq!(KvCommand::decode(&Bytes::from_static(&[9, 1, 2])), None);
+        assert_eq!(
+            KvCommand::decode(&Bytes::from_static(&[TAG_PUT, 200, 0, 0, 0])),
+            None
+        );
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_map() {
+        let mut kv = KvStore::default();
+        let put = KvCommand::Put {
+            key: Bytes::from_static(b"a"),
+            value: Bytes::from_static(b"1"),
+        }
+        .encode();
+        kv.apply(&[Command {
+            index: 7,
+            term: 1,
+            data: &put,
+        }])
+        .expect("applies");
+        let mut out = Vec::new();
+        kv.snapshot().write_to(&mut out).expect("writes");
+        let mut restored = KvStore::default();
+        restored.restore(7, &mut &out[..]).expect("restores");
+        assert_eq!(restored.get(b"a"), Some(Bytes::from_static(b"1")));
+        assert_eq!(restored.applied_index(), 7);
+    }
+
+    #[test]
+    fn compare_and_swap_reports_the_current_value() {
+        let mut kv = KvStore::default();
+        let cas = KvCommand::CompareAndSwap {
+            key: Bytes::from_static(b"k"),
+            expected: Some(Bytes::from_static(b"old")),
+            new: None,
+        }
+        .encode();
+        let r = kv.execute(&cas);
+        assert_eq!(
+            decode_response(&r),
+            Err(KvError::CompareFailed { current: None })
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! The applier thread: applies committed entries to the state machine in order, completes the
+//! waiters that wait on application, serves reads once their index is applied, installs
+//! snapshots received from the leader, and takes snapshots (serialized on a thread of their own,
+//! so a large state never stalls the apply path).
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::RwLock;
+
+use crate::core::{Entry, Index, Payload, SnapshotMeta, Term};
+
+use super::events::{Event, Subscribers};
+use super::metrics::NodeMetrics;
+use super::pending::Completer;
+use super::proposal::{Applied, AppliedReply};
+use super::snapshots::SnapshotStore;
+use super::state_machine::{Command, StateMachine};
+
+#[derive(Debug)]
+pub(crate) enum ApplyTask {
+    /// Committed entries in order, with the replies of the proposals among them.
+    Entries {
+        entries: Vec<Entry>,
+        replies: Vec<(Index, Term, AppliedReply)>,
+    },
+    /// Complete `reply` once everything up to `index` is applied.
+    WaitApplied {
+        index: Index,
+        reply: Completer<Index>,
+    },
+    /// Store the leader's snapshot and replace the state with it.
+    Install { meta: SnapshotMeta, data: Bytes },
+}
+
+#[derive(Debug)]
+pub(crate) enum ApplierEvent {
+    Applied(Index),
+    /// A snapshot at this index is safely on disk: the log can be compacted up to it.
+    SnapshotSaved(Index),
+    Installed(Index),
+    /// The state machine failed: the node must stop, applying nothing more.
+    Failed(String),
+}
+
+pub(crate) struct Applier<S> {
+    pub(crate) sm: Arc<RwLock<S>>,
+    pub(crate) tasks: Receiver<ApplyTask>,
+    pub(crate) events: Sender<ApplierEvent>,
+    pub(crate) store: SnapshotStore,
+    pub(crate) snapshot_threshold_entries: u64,
+    pub(crate) applied: Index,
+    pub(crate) last_snapshot: Index,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) subscribers: Arc<Subscribers>,
+}
+
+impl<S: StateMachine> Applier<S> {
+    pub(crate) fn run(mut self) {
+        let mut waiting: BTreeMap<Index, Vec<Completer<Index>>> = BTreeMap::new();
+        let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
+        while let Ok(task) = self.tasks.recv() {
+            match task {
+                ApplyTask::Entries { entries, replies } => {
+                    if let Err(reason) = self.apply(entries, replies) {
+                        tracing::error!(%reason, "state machine failed; the node stops");
+                        let _ = self.events.send(ApplierEvent::Failed(reason));
+                        return;
+                    }
+                    self.maybe_snapshot(&mut snapshotting);
+                }
+                ApplyTask::WaitApplied { index, reply } => {
+                    if index <= self.applied {
+                        reply.complete(Ok(self.applied));
+                    } else {
+                        waiting.entry(index).or_default().push(reply);
+                    }
+                }
+                ApplyTask::Install { meta, data } => {
+                    if let Err(reason) = self.install(&meta, &data) {
+                        tracing::error!(%reason, "installing a snapshot failed; the node stops");
+                        let _ = self.events.send(ApplierEvent::Failed(reason));
+                        return;
+                    }
+                }
+            }
+            // Reads and waits whose index is now applied complete, in index order.
+            while let Some(entry) = waiting.first_entry() {
+                if *entry.key() > self.applied {
+                    break;
+                }
+                for reply in entry.remove() {
+                    reply.complete(Ok(self.applied));
+                }
+            }
+        }
+        if let Some(handle) = snapshotting {
+            let _ = handle.join();
+        }
+    }
+
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        replies: Vec<(Index, Term, AppliedReply)>,
+    ) -> Result<(), String> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut sm = self.sm.write();
+        // After a restart the state may already hold some of these: applying again is a no-op.
+        let skip_through = sm.applied_index();
+        let commands: Vec<Command<'_>> = entries
+            .iter()
+            .filter(|e| e.index > skip_through)
+            .filter_map(|e| match &e.payload {
+                Payload::Command(data) => Some(Command {
+                    index: e.index,
+                    term: e.term,
+                    data,
+                }),
+                _ => None,
+            })
+            .collect();
+        let outcome = catch_unwind(AssertUnwindSafe(|| sm.apply(&commands)));
+        let responses = match outcome {
+            Ok(Ok(responses)) if responses.len() == commands.len() => responses,
+            Ok(Ok(responses)) => {
+                return Err(format!(
+                    "apply returned {} responses for {} commands",
+                    responses.len(),
+                    commands.len()
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "apply failed at or after index {}: {e}",
+                    commands.first().map_or(last, |c| c.index)
+                ))
+            }
+            Err(_) => return Err("the state machine panicked in apply".to_string()),
+        };
+        drop(sm);
+        let by_index: BTreeMap<Index, Bytes> =
+            commands.iter().map(|c| c.index).zip(responses).collect();
+        self.applied = last;
+        NodeMetrics::set(&self.metrics.applied_index, last);
+        for (index, term, reply) in replies {
+            let response = by_index.get(&index).cloned().unwrap_or_default();
+            reply.complete(Ok(Applied {
+                index,
+                term,
+                response,
+            }));
+        }
+        let _ = self.events.send(ApplierEvent::Applied(last));
+        self.subscribers.publish(Event::Applied { index: last });
+        Ok(())
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta, data: &Bytes) -> Result<(), String> {
+        self.store
+            .save_bytes(meta.index, data)
+            .map_err(|e| format!("saving snapshot {}: {e}", meta.index))?;
+        let mut reader = &data[..];
+        self.sm
+            .write()
+            .restore(meta.index, &mut reader)
+            .map_err(|e| format!("restoring snapshot {}: {e}", meta.index))?;
+        self.applied = meta.index;
+        self.last_snapshot = meta.index;
+        NodeMetrics::set(&self.metrics.applied_index, meta.index);
+        NodeMetrics::add(&self.metrics.snapshots_installed, 1);
+        self.subscribers
+            .publish(Event::SnapshotInstalled { index: meta.index });
+        let _ = self.events.send(ApplierEvent::Installed(meta.index));
+        Ok(())
+    }
+
+    /// Every `snapshot_threshold_entries`, take a frozen view of the state and write it out on a
+    /// thread of its own (one at a time).
+    fn maybe_snapshot(&mut self, in_flight: &mut Option<std::thread::JoinHandle<()>>) {
+        if self.applied < self.last_snapshot + self.snapshot_threshold_entries {
+            return;
+        }
+        if in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(done) = in_flight.take() {
+            let _ = done.join();
+        }
+        let index = self.applied;
+        let mut source = self.sm.read().snapshot();
+        self.last_snapshot = index;
+        let (store, events, metrics, subscribers) = (
+            self.store.clone(),
+            self.events.clone(),
+            self.metrics.clone(),
+            self.subscribers.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("keel-snapshot".into())
+            .spawn(move || match store.save(index, source.as_mut()) {
+                Ok(()) => {
+                    NodeMetrics::add(&metrics.snapshots_taken, 1);
+                    subscribers.publish(Event::SnapshotTaken { index });
+                    let _ = events.send(ApplierEvent::SnapshotSaved(index));
+                }
+                Err(e) => tracing::warn!(index, error = %e, "snapshot not saved; will retry later"),
+            });
+        match spawned {
+            Ok(handle) => *in_flight = Some(handle),
+            Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Node configuration, in wall-clock units; the core works in ticks of `tick_interval`.
+
+use std::time::Duration;
+
+use crate::core::{self, NodeId};
+
+use super::Error;
+
+/// How a node runs. [`NodeConfig::new`] gives defaults like etcd's and openraft's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Voters of a brand-new cluster. Leave `voters` and `learners` empty to start a standby that
+    /// joins an existing cluster when a leader adds it.
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// The core's clock resolution. Timeouts below are rounded to whole ticks.
+    pub tick_interval: Duration,
+    pub heartbeat_interval: Duration,
+    /// Minimum election timeout; each election draws one in `[this, 2 * this)`.
+    pub election_timeout: Duration,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// Serve `lease_read` without a round trip while the leader lease holds.
+    pub lease_reads: bool,
+    /// The lease is shorter than the election timeout by this much, for clock-rate drift.
+    pub lease_drift: Duration,
+    /// A proposal larger than this is refused with `TooLarge`.
+    pub max_proposal_bytes: usize,
+    /// The batcher hands the driver at most this many bytes / entries at once.
+    pub max_batch_bytes: usize,
+    pub max_batch_entries: usize,
+    /// Proposals waiting for the batcher; beyond this, `propose` blocks (back-pressure).
+    pub proposal_queue_depth: usize,
+    /// Append messages in flight per follower.
+    pub max_inflight_appends: usize,
+    /// Take a snapshot and compact the log every this many applied entries.
+    pub snapshot_threshold_entries: u64,
+    /// Default timeout of the blocking helpers (`wait_for_leader`, forwarded proposals...).
+    pub command_timeout: Duration,
+    /// Ticks come only from [`super::Node::tick`]: for deterministic tests.
+    pub manual_ticks: bool,
+    /// Skip fsync. Acknowledged writes can be lost on power failure: tests and benchmarks only.
+    pub unsafe_no_fsync: bool,
+    /// Warn (event and log) when a follower's heartbeat round trip exceeds this fraction of the
+    /// election timeout (liferaft's "threshold").
+    pub rtt_warning_fraction: f64,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Self {
+            id,
+            voters: voters.into_iter().collect(),
+            learners: Vec::new(),
+            tick_interval: Duration::from_millis(10),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(150),
+            pre_vote: true,
+            check_quorum: true,
+            lease_reads: true,
+            lease_drift: Duration::from_millis(20),
+            max_proposal_bytes: 1 << 20,
+            max_batch_bytes: 4 << 20,
+            max_batch_entries: 8192,
+            proposal_queue_depth: 65_536,
+            max_inflight_appends: 64,
+            snapshot_threshold_entries: 100_000,
+            command_timeout: Duration::from_secs(5),
+            manual_ticks: false,
+            unsafe_no_fsync: false,
+            rtt_warning_fraction: 0.5,
+        }
+    }
+
+    fn ticks(&self, what: &'static str, d: Duration) -> Result<u32, Error> {
+        let ticks = d.as_nanos() / self.tick_interval.as_nanos().max(1);
+        u32::try_from(ticks).map_err(|_| Error::Config(format!("{what} is too long")))
+    }
+
+    /// The core's configuration, in ticks.
+    pub(crate) fn core_config(&self) -> Result<core::Config, Error> {
+        if self.tick_interval.is_zero() {
+            return Err(Error::Config("tick_interval must be positive".into()));
+        }
+        let mut c = core::Config::new(self.id);
+        c.heartbeat_ticks = self
+            .ticks("heartbeat_interval", self.heartbeat_interval)?
+            .max(1);
+        c.election_ticks = self.ticks("election_timeout", self.election_timeout)?;
+        c.pre_vote = self.pre_vote;
+        c.check_quorum = self.check_quorum;
+        c.lease_reads = self.lease_reads;
+        c.lease_drift_ticks = self.ticks("lease_drift", self.lease_drift)?;
+        c.max_inflight_appends = self.max_inflight_appends;
+        c.max_append_bytes = self.max_batch_bytes;
+        c.validate().map_err(|e| Error::Config(e.to_string()))?;
+        if self.max_batch_entries == 0 || self.proposal_queue_depth == 0 {
+            return Err(Error::Config(
+                "batch and queue limits must be at least 1".into(),
+            ));
+        }
+        Ok(c)
+    }
+}

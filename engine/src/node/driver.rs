@@ -1,0 +1,667 @@
+//! The driver thread: owns the Raft core, feeds it ticks, messages, proposal batches and
+//! durability reports, and routes what it asks for to the transport, the log writer and the
+//! applier.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{never, select, tick, Receiver, Sender};
+
+use crate::core::{
+    Body, Core, CoreError, Index, Membership, Message, NodeId, ReadId, ReadMode, Role, SoftState,
+    Term, Write,
+};
+use crate::wal::{LogWriter, WriterEvent};
+
+use super::applier::{ApplierEvent, ApplyTask};
+use super::batcher::Batch;
+use super::events::{Event, FollowerStatus, Status, Subscribers};
+use super::metrics::NodeMetrics;
+use super::pending::Completer;
+use super::proposal::{Committed, ProposalReply};
+use super::snapshots::SnapshotStore;
+use super::transport::{Inbound, Transport};
+use super::{Error, NodeConfig};
+
+/// Requests from the node handle to the driver.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Manual clock mode: advance the core by this many ticks.
+    Tick(u32),
+    Read {
+        mode: ReadMode,
+        reply: Completer<Index>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Completer<Index>,
+    },
+    Transfer {
+        to: NodeId,
+        reply: Completer<()>,
+    },
+    StepDown {
+        reply: Completer<NodeId>,
+    },
+    Campaign {
+        reply: Completer<()>,
+    },
+    Status {
+        reply: Completer<Status>,
+    },
+    WaitApplied {
+        index: Index,
+        reply: Completer<Index>,
+    },
+    Stop,
+}
+
+/// A membership change, relative to the current membership or absolute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    AddLearner(NodeId),
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Remove a voter or learner.
+    Remove(NodeId),
+    /// Move to exactly these voters and learners (joint consensus when several voters change).
+    Set {
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    },
+}
+
+pub(crate) struct Driver {
+    pub(crate) core: Core,
+    pub(crate) cfg: NodeConfig,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) writer: Option<LogWriter>,
+    pub(crate) writer_events: Receiver<WriterEvent>,
+    pub(crate) inbound: Receiver<Inbound>,
+    pub(crate) batches: Receiver<Batch>,
+    pub(crate) control: Receiver<Control>,
+    pub(crate) applier_events: Receiver<ApplierEvent>,
+    pub(crate) apply: Sender<ApplyTask>,
+    pub(crate) store: SnapshotStore,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) subscribers: Arc<Subscribers>,
+    pub(crate) state: DriverState,
+    /// Dropped when the driver exits, which tells the batcher to stop.
+    pub(crate) _alive: Sender<()>,
+}
+
+/// What the driver tracks besides the core.
+#[derive(Default)]
+pub(crate) struct DriverState {
+    /// Proposals by index, with the term they were appended in.
+    proposals: BTreeMap<Index, (Term, ProposalReply)>,
+    membership_waiters: BTreeMap<Index, (Term, Completer<Index>)>,
+    reads: HashMap<ReadId, (Instant, Completer<Index>)>,
+    next_read_id: ReadId,
+    /// Snapshot data received from the leader, until the core installs it.
+    incoming_snapshots: BTreeMap<Index, Bytes>,
+    /// While a snapshot is installed, later writes wait here to keep their order.
+    held_writes: VecDeque<Write>,
+    installing: Option<Index>,
+    ticks_delivered: u64,
+    /// When recent core clock values were reached, to time heartbeat round trips.
+    tick_instants: VecDeque<(u64, Instant)>,
+    slow_warned: HashMap<NodeId, Instant>,
+    elections_seen: u64,
+    soft: Option<SoftState>,
+}
+
+impl Driver {
+    /// Runs until stopped; returns why it stopped.
+    pub(crate) fn run(mut self) -> String {
+        let started = Instant::now();
+        let ticker = if self.cfg.manual_ticks {
+            never()
+        } else {
+            tick(self.cfg.tick_interval)
+        };
+        let reason = loop {
+            if !self.cfg.manual_ticks {
+                self.catch_up_ticks(started);
+            }
+            let outcome = select! {
+                recv(self.control) -> c => match c {
+                    Ok(Control::Stop) | Err(_) => Err("stopped by its owner".to_string()),
+                    Ok(c) => { self.handle_control(c); Ok(()) }
+                },
+                recv(self.writer_events) -> e => match e {
+                    Ok(e) => self.handle_writer(e),
+                    Err(_) => Err("the log writer stopped".to_string()),
+                },
+                recv(self.inbound) -> m => {
+                    if let Ok(m) = m {
+                        self.handle_inbound(m);
+                        // Take what else arrived meanwhile: one output for the lot.
+                        for _ in 0..1024 {
+                            let Ok(m) = self.inbound.try_recv() else { break };
+                            self.handle_inbound(m);
+                        }
+                    }
+                    Ok(())
+                },
+                recv(self.batches) -> b => {
+                    if let Ok(b) = b { self.handle_batch(b); }
+                    Ok(())
+                },
+                recv(self.applier_events) -> e => match e {
+                    Ok(e) => self.handle_applier(e),
+                    Err(_) => Err("the applier stopped".to_string()),
+                },
+                recv(ticker) -> _ => Ok(()),
+            };
+            if let Err(reason) = outcome {
+                break reason;
+            }
+            self.process_output();
+        };
+        self.shutdown(&reason);
+        reason
+    }
+
+    /// Delivers every tick due by the monotonic clock, so that after a pause (GC, SIGSTOP, a
+    /// slow disk) the core learns how much time really passed before it serves a lease read.
+    fn catch_up_ticks(&mut self, started: Instant) {
+        let due = (started.elapsed().as_nanos() / self.cfg.tick_interval.as_nanos()) as u64;
+        while self.state.ticks_delivered < due {
+            self.tick_once();
+        }
+    }
+
+    fn tick_once(&mut self) {
+        self.core.tick();
+        self.state.ticks_delivered += 1;
+        // The core's clock starts at 1 and counts ticks.
+        let clock = self.state.ticks_delivered + 1;
+        self.state.tick_instants.push_back((clock, Instant::now()));
+        if self.state.tick_instants.len() > 4096 {
+            self.state.tick_instants.pop_front();
+        }
+        let stats = self.core.stats();
+        let elections = stats.elections_started + stats.pre_elections_started;
+        if elections > self.state.elections_seen {
+            self.state.elections_seen = elections;
+            NodeMetrics::set(&self.metrics.elections_started, elections);
+            self.subscribers.publish(Event::ElectionStarted {
+                term: self.core.term(),
+            });
+        }
+        if self.state.ticks_delivered % 64 == 0 {
+            self.expire_reads();
+        }
+    }
+
+    fn handle_control(&mut self, c: Control) {
+        match c {
+            Control::Tick(n) => (0..n).for_each(|_| self.tick_once()),
+            Control::Read { mode, reply } => {
+                let id = self.state.next_read_id;
+                self.state.next_read_id += 1;
+                self.state.reads.insert(id, (Instant::now(), reply));
+                self.core.read_index(id, mode);
+            }
+            Control::ChangeMembership { change, reply } => {
+                let target = target_membership(self.core.membership(), &change);
+                match self.core.propose_membership(&target) {
+                    Ok(index) => {
+                        let term = self.core.term();
+                        self.state.membership_waiters.insert(index, (term, reply));
+                    }
+                    Err(e) => reply.complete(Err(self.core_error(e))),
+                }
+            }
+            Control::Transfer { to, reply } => {
+                let result = self.core.transfer_leadership(to);
+                reply.complete(result.map_err(|e| self.core_error(e)));
+            }
+            Control::StepDown { reply } => {
+                let result = self.core.step_down();
+                reply.complete(result.map_err(|e| self.core_error(e)));
+            }
+            Control::Campaign { reply } => {
+                let result = self.core.campaign();
+                reply.complete(result.map_err(|e| self.core_error(e)));
+            }
+            Control::Status { reply } => reply.complete(Ok(self.status())),
+            Control::WaitApplied { index, reply } => {
+                let _ = self.apply.send(ApplyTask::WaitApplied { index, reply });
+            }
+            Control::Stop => {}
+        }
+    }
+
+    fn core_error(&self, e: CoreError) -> Error {
+        match e {
+            CoreError::NotLeader { leader, term } => Error::NotLeader { leader, term },
+            CoreError::TransferInProgress => Error::TransferInProgress,
+            CoreError::MembershipChangePending | CoreError::Membership(_) => {
+                Error::Membership(e.to_string())
+            }
+            other => Error::Config(other.to_string()),
+        }
+    }
+
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message(m) => {
+                if let Body::HeartbeatResponse { lease_tick, .. } = m.body {
+                    self.time_round_trip(m.from, lease_tick);
+                }
+                self.core.step(m);
+            }
+            Inbound::Snapshot(m, data) => {
+                if let Body::Snapshot { snapshot } = &m.body {
+                    // Keep only the newest: the core installs at most the latest it accepts.
+                    self.state
+                        .incoming_snapshots
+                        .retain(|&i, _| i > snapshot.index);
+                    self.state.incoming_snapshots.insert(snapshot.index, data);
+                }
+                self.core.step(m);
+            }
+            Inbound::SnapshotSent { to, delivered } => self.core.report_snapshot(to, delivered),
+        }
+    }
+
+    fn time_round_trip(&mut self, peer: NodeId, lease_tick: u64) {
+        let Some(&(_, sent)) = self
+            .state
+            .tick_instants
+            .iter()
+            .find(|(clock, _)| *clock == lease_tick)
+        else {
+            return;
+        };
+        let round_trip = sent.elapsed();
+        let limit = self
+            .cfg
+            .election_timeout
+            .mul_f64(self.cfg.rtt_warning_fraction);
+        if round_trip < limit {
+            return;
+        }
+        let now = Instant::now();
+        let recently = self
+            .state
+            .slow_warned
+            .get(&peer)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1));
+        if !recently {
+            self.state.slow_warned.insert(peer, now);
+            tracing::warn!(
+                peer,
+                ?round_trip,
+                "heartbeat round trip nears the election timeout"
+            );
+            self.subscribers
+                .publish(Event::SlowHeartbeat { peer, round_trip });
+        }
+    }
+
+    fn handle_batch(&mut self, batch: Batch) {
+        NodeMetrics::add(&self.metrics.proposal_batches, 1);
+        let mut requests = batch.requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            // Consecutive commands go to the core as one call; a barrier is its own entry.
+            let mut run = Vec::new();
+            while let Some(r) = requests.next_if(|r| r.command.is_some()) {
+                run.push(r);
+            }
+            if run.is_empty() {
+                let barrier = requests.next().expect("peeked");
+                match self.core.propose_barrier() {
+                    Ok((index, term)) => {
+                        self.state.proposals.insert(index, (term, barrier.reply));
+                    }
+                    Err(e) => barrier.reply.fail(self.core_error(e)),
+                }
+                continue;
+            }
+            let commands = run
+                .iter()
+                .map(|r| r.command.clone().expect("a command run"));
+            match self.core.propose(commands) {
+                Ok((first, term)) => {
+                    for (k, r) in run.into_iter().enumerate() {
+                        self.state
+                            .proposals
+                            .insert(first + k as u64, (term, r.reply));
+                    }
+                }
+                Err(e) => {
+                    let error = self.core_error(e);
+                    NodeMetrics::add(&self.metrics.proposals_failed, run.len() as u64);
+                    for r in run {
+                        r.reply.fail(error.clone());
+                    }
+                }
+            }
+        }
+        NodeMetrics::set(
+            &self.metrics.proposals_pending,
+            self.state.proposals.len() as u64,
+        );
+    }
+
+    fn handle_writer(&mut self, event: WriterEvent) -> Result<(), String> {
+        match event {
+            WriterEvent::Durable { writes, stats } => {
+                NodeMetrics::add(&self.metrics.wal_syncs, 1);
+                NodeMetrics::add(&self.metrics.wal_synced_entries, stats.entries);
+                for w in writes {
+                    let durable = w.last_entry();
+                    if !w.then_send.is_empty() {
+                        self.transport.send(w.then_send);
+                    }
+                    if let Some((index, term)) = durable {
+                        self.core.persisted(index, term);
+                    }
+                }
+                Ok(())
+            }
+            // Never continue past a failed fsync: what the disk holds is unknown.
+            WriterEvent::Failed(e) => Err(format!("storage failed: {e}")),
+        }
+    }
+
+    fn handle_applier(&mut self, event: ApplierEvent) -> Result<(), String> {
+        match event {
+            ApplierEvent::Applied(index) => self.core.applied(index),
+            ApplierEvent::SnapshotSaved(index) => match self.core.compact(index) {
+                Ok(meta) => {
+                    if let Some(writer) = &self.writer {
+                        writer
+                            .compact(meta)
+                            .map_err(|e| format!("storage failed: {e}"))?;
+                    }
+                }
+                Err(e) => tracing::warn!(index, error = %e, "cannot compact to the snapshot"),
+            },
+            ApplierEvent::Installed(index) => {
+                debug_assert_eq!(self.state.installing, Some(index));
+                self.state.installing = None;
+                while let Some(w) = self.state.held_writes.pop_front() {
+                    self.submit(w)?;
+                }
+            }
+            ApplierEvent::Failed(reason) => {
+                return Err(format!("the state machine failed: {reason}"))
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, write: Write) -> Result<(), String> {
+        if let Some(meta) = &write.snapshot {
+            if self.state.installing.is_none() {
+                let Some(data) = self.state.incoming_snapshots.remove(&meta.index) else {
+                    return Err(format!(
+                        "snapshot {} was installed without its data",
+                        meta.index
+                    ));
+                };
+                self.state.installing = Some(meta.index);
+                let task = ApplyTask::Install {
+                    meta: meta.clone(),
+                    data,
+                };
+                self.apply
+                    .send(task)
+                    .map_err(|_| "the applier stopped".to_string())?;
+                // The write (and all after it) waits until the snapshot is stored and applied.
+                self.state.held_writes.push_back(write);
+                return Ok(());
+            }
+        }
+        if self.state.installing.is_some() {
+            self.state.held_writes.push_back(write);
+            return Ok(());
+        }
+        let writer = self
+            .writer
+            .as_ref()
+            .expect("the writer runs until shutdown");
+        writer
+            .submit(write)
+            .map_err(|e| format!("storage failed: {e}"))
+    }
+
+    /// Carries out the core's output, in the order its contract requires.
+    fn process_output(&mut self) {
+        let out = self.core.take_output();
+        if out.is_empty() {
+            return;
+        }
+        self.send(out.messages);
+        if let Some(write) = out.write {
+            if let Err(reason) = self.submit(write) {
+                tracing::error!(%reason, "cannot persist; the node stops");
+                self.subscribers.publish(Event::Stopped { reason });
+            }
+        }
+        if !out.committed.is_empty() {
+            self.commit(out.committed);
+        }
+        for read in out.reads {
+            let Some((_, reply)) = self.state.reads.remove(&read.id) else {
+                continue; // It timed out.
+            };
+            match read.index {
+                Ok(index) => {
+                    let _ = self.apply.send(ApplyTask::WaitApplied { index, reply });
+                }
+                Err(leader) => reply.complete(Err(Error::NotLeader {
+                    leader,
+                    term: self.core.term(),
+                })),
+            }
+        }
+        if let Some(soft) = out.soft_state {
+            self.soft_state_changed(soft);
+        }
+        NodeMetrics::set(&self.metrics.commit_index, self.core.commit_index());
+        NodeMetrics::set(&self.metrics.last_log_index, self.core.last_index());
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let (snapshots, others): (Vec<Message>, Vec<Message>) = messages
+            .into_iter()
+            .partition(|m| matches!(m.body, Body::Snapshot { .. }));
+        if !others.is_empty() {
+            self.transport.send(others);
+        }
+        for m in snapshots {
+            let Body::Snapshot { snapshot } = &m.body else {
+                continue;
+            };
+            match self.store.load(snapshot.index) {
+                Ok(data) => {
+                    NodeMetrics::add(&self.metrics.snapshots_sent, 1);
+                    self.transport.send_snapshot(m, data);
+                }
+                Err(e) => {
+                    tracing::warn!(index = snapshot.index, error = %e, "snapshot file unreadable");
+                    self.core.report_snapshot(m.to, false);
+                }
+            }
+        }
+    }
+
+    /// Entries are committed (and durable here): complete commit waiters, hand them to the
+    /// applier with the waiters of their application.
+    fn commit(&mut self, entries: Vec<crate::core::Entry>) {
+        let last = entries.last().map_or(0, |e| e.index);
+        let mut replies = Vec::new();
+        let mut committed = 0;
+        for e in &entries {
+            while let Some(first) = self.state.proposals.first_entry() {
+                if *first.key() > e.index {
+                    break;
+                }
+                let (index, (term, reply)) = first.remove_entry();
+                if index == e.index && term == e.term {
+                    committed += 1;
+                    replies.push((index, term, reply.commit(Committed { index, term })));
+                } else {
+                    NodeMetrics::add(&self.metrics.proposals_failed, 1);
+                    reply.fail(Error::Dropped);
+                }
+            }
+            while let Some(first) = self.state.membership_waiters.first_entry() {
+                if *first.key() > e.index {
+                    break;
+                }
+                let (index, (term, reply)) = first.remove_entry();
+                let result = if index == e.index && term == e.term {
+                    Ok(index)
+                } else {
+                    Err(Error::Dropped)
+                };
+                reply.complete(result);
+            }
+        }
+        NodeMetrics::add(&self.metrics.proposals_committed, committed);
+        NodeMetrics::set(
+            &self.metrics.proposals_pending,
+            self.state.proposals.len() as u64,
+        );
+        self.subscribers
+            .publish(Event::CommitAdvanced { index: last });
+        let _ = self.apply.send(ApplyTask::Entries { entries, replies });
+    }
+
+    fn soft_state_changed(&mut self, soft: SoftState) {
+        let previous = self.state.soft.replace(soft);
+        NodeMetrics::set(&self.metrics.term, soft.term);
+        NodeMetrics::set(&self.metrics.leader, soft.leader.unwrap_or(0));
+        let role_code = match soft.role {
+            Role::Follower => 0,
+            Role::PreCandidate => 1,
+            Role::Candidate => 2,
+            Role::Leader => 3,
+        };
+        NodeMetrics::set(&self.metrics.role, role_code);
+        if previous.map(|p| p.role) != Some(soft.role) {
+            tracing::info!(role = ?soft.role, term = soft.term, "role changed");
+            self.subscribers.publish(Event::RoleChanged {
+                role: soft.role,
+                term: soft.term,
+            });
+        }
+        if previous.map(|p| p.leader) != Some(soft.leader) {
+            if soft.leader.is_some() {
+                NodeMetrics::add(&self.metrics.leader_changes_seen, 1);
+            }
+            self.subscribers.publish(Event::LeaderChanged {
+                leader: soft.leader,
+                term: soft.term,
+            });
+        }
+    }
+
+    /// Reads that never got an answer (a forwarded request lost with its leader) time out.
+    fn expire_reads(&mut self) {
+        let timeout = self.cfg.command_timeout;
+        let expired: Vec<ReadId> = self
+            .state
+            .reads
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() > timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some((_, reply)) = self.state.reads.remove(&id) {
+                reply.complete(Err(Error::Timeout));
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let core = &self.core;
+        let last = core.last_index();
+        Status {
+            id: core.id(),
+            role: core.role(),
+            term: core.term(),
+            leader: core.leader(),
+            commit_index: core.commit_index(),
+            applied_index: NodeMetrics::get(&self.metrics.applied_index),
+            first_index: core.first_index(),
+            last_index: last,
+            snapshot_index: core.snapshot().index,
+            membership: core.membership().clone(),
+            followers: core
+                .progress()
+                .map(|(id, p)| FollowerStatus {
+                    id,
+                    match_index: p.match_index,
+                    next_index: p.next_index,
+                    lag_entries: last.saturating_sub(p.match_index),
+                    state: p.state,
+                })
+                .collect(),
+        }
+    }
+
+    /// Fails everything still waiting and stops the other threads.
+    fn shutdown(&mut self, reason: &str) {
+        tracing::info!(reason, "node stopping");
+        let error = Error::stopped(reason);
+        for (_, (_, reply)) in std::mem::take(&mut self.state.proposals) {
+            reply.fail(error.clone());
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.state.membership_waiters) {
+            reply.complete(Err(error.clone()));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {
+            reply.complete(Err(error.clone()));
+        }
+        for batch in self.batches.try_iter() {
+            for r in batch.requests {
+                r.reply.fail(error.clone());
+            }
+        }
+        self.transport.detach();
+        if let Some(writer) = self.writer.take() {
+            writer.stop();
+        }
+        NodeMetrics::set(&self.metrics.role, 0);
+        NodeMetrics::set(&self.metrics.leader, 0);
+        self.subscribers.publish(Event::Stopped {
+            reason: reason.to_string(),
+        });
+    }
+}
+
+/// The membership a change asks for, from the current one.
+fn target_membership(current: &Membership, change: &MembershipChange) -> Membership {
+    let mut target = current.leave_joint();
+    match change {
+        MembershipChange::AddLearner(id) => {
+            if !target.voters.contains(id) {
+                target.learners.insert(*id);
+            }
+        }
+        MembershipChange::Promote(id) => {
+            target.learners.remove(id);
+            target.voters.insert(*id);
+        }
+        MembershipChange::Remove(id) => {
+            target.voters.remove(id);
+            target.learners.remove(id);
+        }
+        MembershipChange::Set { voters, learners } => {
+            target = Membership::new(voters.iter().copied(), learners.iter().copied());
+        }
+    }
+    target
+}

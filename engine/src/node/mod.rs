@@ -1,0 +1,455 @@
+//! The node runtime: a [`Node`] runs the Raft core on dedicated threads and gives callers a
+//! small, complete API.
+//!
+//! Threads, joined by crossbeam channels (see `design.md`, "The data path"):
+//! - the **batcher** drains waiting proposals into one batch (bounded by bytes and count; no
+//!   timer: an idle node sends a lone proposal at once);
+//! - the **driver** owns the [`Core`](crate::core::Core): ticks, messages, batches and
+//!   durability reports go in, and it routes the output;
+//! - the **log writer** (see [`crate::wal`]) appends and fsyncs in groups;
+//! - the **applier** applies committed entries to the [`StateMachine`] and completes waiters;
+//!   snapshots are serialized on a thread of their own.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use keel_engine::kv::KvStore;
+//! use keel_engine::node::{MemNetwork, Node, NodeConfig};
+//!
+//! let net = MemNetwork::new();
+//! let node = Node::start(NodeConfig::new(1, [1]), "/tmp/keel-doc-1", net.transport(1), KvStore::default())?;
+//! node.wait_for_leader(Duration::from_secs(5))?;
+//! let applied = node.propose("hello").wait_applied(Duration::from_secs(5))?;
+//! node.read_index().wait(Duration::from_secs(5))?; // now a read of the state is linearizable
+//! node.stop();
+//! # Ok::<(), keel_engine::node::Error>(())
+//! ```
+
+mod applier;
+mod batcher;
+mod config;
+mod driver;
+mod error;
+mod events;
+mod metrics;
+mod pending;
+mod proposal;
+mod snapshots;
+mod state_machine;
+mod transport;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Sender};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::core::{
+    Core, HardState, Index, Membership, NodeId, ReadMode, Restore, SnapshotMeta, Write,
+};
+use crate::wal::{LogWriter, SyncMode, Wal, WalOptions};
+
+pub use self::config::NodeConfig;
+pub use self::driver::MembershipChange;
+pub use self::error::Error;
+pub use self::events::{Event, FollowerStatus, Status};
+pub use self::metrics::NodeMetrics;
+pub use self::pending::Pending;
+pub use self::proposal::{Applied, AppliedReply, Committed, Proposal, ProposalReply};
+pub use self::state_machine::{Command, SnapshotSource, StateMachine, StateMachineError};
+pub use self::transport::{Inbox, MemNetwork, MemTransport, Transport};
+
+use self::applier::Applier;
+use self::driver::{Control, Driver, DriverState};
+use self::events::Subscribers;
+use self::snapshots::SnapshotStore;
+use self::transport::ProposalRequest;
+
+/// A running Raft node. Share it between threads by reference or `Arc`; [`Node::stop`] (or
+/// dropping it) stops every thread it started.
+pub struct Node<S: StateMachine> {
+    id: NodeId,
+    cfg: NodeConfig,
+    proposals: Sender<ProposalRequest>,
+    control: Sender<Control>,
+    sm: Arc<RwLock<S>>,
+    transport: Arc<dyn Transport>,
+    metrics: Arc<NodeMetrics>,
+    subscribers: Arc<Subscribers>,
+    stopped: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<S: StateMachine> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Opens (or creates) the node's state in `dir` and starts its threads.
+    ///
+    /// A node whose directory is empty bootstraps from `config.voters` and `config.learners`; if
+    /// both are empty it is a standby that waits for a leader to add it. A node with state in
+    /// `dir` resumes from it and ignores the initial members.
+    pub fn start(
+        config: NodeConfig,
+        dir: impl AsRef<Path>,
+        transport: Arc<dyn Transport>,
+        state_machine: S,
+    ) -> Result<Self, Error> {
+        let dir = dir.as_ref();
+        let core_cfg = config.core_config()?;
+        let wal_options = WalOptions {
+            sync: if config.unsafe_no_fsync {
+                SyncMode::UnsafeNoFsync
+            } else {
+                SyncMode::Fdatasync
+            },
+            ..WalOptions::default()
+        };
+        let storage = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());
+        let (mut wal, recovered) =
+            Wal::open(&dir.join("wal"), wal_options).map_err(|e| storage(&e))?;
+        if let Some(torn) = &recovered.torn_tail {
+            tracing::warn!(?torn, "recovery truncated a torn, unacknowledged tail");
+        }
+        let store = SnapshotStore::open(dir, !config.unsafe_no_fsync).map_err(|e| storage(&e))?;
+
+        let fresh = recovered.hard_state == HardState::default()
+            && recovered.snapshot == SnapshotMeta::default()
+            && recovered.entries.is_empty();
+        let mut sm = state_machine;
+        let restore = if fresh {
+            let membership = Membership::new(
+                config.voters.iter().copied(),
+                config.learners.iter().copied(),
+            );
+            let restore = if membership.voters.is_empty() && membership.learners.is_empty() {
+                Restore::joining()
+            } else {
+                membership
+                    .validate()
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                Restore::bootstrap(membership)
+            };
+            // Record the initial membership, so a restart before any entry knows it.
+            let write = Write {
+                snapshot: Some(restore.snapshot.clone()),
+                ..Write::default()
+            };
+            wal.append(&write).map_err(|e| storage(&e))?;
+            wal.sync().map_err(|e| storage(&e))?;
+            restore
+        } else {
+            let snapshot_index = recovered.snapshot.index;
+            if snapshot_index > 0 && sm.applied_index() < snapshot_index {
+                let data = store.load(snapshot_index).map_err(|e| {
+                    Error::Storage(format!("snapshot {snapshot_index} is missing: {e}"))
+                })?;
+                let mut reader = &data[..];
+                sm.restore(snapshot_index, &mut reader)
+                    .map_err(|e| Error::StateMachine(e.to_string()))?;
+            }
+            let last = snapshot_index + recovered.entries.len() as u64;
+            Restore {
+                hard_state: recovered.hard_state,
+                applied: sm.applied_index().clamp(snapshot_index, last),
+                snapshot: recovered.snapshot,
+                entries: recovered.entries,
+            }
+        };
+        let applied = restore.applied;
+        let snapshot_index = restore.snapshot.index;
+        let seed = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        ) ^ config.id.rotate_left(17);
+        let core = Core::new(core_cfg, restore, seed).map_err(|e| Error::Storage(e.to_string()))?;
+
+        let metrics = Arc::new(NodeMetrics::default());
+        NodeMetrics::set(&metrics.applied_index, applied);
+        let subscribers = Arc::new(Subscribers::default());
+        let sm = Arc::new(RwLock::new(sm));
+        let (writer, writer_events) = LogWriter::spawn(wal);
+        let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_depth);
+        let (batches_tx, batches_rx) = bounded(1);
+        let (inbound_tx, inbound_rx) = bounded(65_536);
+        let (control_tx, control_rx) = bounded(4096);
+        let (apply_tx, apply_rx) = bounded(1024);
+        let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
+        let (alive_tx, alive_rx) = bounded::<()>(0);
+
+        let applier = Applier {
+            sm: sm.clone(),
+            tasks: apply_rx,
+            events: applier_events_tx,
+            store: store.clone(),
+            snapshot_threshold_entries: config.snapshot_threshold_entries,
+            applied,
+            last_snapshot: snapshot_index,
+            metrics: metrics.clone(),
+            subscribers: subscribers.clone(),
+        };
+        let driver = Driver {
+            core,
+            cfg: config.clone(),
+            transport: transport.clone(),
+            writer: Some(writer),
+            writer_events,
+            inbound: inbound_rx,
+            batches: batches_rx,
+            control: control_rx,
+            applier_events: applier_events_rx,
+            apply: apply_tx,
+            store,
+            metrics: metrics.clone(),
+            subscribers: subscribers.clone(),
+            state: DriverState::default(),
+            _alive: alive_tx,
+        };
+        let (max_bytes, max_entries) = (config.max_batch_bytes, config.max_batch_entries);
+        let id = config.id;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("keel-{name}-{id}"))
+                .spawn(f)
+                .map_err(|e| Error::Storage(format!("cannot start a thread: {e}")))
+        };
+        let threads = vec![
+            spawn("applier", Box::new(move || applier.run()))?,
+            spawn(
+                "driver",
+                Box::new(move || {
+                    driver.run();
+                }),
+            )?,
+            spawn(
+                "batcher",
+                Box::new(move || {
+                    batcher::run(proposals_rx, batches_tx, alive_rx, max_bytes, max_entries)
+                }),
+            )?,
+        ];
+        transport.attach(Inbox {
+            id,
+            inbound: inbound_tx,
+            proposals: proposals_tx.clone(),
+        });
+        Ok(Self {
+            id,
+            cfg: config,
+            proposals: proposals_tx,
+            control: control_tx,
+            sm,
+            transport,
+            metrics,
+            subscribers,
+            stopped: AtomicBool::new(false),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Proposes a command. Fails with `NotLeader` (with a leader hint) unless this node leads.
+    pub fn propose(&self, command: impl Into<Bytes>) -> Proposal {
+        self.submit(Some(command.into()))
+    }
+
+    /// Proposes through the leader: here if this node leads, forwarded over the transport if it
+    /// knows who does.
+    pub fn propose_forwarded(&self, command: impl Into<Bytes>) -> Proposal {
+        let command = command.into();
+        let leader = NodeMetrics::get(&self.metrics.leader);
+        if leader == 0 || leader == self.id {
+            return self.propose(command);
+        }
+        if let Err(e) = self.check_size(&command) {
+            return Proposal::failed(e);
+        }
+        let (proposal, reply) = ProposalReply::new();
+        self.transport.forward(leader, command, reply);
+        proposal
+    }
+
+    /// An empty entry: once it commits, everything proposed before it has committed; once it is
+    /// applied here, this node's state reflects all of it.
+    pub fn barrier(&self) -> Proposal {
+        self.submit(None)
+    }
+
+    fn check_size(&self, command: &Bytes) -> Result<(), Error> {
+        if command.len() > self.cfg.max_proposal_bytes {
+            return Err(Error::TooLarge {
+                size_bytes: command.len(),
+                max_bytes: self.cfg.max_proposal_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn submit(&self, command: Option<Bytes>) -> Proposal {
+        if self.stopped.load(Ordering::Acquire) {
+            return Proposal::failed(Error::stopped("stop() was called"));
+        }
+        if let Some(c) = &command {
+            if let Err(e) = self.check_size(c) {
+                return Proposal::failed(e);
+            }
+        }
+        let (proposal, reply) = ProposalReply::new();
+        if let Err(e) = self.proposals.send(ProposalRequest { command, reply }) {
+            e.into_inner()
+                .reply
+                .fail(Error::stopped("the node stopped"));
+        }
+        proposal
+    }
+
+    /// Completes with an index once reading this node's state is linearizable: the state
+    /// machine has applied everything committed before the call (one heartbeat round on the
+    /// leader; followers ask the leader).
+    pub fn read_index(&self) -> Pending<Index> {
+        self.read(ReadMode::Quorum)
+    }
+
+    /// Like [`Node::read_index`], but without a round trip while the leader lease holds.
+    pub fn lease_read(&self) -> Pending<Index> {
+        self.read(ReadMode::Lease)
+    }
+
+    fn read(&self, mode: ReadMode) -> Pending<Index> {
+        self.request(|reply| Control::Read { mode, reply })
+    }
+
+    /// Completes once this node has applied `index` (read-your-writes through any node).
+    pub fn wait_applied(&self, index: Index) -> Pending<Index> {
+        self.request(|reply| Control::WaitApplied { index, reply })
+    }
+
+    /// Starts a membership change; completes with its index once it commits.
+    pub fn change_membership(&self, change: MembershipChange) -> Pending<Index> {
+        self.request(|reply| Control::ChangeMembership { change, reply })
+    }
+
+    pub fn add_learner(&self, id: NodeId) -> Pending<Index> {
+        self.change_membership(MembershipChange::AddLearner(id))
+    }
+
+    pub fn promote(&self, id: NodeId) -> Pending<Index> {
+        self.change_membership(MembershipChange::Promote(id))
+    }
+
+    pub fn remove(&self, id: NodeId) -> Pending<Index> {
+        self.change_membership(MembershipChange::Remove(id))
+    }
+
+    /// Hands leadership to `to` (catches it up, then tells it to campaign).
+    pub fn transfer_leadership(&self, to: NodeId) -> Result<(), Error> {
+        self.request(|reply| Control::Transfer { to, reply })
+            .wait(self.cfg.command_timeout)
+    }
+
+    /// Hands leadership to the most up-to-date voter; returns which.
+    pub fn step_down(&self) -> Result<NodeId, Error> {
+        self.request(|reply| Control::StepDown { reply })
+            .wait(self.cfg.command_timeout)
+    }
+
+    /// Starts an election now.
+    pub fn campaign(&self) -> Result<(), Error> {
+        self.request(|reply| Control::Campaign { reply })
+            .wait(self.cfg.command_timeout)
+    }
+
+    pub fn status(&self) -> Result<Status, Error> {
+        self.request(|reply| Control::Status { reply })
+            .wait(self.cfg.command_timeout)
+    }
+
+    /// Manual clock mode: advance the core by `ticks`.
+    pub fn tick(&self, ticks: u32) {
+        let _ = self.control.send(Control::Tick(ticks));
+    }
+
+    /// Events from now on. A subscriber that falls behind misses events.
+    pub fn subscribe(&self) -> crossbeam_channel::Receiver<Event> {
+        self.subscribers.subscribe()
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        Some(NodeMetrics::get(&self.metrics.leader)).filter(|&l| l != 0)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    /// Blocks until this node knows a leader.
+    pub fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Ok(leader);
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                return Err(Error::stopped("stop() was called"));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// The state machine, for reading (after `read_index` for a linearizable read).
+    pub fn state_machine(&self) -> RwLockReadGuard<'_, S> {
+        self.sm.read()
+    }
+
+    /// Stops every thread; pending calls fail with `Stopped`. Idempotent.
+    pub fn stop(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.control.send(Control::Stop);
+        for handle in self.threads.lock().drain(..) {
+            let _ = handle.join();
+        }
+    }
+
+    fn request<T>(&self, make: impl FnOnce(pending::Completer<T>) -> Control) -> Pending<T> {
+        let (pending, reply) = pending::pending();
+        if self.stopped.load(Ordering::Acquire) {
+            reply.complete(Err(Error::stopped("stop() was called")));
+            return pending;
+        }
+        // A send error drops the request, whose completer then reports Stopped.
+        let _ = self.control.send(make(reply));
+        pending
+    }
+}
+
+impl<S: StateMachine> Drop for Node<S> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,145 @@
+//! One-shot results a caller can block on or await: the handles the node API returns.
+//!
+//! A [`Pending`] is completed exactly once by the node's threads through its [`Completer`]. The
+//! caller may block with [`Pending::wait`] or `.await` it (a plain `Future`: no runtime needed).
+//! If every completer is dropped without completing, the handle resolves to `Stopped`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::Error;
+
+#[derive(Debug)]
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    ready: Condvar,
+}
+
+#[derive(Debug)]
+struct SlotState<T> {
+    result: Option<Result<T, Error>>,
+    wakers: Vec<Waker>,
+}
+
+/// A result that will arrive later.
+#[must_use = "a pending result does nothing unless waited for"]
+#[derive(Debug)]
+pub struct Pending<T> {
+    slot: Arc<Slot<T>>,
+}
+
+/// The side that completes a [`Pending`].
+#[derive(Debug)]
+pub(crate) struct Completer<T> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+/// A pending result and the completer that will fill it.
+pub(crate) fn pending<T>() -> (Pending<T>, Completer<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(SlotState {
+            result: None,
+            wakers: Vec::new(),
+        }),
+        ready: Condvar::new(),
+    });
+    (
+        Pending { slot: slot.clone() },
+        Completer { slot: Some(slot) },
+    )
+}
+
+impl<T> Completer<T> {
+    pub(crate) fn complete(mut self, result: Result<T, Error>) {
+        if let Some(slot) = self.slot.take() {
+            let wakers = {
+                let mut state = slot.state.lock();
+                state.result.get_or_insert(result);
+                std::mem::take(&mut state.wakers)
+            };
+            slot.ready.notify_all();
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if self.slot.is_some() {
+            let slot = self.slot.take();
+            Completer { slot }.complete(Err(Error::stopped("the node dropped the request")));
+        }
+    }
+}
+
+impl<T: Clone> Pending<T> {
+    /// Blocks until the result is known or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) -> Result<T, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.slot.state.lock();
+        loop {
+            if let Some(result) = &state.result {
+                return result.clone();
+            }
+            if self.slot.ready.wait_until(&mut state, deadline).timed_out() {
+                return state.result.clone().unwrap_or(Err(Error::Timeout));
+            }
+        }
+    }
+
+    /// The result, if it is known already.
+    pub fn try_get(&self) -> Option<Result<T, Error>> {
+        self.slot.state.lock().result.clone()
+    }
+}
+
+impl<T: Clone> Future for Pending<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.state.lock();
+        match &state.result {
+            Some(result) => Poll::Ready(result.clone()),
+            None => {
+                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_returns_the_completed_value() {
+        let (p, c) = pending::<u32>();
+        std::thread::spawn(move || c.complete(Ok(7)));
+        assert_eq!(p.wait(Duration::from_secs(5)), Ok(7));
+        assert_eq!(p.try_get(), Some(Ok(7)));
+    }
+
+    #[test]
+    fn wait_times_out() {
+        let (p, _c) = pending::<u32>();
+        assert_eq!(p.wait(Duration::from_millis(10)), Err(Error::Timeout));
+    }
+
+    #[test]
+    fn a_dropped_completer_means_stopped() {
+        let (p, c) = pending::<u32>();
+        drop(c);
+        assert!(matches!(
+            p.wait(Duration::from_secs(1)),
+            Err(Error::Stopped { .. })
+        ));
+    }
+}

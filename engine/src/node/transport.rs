@@ -1,0 +1,204 @@
+//! How nodes reach each other: the [`Transport`] trait, the [`Inbox`] through which a transport
+//! hands a node what arrived for it, and an in-memory network for tests and examples.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
+
+use crate::core::{Message, NodeId};
+
+use super::proposal::ProposalReply;
+
+/// Carries a node's messages to its peers. Sends never block on a slow or missing peer: a
+/// transport drops what it cannot deliver (Raft retries), and never buffers without bound.
+pub trait Transport: Send + Sync + 'static {
+    /// Called once at start: deliver what arrives for this node into `inbox`.
+    fn attach(&self, inbox: Inbox);
+    /// Sends messages, each to its `to`.
+    fn send(&self, messages: Vec<Message>);
+    /// Sends a snapshot message with the snapshot's data; report the outcome with
+    /// [`Inbox::snapshot_sent`] on this node's inbox.
+    fn send_snapshot(&self, message: Message, data: Bytes);
+    /// Forwards a proposal to `leader`; the outcome completes `reply`.
+    fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply);
+    /// The node stopped: deliver nothing more to it.
+    fn detach(&self) {}
+}
+
+/// What arrives at a node from its transport.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Message(Message),
+    Snapshot(Message, Bytes),
+    SnapshotSent { to: NodeId, delivered: bool },
+}
+
+/// A proposal on its way to the batcher.
+#[derive(Debug)]
+pub(crate) struct ProposalRequest {
+    /// `None` is a barrier (an empty entry).
+    pub(crate) command: Option<Bytes>,
+    pub(crate) reply: ProposalReply,
+}
+
+/// A node's receiving end, handed to its transport at start. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    pub(crate) id: NodeId,
+    pub(crate) inbound: Sender<Inbound>,
+    pub(crate) proposals: Sender<ProposalRequest>,
+}
+
+impl Inbox {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Hands the node a message. Dropped when the node is overloaded or stopped: Raft retries.
+    pub fn deliver(&self, message: Message) {
+        self.push(Inbound::Message(message));
+    }
+
+    pub fn deliver_snapshot(&self, message: Message, data: Bytes) {
+        self.push(Inbound::Snapshot(message, data));
+    }
+
+    /// The transport finished sending a snapshot to `to`.
+    pub fn snapshot_sent(&self, to: NodeId, delivered: bool) {
+        self.push(Inbound::SnapshotSent { to, delivered });
+    }
+
+    /// A proposal forwarded by another node.
+    pub fn propose(&self, command: Bytes, reply: ProposalReply) {
+        let request = ProposalRequest {
+            command: Some(command),
+            reply,
+        };
+        if let Err(e) = self.proposals.send(request) {
+            e.into_inner()
+                .reply
+                .fail(super::Error::stopped("the leader stopped"));
+        }
+    }
+
+    fn push(&self, inbound: Inbound) {
+        match self.inbound.try_send(inbound) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// An in-process network of nodes, with partitions the test controls.
+#[derive(Clone, Debug, Default)]
+pub struct MemNetwork {
+    state: Arc<Mutex<NetState>>,
+}
+
+#[derive(Debug, Default)]
+struct NetState {
+    inboxes: HashMap<NodeId, Inbox>,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(NodeId, NodeId)>,
+}
+
+impl MemNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The transport for node `id`.
+    pub fn transport(&self, id: NodeId) -> Arc<MemTransport> {
+        Arc::new(MemTransport {
+            id,
+            net: self.clone(),
+        })
+    }
+
+    /// Cuts every link between `a` and `b`, both ways.
+    pub fn partition(&self, a: &[NodeId], b: &[NodeId]) {
+        let mut state = self.state.lock();
+        for &x in a {
+            for &y in b {
+                state.cut.insert((x, y));
+                state.cut.insert((y, x));
+            }
+        }
+    }
+
+    /// Cuts `id` off from every other node.
+    pub fn isolate(&self, id: NodeId) {
+        let others: Vec<NodeId> = self
+            .state
+            .lock()
+            .inboxes
+            .keys()
+            .copied()
+            .filter(|&n| n != id)
+            .collect();
+        self.partition(&[id], &others);
+    }
+
+    pub fn heal(&self) {
+        self.state.lock().cut.clear();
+    }
+
+    fn route(&self, from: NodeId, to: NodeId) -> Option<Inbox> {
+        let state = self.state.lock();
+        if state.cut.contains(&(from, to)) {
+            return None;
+        }
+        state.inboxes.get(&to).cloned()
+    }
+}
+
+/// One node's end of a [`MemNetwork`].
+#[derive(Debug)]
+pub struct MemTransport {
+    id: NodeId,
+    net: MemNetwork,
+}
+
+impl Transport for MemTransport {
+    fn attach(&self, inbox: Inbox) {
+        self.net.state.lock().inboxes.insert(self.id, inbox);
+    }
+
+    fn send(&self, messages: Vec<Message>) {
+        for m in messages {
+            if let Some(inbox) = self.net.route(self.id, m.to) {
+                inbox.deliver(m);
+            }
+        }
+    }
+
+    fn send_snapshot(&self, message: Message, data: Bytes) {
+        let to = message.to;
+        let delivered = match self.net.route(self.id, to) {
+            Some(inbox) => {
+                inbox.deliver_snapshot(message, data);
+                true
+            }
+            None => false,
+        };
+        if let Some(own) = self.net.state.lock().inboxes.get(&self.id) {
+            own.snapshot_sent(to, delivered);
+        }
+    }
+
+    fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply) {
+        match self.net.route(self.id, leader) {
+            Some(inbox) => inbox.propose(command, reply),
+            None => reply.fail(super::Error::NotLeader {
+                leader: Some(leader),
+                term: 0,
+            }),
+        }
+    }
+
+    fn detach(&self) {
+        self.net.state.lock().inboxes.remove(&self.id);
+    }
+}

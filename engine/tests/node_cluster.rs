@@ -1,0 +1,516 @@
+//! Whole-node tests: clusters of `Node`s on the in-memory transport, with real threads, real
+//! logs on disk, and a key-value state machine. Every wait is bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_engine::core::{NodeId, Role};
+use keel_engine::kv::{Consistency, KvError, KvStore};
+use keel_engine::node::{Error, Event, MemNetwork, Node, NodeConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Cluster {
+    net: MemNetwork,
+    dir: tempfile::TempDir,
+    nodes: Vec<Option<Arc<Node<KvStore>>>>,
+    voters: Vec<NodeId>,
+}
+
+fn config(id: NodeId, voters: &[NodeId]) -> NodeConfig {
+    let mut cfg = NodeConfig::new(id, voters.iter().copied());
+    // Fast elections keep the tests short; fsync stays on: these are real logs.
+    cfg.tick_interval = Duration::from_millis(5);
+    cfg.heartbeat_interval = Duration::from_millis(20);
+    cfg.election_timeout = Duration::from_millis(100);
+    cfg.lease_drift = Duration::from_millis(10);
+    cfg.command_timeout = WAIT;
+    cfg
+}
+
+impl Cluster {
+    fn new(size: u64) -> Self {
+        Self::with(size, |_| {})
+    }
+
+    fn with(size: u64, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        let voters: Vec<NodeId> = (1..=size).collect();
+        let mut cluster = Cluster {
+            net: MemNetwork::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            nodes: Vec::new(),
+            voters: voters.clone(),
+        };
+        for id in 1..=size {
+            let mut cfg = config(id, &voters);
+            tweak(&mut cfg);
+            cluster.start_with(id, cfg);
+        }
+        cluster
+    }
+
+    fn start_with(&mut self, id: NodeId, cfg: NodeConfig) {
+        let dir = self.dir.path().join(format!("node-{id}"));
+        let node =
+            Node::start(cfg, dir, self.net.transport(id), KvStore::default()).expect("node starts");
+        let slot = usize::try_from(id - 1).expect("small ids");
+        if self.nodes.len() <= slot {
+            self.nodes.resize_with(slot + 1, || None);
+        }
+        self.nodes[slot] = Some(Arc::new(node));
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        self.start_with(id, config(id, &self.voters));
+    }
+
+    fn node(&self, id: NodeId) -> &Arc<Node<KvStore>> {
+        self.nodes[usize::try_from(id - 1).expect("small ids")]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    fn stop(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes[usize::try_from(id - 1).expect("small ids")].take() {
+            node.stop();
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Arc<Node<KvStore>>> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Waits until the running nodes agree on one leader among them.
+    fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<NodeId> = self
+                .running()
+                .filter(|n| n.is_leader())
+                .map(|n| n.id())
+                .collect();
+            if let [leader] = leaders[..] {
+                if self.running().all(|n| n.leader() == Some(leader)) {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single leader within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until every running node applied `index`.
+    fn converge(&self, index: u64) {
+        for node in self.running() {
+            node.wait_applied(index)
+                .wait(WAIT)
+                .expect("applies in time");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.running() {
+            node.stop();
+        }
+    }
+}
+
+fn put(node: &Node<KvStore>, key: &str, value: &str) -> Result<u64, KvError> {
+    node.put(key.to_string(), value.to_string(), WAIT)
+}
+
+#[test]
+fn three_nodes_elect_and_replicate_proposals_from_many_threads() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.node(cluster.leader()).clone();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let leader = leader.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for i in 0..50 {
+                    last = put(&leader, &format!("k{t}-{i}"), &format!("v{i}")).expect("put");
+                }
+                last
+            })
+        })
+        .collect();
+    let last = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .max()
+        .expect("8 threads");
+    cluster.converge(last);
+    for node in cluster.running() {
+        let sm = node.state_machine();
+        assert_eq!(sm.len(), 400, "node {} has every key", node.id());
+        assert_eq!(sm.get(b"k3-49"), Some(Bytes::from("v49")));
+    }
+}
+
+#[test]
+fn five_nodes_commit_with_two_down() {
+    let mut cluster = Cluster::new(5);
+    cluster.leader();
+    let down: Vec<NodeId> = (1..=5)
+        .filter(|&id| !cluster.node(id).is_leader())
+        .take(2)
+        .collect();
+    for id in &down {
+        cluster.stop(*id);
+    }
+    let leader = cluster.node(cluster.leader()).clone();
+    let index = put(&leader, "a", "1").expect("a majority of 3 commits");
+    cluster.converge(index);
+}
+
+#[test]
+fn a_follower_refuses_proposals_with_a_leader_hint_and_forwards_on_request() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.leader();
+    let follower = cluster.node((1..=3).find(|&id| id != leader).expect("a follower"));
+    match follower.propose("x").wait(WAIT) {
+        Err(Error::NotLeader { leader: hint, .. }) => assert_eq!(hint, Some(leader)),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    let applied = follower
+        .propose_forwarded("y")
+        .wait_applied(WAIT)
+        .expect("forwarded");
+    follower
+        .wait_applied(applied.index)
+        .wait(WAIT)
+        .expect("reaches the follower");
+}
+
+#[test]
+fn a_restarted_node_keeps_its_log_and_catches_up() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    put(cluster.node(leader), "before", "1").expect("put");
+    cluster.stop(follower);
+    let index = put(cluster.node(leader), "during", "2").expect("put with one down");
+    cluster.restart(follower);
+    cluster
+        .node(follower)
+        .wait_applied(index)
+        .wait(WAIT)
+        .expect("catches up");
+    let sm = cluster.node(follower).state_machine();
+    assert_eq!(sm.get(b"before"), Some(Bytes::from("1")));
+    assert_eq!(sm.get(b"during"), Some(Bytes::from("2")));
+}
+
+#[test]
+fn the_whole_cluster_restarts_with_every_acknowledged_write() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.leader();
+    let mut last = 0;
+    for i in 0..20 {
+        last = put(cluster.node(leader), &format!("k{i}"), "v").expect("put");
+    }
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    cluster.leader();
+    cluster.converge(last);
+    for node in cluster.running() {
+        assert_eq!(node.state_machine().len(), 20, "node {}", node.id());
+    }
+}
+
+#[test]
+fn an_isolated_leader_is_replaced_and_rejoins() {
+    let cluster = Cluster::new(3);
+    let old = cluster.leader();
+    cluster.net.isolate(old);
+    let deadline = Instant::now() + WAIT;
+    let new = loop {
+        let others: Vec<_> = (1..=3)
+            .filter(|&id| id != old && cluster.node(id).is_leader())
+            .collect();
+        if let [new] = others[..] {
+            break new;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let index = put(cluster.node(new), "after", "1").expect("the majority side commits");
+    // The isolated leader cannot commit: its write times out or fails.
+    let stale = cluster
+        .node(old)
+        .propose("lost?")
+        .wait(Duration::from_millis(300));
+    assert!(stale.is_err(), "the minority side committed: {stale:?}");
+    cluster.net.heal();
+    cluster
+        .node(old)
+        .wait_applied(index)
+        .wait(WAIT)
+        .expect("rejoins and catches up");
+    assert_eq!(
+        cluster.leader(),
+        new,
+        "the old leader follows after healing"
+    );
+}
+
+#[test]
+fn reads_are_linearizable_from_every_node() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.leader();
+    put(cluster.node(leader), "key", "fresh").expect("put");
+    for node in cluster.running() {
+        for consistency in [Consistency::Linearizable, Consistency::Lease] {
+            let value = node.get(b"key", consistency, WAIT);
+            assert_eq!(
+                value,
+                Ok(Bytes::from("fresh")),
+                "node {} {consistency:?}",
+                node.id()
+            );
+        }
+        assert_eq!(
+            node.get(b"missing", Consistency::Linearizable, WAIT),
+            Err(KvError::NotFound)
+        );
+    }
+}
+
+#[test]
+fn leadership_transfers_on_request() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.leader();
+    let target = (1..=3).find(|&id| id != leader).expect("a follower");
+    put(cluster.node(leader), "a", "1").expect("put");
+    cluster
+        .node(leader)
+        .transfer_leadership(target)
+        .expect("transfer starts");
+    let deadline = Instant::now() + WAIT;
+    while !cluster.node(target).is_leader() {
+        assert!(Instant::now() < deadline, "the target never took over");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    put(cluster.node(target), "b", "2").expect("the new leader commits");
+}
+
+#[test]
+fn membership_changes_under_load() {
+    let mut cluster = Cluster::new(3);
+    let leader_id = cluster.leader();
+    // A standby node: no initial members, it waits to be added.
+    let mut standby = config(4, &[]);
+    standby.voters.clear();
+    cluster.start_with(4, standby);
+    let leader = cluster.node(leader_id).clone();
+    let writer = {
+        let leader = leader.clone();
+        std::thread::spawn(move || {
+            (0..100)
+                .filter(|i| put(&leader, &format!("load{i}"), "v").is_ok())
+                .count()
+        })
+    };
+    leader.add_learner(4).wait(WAIT).expect("learner added");
+    leader.promote(4).wait(WAIT).expect("promoted");
+    let removed = (1..=3).find(|&id| id != leader_id).expect("a follower");
+    leader.remove(removed).wait(WAIT).expect("removed");
+    let ok = writer.join().expect("writer");
+    assert!(ok > 0, "writes kept committing during the changes");
+    let status = leader.status().expect("status");
+    assert!(status.membership.voters.contains(&4));
+    assert!(!status.membership.voters.contains(&removed));
+    let index = put(&leader, "final", "1").expect("put");
+    cluster
+        .node(4)
+        .wait_applied(index)
+        .wait(WAIT)
+        .expect("the new voter applies");
+}
+
+#[test]
+fn a_lagging_follower_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.stop(follower);
+    let mut last = 0;
+    for i in 0..100 {
+        last = put(cluster.node(leader), &format!("k{i}"), "v").expect("put");
+    }
+    // Wait until the leader compacted past what the follower has.
+    let deadline = Instant::now() + WAIT;
+    while cluster
+        .node(leader)
+        .status()
+        .expect("status")
+        .snapshot_index
+        < 40
+    {
+        assert!(Instant::now() < deadline, "the leader never snapshotted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let events = {
+        let mut cfg = config(follower, &cluster.voters);
+        cfg.snapshot_threshold_entries = 20;
+        cluster.start_with(follower, cfg);
+        cluster.node(follower).subscribe()
+    };
+    cluster
+        .node(follower)
+        .wait_applied(last)
+        .wait(WAIT)
+        .expect("catches up");
+    assert_eq!(cluster.node(follower).state_machine().len(), 100);
+    let installed = events
+        .try_iter()
+        .any(|e| matches!(e, Event::SnapshotInstalled { .. }));
+    assert!(installed, "the follower installed a snapshot");
+}
+
+#[test]
+fn bad_input_is_refused_and_calls_after_stop_fail() {
+    let cluster = Cluster::with(1, |cfg| cfg.max_proposal_bytes = 16);
+    cluster.leader();
+    let node = cluster.node(1);
+    let too_large = node.propose(vec![0u8; 17]).wait(WAIT);
+    assert_eq!(
+        too_large,
+        Err(Error::TooLarge {
+            size_bytes: 17,
+            max_bytes: 16
+        })
+    );
+    node.stop();
+    assert!(matches!(
+        node.propose("x").wait(WAIT),
+        Err(Error::Stopped { .. })
+    ));
+    assert!(matches!(
+        node.read_index().wait(WAIT),
+        Err(Error::Stopped { .. })
+    ));
+    assert!(matches!(node.status(), Err(Error::Stopped { .. })));
+}
+
+#[test]
+fn manual_ticks_make_elections_deterministic() {
+    let cluster = Cluster::with(1, |cfg| cfg.manual_ticks = true);
+    let node = cluster.node(1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(node.leader(), None, "no time passes without ticks");
+    node.tick(100);
+    assert_eq!(node.wait_for_leader(WAIT), Ok(1));
+    assert_eq!(node.status().expect("status").role, Role::Leader);
+}
+
+/// A state machine that fails (or panics) on the command "boom" and records what it applied.
+#[derive(Default)]
+struct Fragile {
+    applied: Vec<Bytes>,
+    index: u64,
+    panic: bool,
+}
+
+impl keel_engine::node::StateMachine for Fragile {
+    fn apply(
+        &mut self,
+        commands: &[keel_engine::node::Command<'_>],
+    ) -> Result<Vec<Bytes>, keel_engine::node::StateMachineError> {
+        let mut out = Vec::new();
+        for c in commands {
+            if c.data.as_ref() == b"boom" {
+                if self.panic {
+                    panic!("the state machine panics on purpose");
+                }
+                return Err(keel_engine::node::StateMachineError(
+                    "boom is not allowed".into(),
+                ));
+            }
+            self.applied.push(c.data.clone());
+            self.index = c.index;
+            out.push(Bytes::new());
+        }
+        Ok(out)
+    }
+    fn applied_index(&self) -> u64 {
+        self.index
+    }
+    fn snapshot(&self) -> Box<dyn keel_engine::node::SnapshotSource> {
+        struct Empty;
+        impl keel_engine::node::SnapshotSource for Empty {
+            fn write_to(&mut self, _: &mut dyn std::io::Write) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        Box::new(Empty)
+    }
+    fn restore(
+        &mut self,
+        index: u64,
+        _: &mut dyn std::io::Read,
+    ) -> Result<(), keel_engine::node::StateMachineError> {
+        self.index = index;
+        Ok(())
+    }
+}
+
+fn fragile_node_stops_and_says_why(panic: bool) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = MemNetwork::new();
+    let sm = Fragile {
+        panic,
+        ..Fragile::default()
+    };
+    let node = Node::start(config(1, &[1]), dir.path(), net.transport(1), sm).expect("starts");
+    let events = node.subscribe();
+    node.wait_for_leader(WAIT).expect("leader");
+    node.propose("a").wait_applied(WAIT).expect("a applies");
+    let boom = node.propose("boom");
+    let after = node.propose("after");
+    assert!(matches!(
+        boom.wait_applied(WAIT),
+        Err(Error::Stopped { .. })
+    ));
+    assert!(
+        after.wait_applied(WAIT).is_err(),
+        "nothing applies past the failed entry"
+    );
+    assert_eq!(node.state_machine().applied, vec![Bytes::from("a")]);
+    let reason = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Stopped { reason } => Some(reason),
+            _ => None,
+        })
+        .expect("a Stopped event");
+    assert!(
+        reason.contains("state machine"),
+        "the reason names the state machine: {reason}"
+    );
+    assert!(matches!(
+        node.propose("x").wait(WAIT),
+        Err(Error::Stopped { .. })
+    ));
+}
+
+#[test]
+fn a_failing_state_machine_stops_the_node_cleanly() {
+    fragile_node_stops_and_says_why(false);
+}
+
+#[test]
+fn a_panicking_state_machine_stops_the_node_cleanly() {
+    fragile_node_stops_and_says_why(true);
+}
