@@ -14,3 +14,8 @@ pub mod core;
 pub mod kv;
 pub mod node;
 pub mod wal;
+
+/// The README's examples compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
