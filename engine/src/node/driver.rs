@@ -240,6 +240,11 @@ impl Driver {
         match e {
             CoreError::NotLeader { leader, term } => Error::NotLeader { leader, term },
             CoreError::TransferInProgress => Error::TransferInProgress,
+            // A campaign refused inside a leader's lease: that leader is the one to talk to.
+            CoreError::LeaseHeld => Error::NotLeader {
+                leader: self.core.leader(),
+                term: self.core.term(),
+            },
             CoreError::MembershipChangePending | CoreError::Membership(_) => {
                 Error::Membership(e.to_string())
             }
