@@ -125,7 +125,10 @@ impl<S: StateMachine> Applier<S> {
                 _ => None,
             })
             .collect();
+        let started = std::time::Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| sm.apply(&commands)));
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.metrics.apply_duration.observe(nanos);
         let responses = match outcome {
             Ok(Ok(responses)) if responses.len() == commands.len() => responses,
             Ok(Ok(responses)) => {

@@ -18,7 +18,8 @@ use crate::wal::{LogWriter, WriterEvent};
 use super::applier::{ApplierEvent, ApplyTask};
 use super::batcher::Batch;
 use super::events::{Event, FollowerStatus, Status, Subscribers};
-use super::metrics::NodeMetrics;
+use super::histogram::{LocalHistogram, DURATION_BOUNDS_NANOS};
+use super::metrics::{NodeMetrics, PeerMetrics};
 use super::pending::Completer;
 use super::proposal::{Committed, ProposalReply};
 use super::snapshots::SnapshotStore;
@@ -93,10 +94,9 @@ pub(crate) struct Driver {
 }
 
 /// What the driver tracks besides the core.
-#[derive(Default)]
 pub(crate) struct DriverState {
     /// Proposals by index, with the term they were appended in.
-    proposals: BTreeMap<Index, (Term, ProposalReply)>,
+    proposals: BTreeMap<Index, (Term, ProposalReply, Instant)>,
     membership_waiters: BTreeMap<Index, (Term, Completer<Index>)>,
     reads: HashMap<ReadId, (Instant, Completer<Index>)>,
     next_read_id: ReadId,
@@ -111,6 +111,28 @@ pub(crate) struct DriverState {
     slow_warned: HashMap<NodeId, Instant>,
     elections_seen: u64,
     soft: Option<SoftState>,
+    /// Propose-to-commit latencies, flushed into the shared histogram once per commit batch.
+    commit_latency: LocalHistogram,
+}
+
+impl Default for DriverState {
+    fn default() -> Self {
+        Self {
+            proposals: BTreeMap::new(),
+            membership_waiters: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_id: 0,
+            incoming_snapshots: BTreeMap::new(),
+            held_writes: VecDeque::new(),
+            installing: None,
+            ticks_delivered: 0,
+            tick_instants: VecDeque::new(),
+            slow_warned: HashMap::new(),
+            elections_seen: 0,
+            soft: None,
+            commit_latency: LocalHistogram::new(DURATION_BOUNDS_NANOS),
+        }
+    }
 }
 
 impl Driver {
@@ -194,6 +216,9 @@ impl Driver {
         }
         if self.state.ticks_delivered % 64 == 0 {
             self.expire_reads();
+        }
+        if self.state.ticks_delivered % 8 == 0 {
+            self.publish_peer_progress();
         }
     }
 
@@ -284,6 +309,14 @@ impl Driver {
             return;
         };
         let round_trip = sent.elapsed();
+        let nanos = u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX);
+        self.metrics
+            .peers
+            .lock()
+            .entry(peer)
+            .or_insert_with(PeerMetrics::new)
+            .round_trip
+            .observe(nanos);
         let limit = self
             .cfg
             .election_timeout
@@ -310,7 +343,10 @@ impl Driver {
     }
 
     fn handle_batch(&mut self, batch: Batch) {
-        NodeMetrics::add(&self.metrics.proposal_batches, 1);
+        let received = Instant::now();
+        self.metrics
+            .proposal_batch_entries
+            .observe(batch.requests.len() as u64);
         let mut requests = batch.requests.into_iter().peekable();
         while requests.peek().is_some() {
             // Consecutive commands go to the core as one call; a barrier is its own entry.
@@ -322,7 +358,10 @@ impl Driver {
                 let barrier = requests.next().expect("peeked");
                 match self.core.propose_barrier() {
                     Ok((index, term)) => {
-                        self.state.proposals.insert(index, (term, barrier.reply));
+                        let at = Instant::now();
+                        self.state
+                            .proposals
+                            .insert(index, (term, barrier.reply, at));
                     }
                     Err(e) => barrier.reply.fail(self.core_error(e)),
                 }
@@ -334,14 +373,13 @@ impl Driver {
             match self.core.propose(commands) {
                 Ok((first, term)) => {
                     for (k, r) in run.into_iter().enumerate() {
-                        self.state
-                            .proposals
-                            .insert(first + k as u64, (term, r.reply));
+                        let entry = (term, r.reply, received);
+                        self.state.proposals.insert(first + k as u64, entry);
                     }
                 }
                 Err(e) => {
                     let error = self.core_error(e);
-                    NodeMetrics::add(&self.metrics.proposals_failed, run.len() as u64);
+                    self.metrics.failed(&error, run.len() as u64);
                     for r in run {
                         r.reply.fail(error.clone());
                     }
@@ -359,6 +397,9 @@ impl Driver {
             WriterEvent::Durable { writes, stats } => {
                 NodeMetrics::add(&self.metrics.wal_syncs, 1);
                 NodeMetrics::add(&self.metrics.wal_synced_entries, stats.entries);
+                let io_nanos = u64::try_from(stats.io_time.as_nanos()).unwrap_or(u64::MAX);
+                self.metrics.wal_fsync_duration.observe(io_nanos);
+                self.metrics.wal_fsync_batch_entries.observe(stats.entries);
                 for w in writes {
                     let durable = w.last_entry();
                     if !w.then_send.is_empty() {
@@ -507,17 +548,22 @@ impl Driver {
         let last = entries.last().map_or(0, |e| e.index);
         let mut replies = Vec::new();
         let mut committed = 0;
+        let now = Instant::now();
         for e in &entries {
             while let Some(first) = self.state.proposals.first_entry() {
                 if *first.key() > e.index {
                     break;
                 }
-                let (index, (term, reply)) = first.remove_entry();
+                let (index, (term, reply, proposed_at)) = first.remove_entry();
                 if index == e.index && term == e.term {
                     committed += 1;
+                    let nanos = now.saturating_duration_since(proposed_at).as_nanos();
+                    self.state
+                        .commit_latency
+                        .record(u64::try_from(nanos).unwrap_or(u64::MAX));
                     replies.push((index, term, reply.commit(Committed { index, term })));
                 } else {
-                    NodeMetrics::add(&self.metrics.proposals_failed, 1);
+                    self.metrics.failed(&Error::Dropped, 1);
                     reply.fail(Error::Dropped);
                 }
             }
@@ -535,6 +581,9 @@ impl Driver {
             }
         }
         NodeMetrics::add(&self.metrics.proposals_committed, committed);
+        self.state
+            .commit_latency
+            .flush(&self.metrics.commit_duration);
         NodeMetrics::set(
             &self.metrics.proposals_pending,
             self.state.proposals.len() as u64,
@@ -570,6 +619,25 @@ impl Driver {
                 leader: soft.leader,
                 term: soft.term,
             });
+        }
+    }
+
+    /// Copies the leader's view of each follower into the metrics (a few times a heartbeat
+    /// interval, never per message).
+    fn publish_peer_progress(&self) {
+        let mut peers = self.metrics.peers.lock();
+        if self.core.role() != Role::Leader {
+            for p in peers.values_mut() {
+                p.match_index = 0;
+                p.commit_lag_entries = 0;
+            }
+            return;
+        }
+        let commit = self.core.commit_index();
+        for (id, progress) in self.core.progress() {
+            let p = peers.entry(id).or_insert_with(PeerMetrics::new);
+            p.match_index = progress.match_index;
+            p.commit_lag_entries = commit.saturating_sub(progress.match_index);
         }
     }
 
@@ -621,7 +689,7 @@ impl Driver {
     fn shutdown(&mut self, reason: &str) {
         tracing::info!(reason, "node stopping");
         let error = Error::stopped(reason);
-        for (_, (_, reply)) in std::mem::take(&mut self.state.proposals) {
+        for (_, (_, reply, _)) in std::mem::take(&mut self.state.proposals) {
             reply.fail(error.clone());
         }
         for (_, (_, reply)) in std::mem::take(&mut self.state.membership_waiters) {

@@ -30,6 +30,7 @@ mod config;
 mod driver;
 mod error;
 mod events;
+mod histogram;
 mod metrics;
 mod pending;
 mod proposal;
@@ -56,7 +57,9 @@ pub use self::config::NodeConfig;
 pub use self::driver::MembershipChange;
 pub use self::error::Error;
 pub use self::events::{Event, FollowerStatus, Status};
-pub use self::metrics::NodeMetrics;
+pub use self::metrics::{
+    Histogram, HistogramSnapshot, NodeMetrics, PeerMetrics, COUNT_BOUNDS, DURATION_BOUNDS_NANOS,
+};
 pub use self::pending::Pending;
 pub use self::proposal::{Applied, AppliedReply, Committed, Proposal, ProposalReply};
 pub use self::state_machine::{Command, SnapshotSource, StateMachine, StateMachineError};
@@ -293,6 +296,7 @@ impl<S: StateMachine> Node<S> {
 
     fn check_size(&self, command: &Bytes) -> Result<(), Error> {
         if command.len() > self.cfg.max_proposal_bytes {
+            NodeMetrics::add(&self.metrics.proposals_failed_too_large, 1);
             return Err(Error::TooLarge {
                 size_bytes: command.len(),
                 max_bytes: self.cfg.max_proposal_bytes,
