@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bucket upper bounds for durations, in nanoseconds (50 us .. 2.5 s).
-pub const DURATION_BOUNDS_NANOS: &[u64] = &[
+pub static DURATION_BOUNDS_NANOS: &[u64] = &[
     50_000,
     100_000,
     250_000,
@@ -26,7 +26,7 @@ pub const DURATION_BOUNDS_NANOS: &[u64] = &[
 ];
 
 /// Bucket upper bounds for sizes in entries (1 .. 65536, powers of 4).
-pub const COUNT_BOUNDS: &[u64] = &[1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536];
+pub static COUNT_BOUNDS: &[u64] = &[1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536];
 
 /// A histogram with fixed bucket bounds, updated with relaxed atomics.
 #[derive(Debug)]
@@ -111,7 +111,7 @@ impl LocalHistogram {
 
     /// Adds the tally to `into` and clears it.
     pub fn flush(&mut self, into: &Histogram) {
-        debug_assert!(std::ptr::eq(self.bounds, into.bounds), "same buckets");
+        debug_assert_eq!(self.bounds, into.bounds, "same buckets");
         for (local, shared) in self.buckets.iter_mut().zip(into.buckets.iter()) {
             if *local > 0 {
                 shared.fetch_add(*local, Ordering::Relaxed);

@@ -38,6 +38,7 @@ mod snapshots;
 mod state_machine;
 mod transport;
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -218,6 +219,7 @@ impl<S: StateMachine> Node<S> {
             _alive: alive_tx,
         };
         let (max_bytes, max_entries) = (config.max_batch_bytes, config.max_batch_entries);
+        let driver_subscribers = subscribers.clone();
         let id = config.id;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -230,7 +232,15 @@ impl<S: StateMachine> Node<S> {
             spawn(
                 "driver",
                 Box::new(move || {
-                    driver.run();
+                    // A bug in the driver must not leave callers waiting: every waiter it held
+                    // is dropped with it and reports Stopped; subscribers learn why.
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| driver.run()));
+                    if outcome.is_err() {
+                        tracing::error!("the driver thread panicked; the node stopped");
+                        driver_subscribers.publish(Event::Stopped {
+                            reason: "the driver thread panicked".into(),
+                        });
+                    }
                 }),
             )?,
             spawn(
