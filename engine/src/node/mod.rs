@@ -58,13 +58,16 @@ pub use self::config::NodeConfig;
 pub use self::driver::MembershipChange;
 pub use self::error::Error;
 pub use self::events::{Event, FollowerStatus, Status};
+pub use self::histogram::LocalHistogram;
 pub use self::metrics::{
     Histogram, HistogramSnapshot, NodeMetrics, PeerMetrics, COUNT_BOUNDS, DURATION_BOUNDS_NANOS,
 };
 pub use self::pending::Pending;
 pub use self::proposal::{Applied, AppliedReply, Committed, Proposal, ProposalReply};
 pub use self::state_machine::{Command, SnapshotSource, StateMachine, StateMachineError};
-pub use self::transport::{Inbox, MemNetwork, MemTransport, Transport};
+pub use self::transport::{
+    Inbox, MemNetwork, MemTransport, PeerTraffic, Transport, TransportStats,
+};
 
 use self::applier::Applier;
 use self::driver::{Control, Driver, DriverState};
@@ -432,6 +435,16 @@ impl<S: StateMachine> Node<S> {
 
     pub fn metrics(&self) -> &NodeMetrics {
         &self.metrics
+    }
+
+    /// A shared handle on the metrics, for collectors that outlive a borrow.
+    pub fn metrics_handle(&self) -> Arc<NodeMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The transport this node sends through.
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        self.transport.clone()
     }
 
     /// The state machine, for reading (after `read_index` for a linearizable read).

@@ -1,7 +1,7 @@
 //! How nodes reach each other: the [`Transport`] trait, the [`Inbox`] through which a transport
 //! hands a node what arrived for it, and an in-memory network for tests and examples.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,6 +26,27 @@ pub trait Transport: Send + Sync + 'static {
     fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply);
     /// The node stopped: deliver nothing more to it.
     fn detach(&self) {}
+    /// Traffic and refusals so far, for metrics.
+    fn stats(&self) -> TransportStats {
+        TransportStats::default()
+    }
+}
+
+/// What a transport counts, read at scrape time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    pub peers_connected: u64,
+    pub peers: BTreeMap<NodeId, PeerTraffic>,
+    /// Frames closed as malformed, by reason.
+    pub frames_rejected: BTreeMap<String, u64>,
+    /// TLS handshakes refused, by reason.
+    pub handshakes_refused: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
 }
 
 /// What arrives at a node from its transport.
