@@ -92,6 +92,19 @@ impl<T: Clone> Pending<T> {
         }
     }
 
+    /// Blocks until the result is known or `timeout` passes; `None` if it is still pending
+    /// (unlike [`Pending::wait`], which reports that as `Timeout`).
+    pub fn wait_for(&self, timeout: Duration) -> Option<Result<T, Error>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.slot.state.lock();
+        while state.result.is_none() {
+            if self.slot.ready.wait_until(&mut state, deadline).timed_out() {
+                break;
+            }
+        }
+        state.result.clone()
+    }
+
     /// The result, if it is known already.
     pub fn try_get(&self) -> Option<Result<T, Error>> {
         self.slot.state.lock().result.clone()

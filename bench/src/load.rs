@@ -1,0 +1,324 @@
+//! The load generator: logical clients spread over a few worker threads, closed loop (each client
+//! waits for its answer before the next request) or open loop at a constant rate, where latency
+//! counts from each request's intended send time so coordinated omission cannot hide the tail.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use keel_engine::core::Index;
+use keel_engine::node::Error;
+use rand::{Rng, SeedableRng};
+
+/// What the load runs against.
+pub trait Target: Send + Sync {
+    /// Starts a write; it completes with its index once committed.
+    fn put(&self, key: Bytes, value: Bytes) -> Box<dyn Request>;
+    /// Starts a linearizable read (on the lease when `lease`).
+    fn get(&self, key: Bytes, lease: bool) -> Box<dyn Request>;
+    /// Reads a key linearizably, for checking the run afterwards.
+    fn read_back(&self, key: &[u8]) -> Result<Option<Bytes>, Error>;
+}
+
+/// A request in flight.
+pub trait Request: Send {
+    /// Waits up to `timeout`: `None` while pending; a write's index, or `None` for a read.
+    fn wait_for(&self, timeout: Duration) -> Option<Result<Option<Index>, Error>>;
+}
+
+/// The shape of the load.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub clients: usize,
+    pub workers: usize,
+    pub duration: Option<Duration>,
+    pub total: Option<u64>,
+    pub value_size: usize,
+    pub key_space: u64,
+    pub read_ratio: f64,
+    /// Requests per second across all clients (open loop); `None` for closed loop.
+    pub rate: Option<f64>,
+    pub lease_reads: bool,
+    pub request_timeout: Duration,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct LoadResult {
+    pub elapsed: Duration,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Microseconds, request (or intended send) to completion.
+    pub latency_us: Histogram<u64>,
+    pub write_latency_us: Histogram<u64>,
+    pub read_latency_us: Histogram<u64>,
+    /// Every write issued, per key: (value id, commit index if acknowledged).
+    pub writes: HashMap<Bytes, Vec<(u64, Option<Index>)>>,
+}
+
+/// What a request was, to account for its answer.
+enum Op {
+    Write { key: Bytes, id: u64 },
+    Read,
+}
+
+struct Outstanding {
+    client: usize,
+    start: Instant,
+    op: Op,
+    request: Box<dyn Request>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
+}
+
+/// Runs the load and returns what it measured. `progress` counts completed requests.
+pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> LoadResult {
+    let stop = AtomicBool::new(false);
+    let issued = AtomicU64::new(0);
+    let next_id = AtomicU64::new(1);
+    let started = Instant::now();
+    let workers = spec.workers.clamp(1, spec.clients.max(1));
+    let results: Vec<WorkerResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let clients = spec.clients / workers + usize::from(w < spec.clients % workers);
+                let ctx = Worker {
+                    target: target.as_ref(),
+                    spec,
+                    clients,
+                    seed: w as u64,
+                    rate: spec.rate.map(|r| r / workers as f64),
+                    stop: &stop,
+                    issued: &issued,
+                    next_id: &next_id,
+                    progress,
+                    started,
+                };
+                s.spawn(move || ctx.run())
+            })
+            .collect();
+        if let Some(d) = spec.duration {
+            while started.elapsed() < d && !handles.iter().all(|h| h.is_finished()) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            stop.store(true, Ordering::Release);
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let mut out = LoadResult {
+        elapsed,
+        ok: 0,
+        errors: BTreeMap::new(),
+        latency_us: new_histogram(),
+        write_latency_us: new_histogram(),
+        read_latency_us: new_histogram(),
+        writes: HashMap::new(),
+    };
+    for r in results {
+        out.ok += r.ok;
+        for (k, v) in r.errors {
+            *out.errors.entry(k).or_default() += v;
+        }
+        out.latency_us.add(&r.writes_h).expect("same bounds");
+        out.latency_us.add(&r.reads_h).expect("same bounds");
+        out.write_latency_us.add(&r.writes_h).expect("same bounds");
+        out.read_latency_us.add(&r.reads_h).expect("same bounds");
+        for (k, mut v) in r.writes {
+            out.writes.entry(k).or_default().append(&mut v);
+        }
+    }
+    out
+}
+
+struct Worker<'a> {
+    target: &'a dyn Target,
+    spec: &'a LoadSpec,
+    clients: usize,
+    seed: u64,
+    rate: Option<f64>,
+    stop: &'a AtomicBool,
+    issued: &'a AtomicU64,
+    next_id: &'a AtomicU64,
+    progress: &'a AtomicU64,
+    started: Instant,
+}
+
+struct WorkerResult {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    writes_h: Histogram<u64>,
+    reads_h: Histogram<u64>,
+    writes: HashMap<Bytes, Vec<(u64, Option<Index>)>>,
+}
+
+impl Worker<'_> {
+    fn run(self) -> WorkerResult {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed);
+        let mut result = WorkerResult {
+            ok: 0,
+            errors: BTreeMap::new(),
+            writes_h: new_histogram(),
+            reads_h: new_histogram(),
+            writes: HashMap::new(),
+        };
+        let mut idle: Vec<usize> = (0..self.clients).collect();
+        let mut outstanding: VecDeque<Outstanding> = VecDeque::new();
+        let mut sent = 0u64;
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            // Issue: closed loop fills every idle client; open loop sends what is due.
+            while !stopping && !idle.is_empty() {
+                let intended = match self.rate {
+                    None => Instant::now(),
+                    Some(rate) => {
+                        let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
+                        if due > Instant::now() {
+                            break;
+                        }
+                        due
+                    }
+                };
+                if !self.claim() {
+                    break;
+                }
+                sent += 1;
+                let client = idle.pop().expect("checked non-empty");
+                outstanding.push_back(self.issue(&mut rng, client, intended, &mut result));
+            }
+            let Some(front) = outstanding.front() else {
+                if stopping || (self.rate.is_none() && idle.is_empty()) || self.exhausted() {
+                    break;
+                }
+                // Open loop and nothing in flight: sleep until the next send is due.
+                if let Some(rate) = self.rate {
+                    let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+                continue;
+            };
+            // Wait for the oldest request, but not past the next scheduled send.
+            let wait = match self.rate {
+                None => self.spec.request_timeout,
+                Some(rate) => {
+                    let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
+                    due.saturating_duration_since(Instant::now())
+                        .min(self.spec.request_timeout)
+                }
+            };
+            let done = front.request.wait_for(wait);
+            let timed_out = done.is_none() && front.start.elapsed() >= self.spec.request_timeout;
+            if done.is_none() && !timed_out {
+                continue;
+            }
+            let o = outstanding.pop_front().expect("front exists");
+            let latency_us = u64::try_from(o.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let outcome = done.unwrap_or(Err(Error::Timeout));
+            self.record(o, outcome, latency_us, &mut result, &mut idle);
+        }
+        result
+    }
+
+    /// Takes one request from the total budget, if there is one.
+    fn claim(&self) -> bool {
+        match self.spec.total {
+            None => true,
+            Some(total) => self.issued.fetch_add(1, Ordering::Relaxed) < total,
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.spec
+            .total
+            .is_some_and(|t| self.issued.load(Ordering::Relaxed) >= t)
+    }
+
+    fn issue(
+        &self,
+        rng: &mut impl Rng,
+        client: usize,
+        start: Instant,
+        result: &mut WorkerResult,
+    ) -> Outstanding {
+        let key = Bytes::from(format!(
+            "key-{:012}",
+            rng.random_range(0..self.spec.key_space.max(1))
+        ));
+        if rng.random_bool(self.spec.read_ratio.clamp(0.0, 1.0)) {
+            return Outstanding {
+                client,
+                start,
+                op: Op::Read,
+                request: self.target.get(key, self.spec.lease_reads),
+            };
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut value = vec![0u8; self.spec.value_size];
+        let id_bytes = id.to_le_bytes();
+        let n = id_bytes.len().min(value.len());
+        value[..n].copy_from_slice(&id_bytes[..n]);
+        let request = self.target.put(key.clone(), Bytes::from(value));
+        result
+            .writes
+            .entry(key.clone())
+            .or_default()
+            .push((id, None));
+        Outstanding {
+            client,
+            start,
+            op: Op::Write { key, id },
+            request,
+        }
+    }
+
+    fn record(
+        &self,
+        o: Outstanding,
+        outcome: Result<Option<Index>, Error>,
+        latency_us: u64,
+        result: &mut WorkerResult,
+        idle: &mut Vec<usize>,
+    ) {
+        idle.push(o.client);
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        let index = match &outcome {
+            Ok(index) => *index,
+            Err(e) => {
+                let kind = match e {
+                    Error::NotLeader { .. } => "not_leader",
+                    Error::Timeout => "timeout",
+                    Error::Dropped => "dropped",
+                    Error::Stopped { .. } => "stopped",
+                    Error::TooLarge { .. } => "too_large",
+                    _ => "other",
+                };
+                *result.errors.entry(kind.to_string()).or_default() += 1;
+                return;
+            }
+        };
+        result.ok += 1;
+        match o.op {
+            Op::Write { key, id } => {
+                let _ = result.writes_h.record(latency_us.max(1));
+                let acked = result
+                    .writes
+                    .get_mut(&key)
+                    .and_then(|ws| ws.iter_mut().find(|w| w.0 == id));
+                if let Some(w) = acked {
+                    w.1 = index;
+                }
+            }
+            Op::Read => {
+                let _ = result.reads_h.record(latency_us.max(1));
+            }
+        }
+    }
+}

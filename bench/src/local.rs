@@ -1,0 +1,131 @@
+//! A local cluster on this machine: nodes with real logs (fsync on unless told otherwise) in a
+//! temporary directory, each serving its own `/metrics`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_engine::core::{Index, NodeId};
+use keel_engine::kv::{KvCommand, KvStore};
+use keel_engine::node::{Error, MemNetwork, Node, NodeConfig, Pending, Proposal};
+use keel_metrics::{MetricsServer, NodeCollector, NodeSource};
+
+use crate::load::{Request, Target};
+
+pub struct LocalCluster {
+    pub nodes: Vec<Arc<Node<KvStore>>>,
+    pub metrics: Vec<MetricsServer>,
+    /// The node the load goes to: the leader, as last known.
+    leader: AtomicU64,
+}
+
+impl LocalCluster {
+    pub fn start(
+        dir: &Path,
+        size: u64,
+        no_fsync: bool,
+        metrics_port_base: Option<u16>,
+    ) -> Result<Self, String> {
+        let net = MemNetwork::new();
+        let voters: Vec<NodeId> = (1..=size).collect();
+        let mut nodes = Vec::new();
+        let mut metrics = Vec::new();
+        for &id in &voters {
+            let mut cfg = NodeConfig::new(id, voters.iter().copied());
+            cfg.unsafe_no_fsync = no_fsync;
+            let node = Node::start(
+                cfg,
+                dir.join(format!("node-{id}")),
+                net.transport(id),
+                KvStore::default(),
+            )
+            .map_err(|e| format!("node {id} failed to start: {e}"))?;
+            let node = Arc::new(node);
+            let registry = prometheus::Registry::new();
+            NodeCollector::register(&registry, [NodeSource::of(node.as_ref())])
+                .map_err(|e| format!("metrics: {e}"))?;
+            let port = metrics_port_base.map_or(0, |p| p + u16::try_from(id).unwrap_or(0));
+            let health = node.clone();
+            let server = MetricsServer::start(&format!("127.0.0.1:{port}"), registry, move || {
+                health.leader().is_some()
+            })
+            .map_err(|e| e.to_string())?;
+            nodes.push(node);
+            metrics.push(server);
+        }
+        let leader = nodes[0]
+            .wait_for_leader(Duration::from_secs(10))
+            .map_err(|e| format!("no leader elected: {e}"))?;
+        Ok(Self {
+            nodes,
+            metrics,
+            leader: AtomicU64::new(leader),
+        })
+    }
+
+    pub fn leader(&self) -> &Arc<Node<KvStore>> {
+        let id = self.leader.load(Ordering::Relaxed);
+        self.nodes
+            .iter()
+            .find(|n| n.id() == id)
+            .unwrap_or(&self.nodes[0])
+    }
+
+    pub fn stop(&self) {
+        for n in &self.nodes {
+            n.stop();
+        }
+    }
+}
+
+impl Target for LocalCluster {
+    fn put(&self, key: Bytes, value: Bytes) -> Box<dyn Request> {
+        let leader = self.leader();
+        let proposal = leader.propose(KvCommand::Put { key, value }.encode());
+        // Follow the leader hint for the next request.
+        if let Some(Err(Error::NotLeader {
+            leader: Some(l), ..
+        })) = proposal.committed().try_get()
+        {
+            self.leader.store(l, Ordering::Relaxed);
+        }
+        Box::new(PutRequest(proposal))
+    }
+
+    fn get(&self, _key: Bytes, lease: bool) -> Box<dyn Request> {
+        let leader = self.leader();
+        // The value is read locally once the read index is applied; the load only times it.
+        Box::new(ReadRequest(if lease {
+            leader.lease_read()
+        } else {
+            leader.read_index()
+        }))
+    }
+
+    fn read_back(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        let leader = self.leader();
+        leader.read_index().wait(Duration::from_secs(10))?;
+        Ok(leader.state_machine().get(key))
+    }
+}
+
+struct PutRequest(Proposal);
+
+impl Request for PutRequest {
+    fn wait_for(&self, timeout: Duration) -> Option<Result<Option<Index>, Error>> {
+        self.0
+            .committed()
+            .wait_for(timeout)
+            .map(|r| r.map(|c| Some(c.index)))
+    }
+}
+
+struct ReadRequest(Pending<Index>);
+
+impl Request for ReadRequest {
+    fn wait_for(&self, timeout: Duration) -> Option<Result<Option<Index>, Error>> {
+        self.0.wait_for(timeout).map(|r| r.map(|_| None))
+    }
+}

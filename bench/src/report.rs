@@ -1,0 +1,278 @@
+//! The report: a text summary like etcd's benchmark tool, the same as JSON, the latency
+//! distribution as an `.hgrm` file and as an SVG percentile plot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Everything a run measured, machine-readable.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub nodes: u64,
+    pub clients: usize,
+    pub transport: String,
+    pub fsync: bool,
+    pub value_size: usize,
+    pub read_ratio: f64,
+    pub rate_target: Option<f64>,
+    pub duration_seconds: f64,
+    pub total: u64,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub requests_per_second: f64,
+    pub latency: LatencySummary,
+    pub write_latency: LatencySummary,
+    pub read_latency: LatencySummary,
+    pub fdatasync: LatencySummary,
+    pub entries_per_fsync: f64,
+    pub mean_batch_entries: f64,
+    pub verified_keys: u64,
+    pub verification_failures: u64,
+}
+
+/// Latencies in microseconds.
+#[derive(Debug, Default, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub min_us: u64,
+    pub mean_us: f64,
+    pub stddev_us: f64,
+    pub max_us: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub p9999_us: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            min_us: h.min(),
+            mean_us: h.mean(),
+            stddev_us: h.stdev(),
+            max_us: h.max(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            p9999_us: h.value_at_quantile(0.9999),
+        }
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.3} ms", us / 1000.0)
+}
+
+impl Report {
+    pub fn text(&self, latency: &Histogram<u64>) -> String {
+        let mut o = String::new();
+        let l = &self.latency;
+        let _ = writeln!(o, "\nSummary ({} nodes, {} transport, fsync {}, {} clients, {} B values, read ratio {}{})",
+            self.nodes, self.transport, if self.fsync { "on" } else { "OFF (unsafe)" }, self.clients, self.value_size,
+            self.read_ratio, self.rate_target.map(|r| format!(", open loop at {r:.0}/s")).unwrap_or_default());
+        let _ = writeln!(
+            o,
+            "  Total:        {} requests in {:.2} s",
+            self.total, self.duration_seconds
+        );
+        let _ = writeln!(o, "  Requests/s:   {:.0}", self.requests_per_second);
+        let _ = writeln!(
+            o,
+            "  Errors:       {}",
+            if self.errors.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{:?}", self.errors)
+            }
+        );
+        let _ = writeln!(
+            o,
+            "  Latency:      min {}  mean {}  stddev {}  max {}",
+            ms(l.min_us as f64),
+            ms(l.mean_us),
+            ms(l.stddev_us),
+            ms(l.max_us as f64)
+        );
+        let _ = writeln!(o, "\nLatency distribution:");
+        for (p, v) in [
+            ("50", l.p50_us),
+            ("90", l.p90_us),
+            ("99", l.p99_us),
+            ("99.9", l.p999_us),
+            ("99.99", l.p9999_us),
+        ] {
+            let _ = writeln!(o, "  {p:>6}% in {}", ms(v as f64));
+        }
+        o += &histogram_bars(latency);
+        let f = &self.fdatasync;
+        let _ = writeln!(o, "\nStorage:");
+        let _ = writeln!(
+            o,
+            "  raw fdatasync (4 KiB append, same directory): p50 {}  p99 {}",
+            ms(f.p50_us as f64),
+            ms(f.p99_us as f64)
+        );
+        if f.p50_us > 0 && l.count > 0 {
+            let _ = writeln!(
+                o,
+                "  request p50 / fdatasync p50 = {:.2}x, p99 / fdatasync p50 = {:.2}x",
+                l.p50_us as f64 / f.p50_us as f64,
+                l.p99_us as f64 / f.p50_us as f64
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  entries per fsync (leader): {:.1}   mean proposal batch: {:.1}",
+            self.entries_per_fsync, self.mean_batch_entries
+        );
+        let _ = writeln!(
+            o,
+            "\nVerification: {} keys read back, {} failures",
+            self.verified_keys, self.verification_failures
+        );
+        o
+    }
+}
+
+/// A small text histogram of latencies, etcd-style.
+fn histogram_bars(h: &Histogram<u64>) -> String {
+    let mut o = String::from("\nResponse time histogram:\n");
+    if h.is_empty() {
+        return o;
+    }
+    let (lo, hi) = (h.min().max(1) as f64, h.max().max(2) as f64);
+    let steps = 10;
+    let ratio = (hi / lo).powf(1.0 / steps as f64);
+    let mut bounds = Vec::new();
+    let mut b = lo;
+    for _ in 0..steps {
+        b *= ratio;
+        bounds.push(b as u64);
+    }
+    let mut prev = 0u64;
+    let counts: Vec<u64> = bounds
+        .iter()
+        .map(|&bound| {
+            let below = h.count_between(0, bound);
+            let c = below - prev;
+            prev = below;
+            c
+        })
+        .collect();
+    let max = counts.iter().copied().max().unwrap_or(1).max(1);
+    for (bound, count) in bounds.iter().zip(&counts) {
+        let bar = "∎".repeat(((count * 40) / max) as usize);
+        let _ = writeln!(o, "  {:>12} [{:>8}]\t|{}", ms(*bound as f64), count, bar);
+    }
+    o
+}
+
+/// The percentile distribution in HdrHistogram's `.hgrm` text format (values in ms).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut o = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    for v in h.iter_quantiles(1) {
+        let p = v.quantile_iterated_to();
+        let inv = if p < 1.0 {
+            format!("{:.2}", 1.0 / (1.0 - p))
+        } else {
+            "inf".into()
+        };
+        let _ = writeln!(
+            o,
+            "{:12.3} {:14.12} {:10} {:>14}",
+            v.value_iterated_to() as f64 / 1000.0,
+            p,
+            v.count_since_last_iteration(),
+            inv
+        );
+    }
+    let _ = writeln!(
+        o,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        o,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    o
+}
+
+/// An SVG plot of latency by percentile (log scale of 1/(1-p)).
+pub fn svg_plot(h: &Histogram<u64>, title: &str) -> String {
+    let (w, hgt, pad) = (800.0, 480.0, 60.0);
+    let points: Vec<(f64, f64)> = [
+        0.0f64, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999,
+    ]
+    .iter()
+    .map(|&q| {
+        (
+            (1.0 / (1.0 - q)).log10(),
+            h.value_at_quantile(q) as f64 / 1000.0,
+        )
+    })
+    .collect();
+    let x_max = 5.0;
+    let y_max = points.iter().map(|p| p.1).fold(0.001, f64::max) * 1.1;
+    let px = |x: f64| pad + x / x_max * (w - 2.0 * pad);
+    let py = |y: f64| hgt - pad - y / y_max * (hgt - 2.0 * pad);
+    let mut o = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{hgt}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="24" text-anchor="middle" font-size="16">{title}</text>
+<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>
+"#,
+        w / 2.0,
+        hgt - pad,
+        w - pad,
+        hgt - pad,
+        hgt - pad
+    );
+    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+        .iter()
+        .enumerate()
+    {
+        let x = px(i as f64);
+        let _ = writeln!(
+            o,
+            r#"<text x="{x}" y="{}" text-anchor="middle">{label}</text>"#,
+            hgt - pad + 18.0
+        );
+    }
+    for i in 0..=4 {
+        let y = y_max * f64::from(i) / 4.0;
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{}" text-anchor="end">{y:.2} ms</text>"#,
+            pad - 6.0,
+            py(y) + 4.0
+        );
+    }
+    let path: Vec<String> = points
+        .iter()
+        .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+        .collect();
+    let _ = writeln!(
+        o,
+        r#"<polyline fill="none" stroke="steelblue" stroke-width="2" points="{}"/>"#,
+        path.join(" ")
+    );
+    o += "</svg>\n";
+    o
+}
+
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

@@ -1,0 +1,78 @@
+//! `keel-bench local` end to end: a short run whose JSON report shows no errors and every
+//! acknowledged write read back. No timing is asserted: speed is measured, not tested.
+
+use std::process::Command;
+
+#[test]
+fn local_run_reports_no_errors_and_reads_back_every_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let hgrm = dir.path().join("latency.hgrm");
+    let plot = dir.path().join("latency.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_keel-bench"))
+        .args([
+            "local",
+            "--duration",
+            "2s",
+            "--clients",
+            "16",
+            "--read-ratio",
+            "0.2",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--hgrm")
+        .arg(&hgrm)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("keel-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "keel-bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Latency distribution"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("json parses");
+    assert!(report["ok"].as_u64().expect("ok") > 0, "{report}");
+    assert_eq!(
+        report["errors"].as_object().expect("errors").len(),
+        0,
+        "{report}"
+    );
+    assert!(
+        report["verified_keys"].as_u64().expect("verified") > 0,
+        "{report}"
+    );
+    assert_eq!(
+        report["verification_failures"].as_u64(),
+        Some(0),
+        "{report}"
+    );
+    assert!(
+        report["read_latency"]["count"].as_u64().expect("reads") > 0,
+        "{report}"
+    );
+    assert!(
+        report["fdatasync"]["p50_us"].as_u64().expect("fdatasync") > 0,
+        "{report}"
+    );
+    let hgrm = std::fs::read_to_string(&hgrm).expect("hgrm written");
+    assert!(hgrm.contains("Percentile"), "{hgrm}");
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel-bench"))
+        .args(["local", "--duration", "soon"])
+        .output()
+        .expect("keel-bench runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--duration"), "{stderr}");
+}
