@@ -367,14 +367,15 @@ fn a_lagging_follower_catches_up_from_a_snapshot() {
         cluster.start_with(follower, cfg);
         cluster.node(follower).subscribe()
     };
-    cluster
-        .node(follower)
-        .wait_applied(last)
-        .wait(WAIT)
-        .expect("catches up");
+    let caught_up = cluster.node(follower).wait_applied(last).wait(WAIT);
+    let seen: Vec<Event> = events.try_iter().collect();
+    assert!(
+        caught_up.is_ok(),
+        "catches up: {caught_up:?}; events: {seen:?}"
+    );
     assert_eq!(cluster.node(follower).state_machine().len(), 100);
-    let installed = events
-        .try_iter()
+    let installed = seen
+        .iter()
         .any(|e| matches!(e, Event::SnapshotInstalled { .. }));
     assert!(installed, "the follower installed a snapshot");
 }
@@ -393,6 +394,8 @@ fn bad_input_is_refused_and_calls_after_stop_fail() {
         })
     );
     node.stop();
+    let late = node.propose("x").wait(WAIT);
+    assert!(matches!(late, Err(Error::Stopped { .. })), "{late:?}");
     assert!(matches!(
         node.propose("x").wait(WAIT),
         Err(Error::Stopped { .. })
@@ -499,6 +502,8 @@ fn fragile_node_stops_and_says_why(panic: bool) {
         reason.contains("state machine"),
         "the reason names the state machine: {reason}"
     );
+    let late = node.propose("x").wait(WAIT);
+    assert!(matches!(late, Err(Error::Stopped { .. })), "{late:?}");
     assert!(matches!(
         node.propose("x").wait(WAIT),
         Err(Error::Stopped { .. })

@@ -378,18 +378,22 @@ fn stale_term_messages_are_counted_and_answered_with_the_newer_term() {
     core.step(vote(3, 2, 1, (5, 1)));
     assert_eq!(core.stats().stale_term, 2);
     let out = core.take_output();
-    // The deposed leader learns the newer term; the stale candidate hears nothing.
+    // Both learn the newer term (Figure 2: reply false with the current term): the deposed
+    // leader steps down, the stale candidate's next campaign can win.
     assert_eq!(
         out.messages,
-        vec![msg(
-            2,
-            1,
-            3,
-            Body::HeartbeatResponse {
-                lease_tick: 0,
-                read_seq: 0
-            }
-        )]
+        vec![
+            msg(
+                2,
+                1,
+                3,
+                Body::HeartbeatResponse {
+                    lease_tick: 0,
+                    read_seq: 0
+                }
+            ),
+            msg(2, 3, 3, Body::VoteResponse { granted: false }),
+        ]
     );
     assert!(out.write.is_none());
     assert_eq!((core.term(), core.last_index()), (3, 1));

@@ -27,7 +27,13 @@ pub(crate) fn run(
                 Ok(r) => r,
                 Err(_) => return,
             },
-            recv(driver_gone) -> _ => return,
+            recv(driver_gone) -> _ => {
+                // Fail what is still queued: nothing will ever take it.
+                for r in proposals.try_iter() {
+                    r.reply.fail(super::Error::stopped("the node stopped"));
+                }
+                return;
+            }
         };
         let mut bytes = size(&first);
         let mut requests = vec![first];

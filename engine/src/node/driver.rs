@@ -3,6 +3,7 @@
 //! applier.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,8 @@ pub(crate) struct Driver {
     pub(crate) state: DriverState,
     /// Dropped when the driver exits, which tells the batcher to stop.
     pub(crate) _alive: Sender<()>,
+    /// Set when the driver stops, so the node handle refuses new work at once.
+    pub(crate) halted: Arc<AtomicBool>,
 }
 
 /// What the driver tracks besides the core.
@@ -178,10 +181,9 @@ impl Driver {
                 },
                 recv(ticker) -> _ => Ok(()),
             };
-            if let Err(reason) = outcome {
+            if let Err(reason) = outcome.and_then(|()| self.process_output()) {
                 break reason;
             }
-            self.process_output();
         };
         self.shutdown(&reason);
         reason
@@ -432,7 +434,14 @@ impl Driver {
             ApplierEvent::Installed(index) => {
                 debug_assert_eq!(self.state.installing, Some(index));
                 self.state.installing = None;
-                while let Some(w) = self.state.held_writes.pop_front() {
+                // The first held write is the one that installs this snapshot: its data is
+                // stored and applied, so it goes to the log now. The rest follow in order (a
+                // later snapshot write starts its own install and holds what comes after it).
+                let mut held = std::mem::take(&mut self.state.held_writes).into_iter();
+                if let Some(installed) = held.next() {
+                    self.append_to_log(installed)?;
+                }
+                for w in held {
                     self.submit(w)?;
                 }
             }
@@ -469,6 +478,10 @@ impl Driver {
             self.state.held_writes.push_back(write);
             return Ok(());
         }
+        self.append_to_log(write)
+    }
+
+    fn append_to_log(&mut self, write: Write) -> Result<(), String> {
         let writer = self
             .writer
             .as_ref()
@@ -478,21 +491,19 @@ impl Driver {
             .map_err(|e| format!("storage failed: {e}"))
     }
 
-    /// Carries out the core's output, in the order its contract requires.
-    fn process_output(&mut self) {
+    /// Carries out the core's output, in the order its contract requires. An error means the
+    /// node cannot go on (its log or applier is gone) and must stop.
+    fn process_output(&mut self) -> Result<(), String> {
         let out = self.core.take_output();
         if out.is_empty() {
-            return;
+            return Ok(());
         }
         self.send(out.messages);
         if let Some(write) = out.write {
-            if let Err(reason) = self.submit(write) {
-                tracing::error!(%reason, "cannot persist; the node stops");
-                self.subscribers.publish(Event::Stopped { reason });
-            }
+            self.submit(write)?;
         }
         if !out.committed.is_empty() {
-            self.commit(out.committed);
+            self.commit(out.committed)?;
         }
         for read in out.reads {
             let Some((_, reply)) = self.state.reads.remove(&read.id) else {
@@ -513,6 +524,7 @@ impl Driver {
         }
         NodeMetrics::set(&self.metrics.commit_index, self.core.commit_index());
         NodeMetrics::set(&self.metrics.last_log_index, self.core.last_index());
+        Ok(())
     }
 
     fn send(&mut self, messages: Vec<Message>) {
@@ -544,7 +556,7 @@ impl Driver {
 
     /// Entries are committed (and durable here): complete commit waiters, hand them to the
     /// applier with the waiters of their application.
-    fn commit(&mut self, entries: Vec<crate::core::Entry>) {
+    fn commit(&mut self, entries: Vec<crate::core::Entry>) -> Result<(), String> {
         let last = entries.last().map_or(0, |e| e.index);
         let mut replies = Vec::new();
         let mut committed = 0;
@@ -590,7 +602,9 @@ impl Driver {
         );
         self.subscribers
             .publish(Event::CommitAdvanced { index: last });
-        let _ = self.apply.send(ApplyTask::Entries { entries, replies });
+        self.apply
+            .send(ApplyTask::Entries { entries, replies })
+            .map_err(|_| "the applier stopped".to_string())
     }
 
     fn soft_state_changed(&mut self, soft: SoftState) {
@@ -688,6 +702,7 @@ impl Driver {
     /// Fails everything still waiting and stops the other threads.
     fn shutdown(&mut self, reason: &str) {
         tracing::info!(reason, "node stopping");
+        self.halted.store(true, Ordering::Release);
         let error = Error::stopped(reason);
         for (_, (_, reply, _)) in std::mem::take(&mut self.state.proposals) {
             reply.fail(error.clone());

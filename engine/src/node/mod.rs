@@ -86,7 +86,8 @@ pub struct Node<S: StateMachine> {
     transport: Arc<dyn Transport>,
     metrics: Arc<NodeMetrics>,
     subscribers: Arc<Subscribers>,
-    stopped: AtomicBool,
+    /// Set by `stop` or by the driver when it stops on its own (a failed disk or state machine).
+    stopped: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -192,6 +193,7 @@ impl<S: StateMachine> Node<S> {
         let (apply_tx, apply_rx) = bounded(1024);
         let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
         let (alive_tx, alive_rx) = bounded::<()>(0);
+        let stopped = Arc::new(AtomicBool::new(false));
 
         let applier = Applier {
             sm: sm.clone(),
@@ -220,6 +222,7 @@ impl<S: StateMachine> Node<S> {
             subscribers: subscribers.clone(),
             state: DriverState::default(),
             _alive: alive_tx,
+            halted: stopped.clone(),
         };
         let (max_bytes, max_entries) = (config.max_batch_bytes, config.max_batch_entries);
         let driver_subscribers = subscribers.clone();
@@ -267,7 +270,7 @@ impl<S: StateMachine> Node<S> {
             transport,
             metrics,
             subscribers,
-            stopped: AtomicBool::new(false),
+            stopped,
             threads: Mutex::new(threads),
         })
     }
@@ -454,9 +457,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Stops every thread; pending calls fail with `Stopped`. Idempotent.
     pub fn stop(&self) {
-        if self.stopped.swap(true, Ordering::AcqRel) {
-            return;
-        }
+        self.stopped.store(true, Ordering::Release);
         let _ = self.control.send(Control::Stop);
         for handle in self.threads.lock().drain(..) {
             let _ = handle.join();
