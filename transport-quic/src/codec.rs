@@ -40,6 +40,48 @@ pub fn decode_batch(frame: &Frame, peer: NodeId, me: NodeId) -> Result<Vec<Messa
     Ok(out)
 }
 
+/// Parses and validates one frame from `input` exactly as a receiver would, whatever its kind:
+/// the entry point of the fuzz target and the fuzz-style tests. Returns the bytes consumed.
+pub fn validate_frame(
+    input: &[u8],
+    peer: NodeId,
+    me: NodeId,
+    max_body_bytes: usize,
+) -> Result<usize, FrameError> {
+    use crate::wire::{
+        ArchivedWireForwardReply, ArchivedWireKvRequest, ArchivedWireKvResponse,
+        ArchivedWireSnapshotOffer,
+    };
+    let (frame, used) = frame::decode_contiguous(input, max_body_bytes)?;
+    match frame.kind {
+        FrameKind::Messages => {
+            decode_batch(&frame, peer, me)?;
+        }
+        FrameKind::SnapshotOffer => {
+            let offer = frame::access::<ArchivedWireSnapshotOffer>(&frame.body)?;
+            wire::message_of(&offer.message, &frame.body)?;
+        }
+        FrameKind::ForwardReply => {
+            if let ArchivedWireForwardReply::Applied {
+                index,
+                term,
+                response,
+            } = frame::access::<ArchivedWireForwardReply>(&frame.body)?
+            {
+                wire::applied_of(index, term, response, &frame.body)?;
+            }
+        }
+        FrameKind::KvRequest => {
+            frame::access::<ArchivedWireKvRequest>(&frame.body)?;
+        }
+        FrameKind::KvResponse => {
+            frame::access::<ArchivedWireKvResponse>(&frame.body)?;
+        }
+        FrameKind::SnapshotChunk | FrameKind::SnapshotAck | FrameKind::ForwardRequest => {}
+    }
+    Ok(used)
+}
+
 /// Bytes a message accounts for when batches are sized (a little over its archive).
 pub fn message_size_bytes(m: &Message) -> usize {
     const OVERHEAD_BYTES: usize = 64;

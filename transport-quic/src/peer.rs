@@ -238,15 +238,21 @@ async fn run_dialer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let mut backoff = min;
     loop {
         if let Some(conn) = peer.current() {
+            let since = std::time::Instant::now();
             conn.closed().await;
             peer.lost(&conn);
+            // A connection refused or dropped right after the handshake counts as a failed
+            // attempt: back off rather than spin.
+            if since.elapsed() < max {
+                tokio::time::sleep(backoff + jitter(backoff / 2)).await;
+                backoff = (backoff * 2).min(max);
+            } else {
+                backoff = min;
+            }
             continue;
         }
         match dial(&shared, &peer).await {
-            Ok(conn) => {
-                backoff = min;
-                peer.install(&shared, conn);
-            }
+            Ok(conn) => peer.install(&shared, conn),
             Err(e) => {
                 tracing::debug!(node = shared.id, peer = peer.id, error = %e, ?backoff, "dial failed");
                 tokio::time::sleep(backoff + jitter(backoff / 2)).await;
@@ -271,11 +277,7 @@ async fn dial(shared: &Shared, peer: &Peer) -> Result<quinn::Connection, String>
         .map_err(|e| {
             // Our own verifier already counted a refusal of the peer's certificate; here we
             // learn that the peer refused ours.
-            if matches!(
-                e,
-                quinn::ConnectionError::ConnectionClosed(_)
-                    | quinn::ConnectionError::ApplicationClosed(_)
-            ) {
+            if refused_by_peer(&e) {
                 shared
                     .metrics
                     .handshake_refused(HandshakeRefusal::RefusedByPeer);
@@ -284,4 +286,17 @@ async fn dial(shared: &Shared, peer: &Peer) -> Result<quinn::Connection, String>
             e.to_string()
         })?;
     Ok(conn)
+}
+
+/// Whether a failed handshake means the peer refused us (a TLS alert, or keel's refusal after
+/// the handshake), as opposed to an unreachable or stopping peer.
+pub(crate) fn refused_by_peer(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            // TLS alerts travel as the QUIC CRYPTO_ERROR range 0x100..=0x1ff.
+            (0x100..=0x1ff).contains(&u64::from(close.error_code))
+        }
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code == codes::REFUSED,
+        _ => false,
+    }
 }

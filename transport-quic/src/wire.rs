@@ -211,8 +211,6 @@ pub enum WireError {
 /// Why an archive that passed validation still cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
-    #[error("a field is out of range: {0}")]
-    OutOfRange(&'static str),
     #[error("a payload lies outside its frame")]
     PayloadOutsideFrame,
 }

@@ -257,10 +257,16 @@ impl Driver {
             }
             Inbound::Snapshot(m, data) => {
                 if let Body::Snapshot { snapshot } = &m.body {
-                    // Keep only the newest: the core installs at most the latest it accepts.
-                    self.state
-                        .incoming_snapshots
-                        .retain(|&i, _| i > snapshot.index);
+                    // Keep only the newest: the core installs at most the latest it accepts,
+                    // except data whose install write is held behind the one in progress (a
+                    // leader that compacts again re-sends a newer snapshot meanwhile).
+                    let held = &self.state.held_writes;
+                    self.state.incoming_snapshots.retain(|&i, _| {
+                        i > snapshot.index
+                            || held
+                                .iter()
+                                .any(|w| w.snapshot.as_ref().is_some_and(|s| s.index == i))
+                    });
                     self.state.incoming_snapshots.insert(snapshot.index, data);
                 }
                 self.core.step(m);
@@ -386,7 +392,14 @@ impl Driver {
             ApplierEvent::Installed(index) => {
                 debug_assert_eq!(self.state.installing, Some(index));
                 self.state.installing = None;
-                while let Some(w) = self.state.held_writes.pop_front() {
+                let mut held = std::mem::take(&mut self.state.held_writes);
+                // The first held write carries the snapshot just installed: only persisting it
+                // is left (submitting it again would install it a second time, without data).
+                if let Some(w) = held.pop_front() {
+                    debug_assert_eq!(w.snapshot.as_ref().map(|s| s.index), Some(index));
+                    self.persist(w)?;
+                }
+                for w in held {
                     self.submit(w)?;
                 }
             }
@@ -423,6 +436,10 @@ impl Driver {
             self.state.held_writes.push_back(write);
             return Ok(());
         }
+        self.persist(write)
+    }
+
+    fn persist(&mut self, write: Write) -> Result<(), String> {
         let writer = self
             .writer
             .as_ref()
