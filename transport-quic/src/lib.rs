@@ -21,17 +21,24 @@
 //! use std::sync::Arc;
 //! use keel_engine::kv::KvStore;
 //! use keel_engine::node::{Node, NodeConfig};
-//! use keel_transport_quic::{certs::DevCa, QuicConfig, QuicTransport};
+//! use keel_transport_quic::certs::{self, CertPaths, Identity};
+//! use keel_transport_quic::{QuicConfig, QuicTransport};
 //!
-//! let ca = DevCa::generate("my cluster")?;
-//! let identity = ca.issue_node(1)?.identity;
-//! let cfg = QuicConfig::new(1, "127.0.0.1:7001".parse()?, identity, vec![ca.cert_der()])
-//!     .with_peer(2, "127.0.0.1:7002".parse()?)
-//!     .with_peer(3, "127.0.0.1:7003".parse()?);
-//! let transport = QuicTransport::start(cfg)?;
-//! let node = Arc::new(Node::start(NodeConfig::new(1, [1, 2, 3]), "/tmp/keel-1", transport.clone(), KvStore::default())?);
-//! transport.serve_kv(&node); // remote clients may now put and get through this node
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let dir = std::path::Path::new("certs");
+//!     let paths = certs::write_dev_certs(dir, &[1, 2, 3])?; // what `keel-bench certs` does
+//!     let (cert, key) = CertPaths::node_cert(dir, 1);
+//!     let cfg = QuicConfig::new(1, "127.0.0.1:7001".parse()?, Identity::load_pem(&cert, &key)?,
+//!         certs::load_ca_pem(&paths.ca_cert)?)
+//!         .with_peer(2, "127.0.0.1:7002".parse()?)
+//!         .with_peer(3, "127.0.0.1:7003".parse()?);
+//!     let transport = QuicTransport::start(cfg)?;
+//!     let node = Arc::new(Node::start(NodeConfig::new(1, [1, 2, 3]), "data-1", transport.clone(),
+//!         KvStore::default())?);
+//!     transport.serve_kv(&node); // remote KvClients can now put and get through this node
+//!     println!("{:?}", transport.metrics().snapshot()); // refusals by reason, bytes per peer...
+//!     Ok(())
+//! }
 //! ```
 
 pub mod certs;
