@@ -42,7 +42,9 @@ pub struct QuicConfig {
     /// Streams a peer may have open towards this node at once (a flood waits for credit).
     pub streams_uni_max: u32,
     pub streams_bidi_max: u32,
-    /// Threads of the transport's own tokio runtime.
+    /// Connections being handshaken at once; beyond this new ones are refused.
+    pub handshakes_max: usize,
+    /// Threads of the transport's own tokio runtime (at least 1; it must be multi-threaded).
     pub runtime_threads: usize,
 }
 
@@ -71,6 +73,7 @@ impl QuicConfig {
             request_timeout: Duration::from_secs(10),
             streams_uni_max: 16,
             streams_bidi_max: 256,
+            handshakes_max: 256,
             runtime_threads: 2,
         }
     }
@@ -93,7 +96,10 @@ impl QuicConfig {
         if self.batch_bytes_max > self.frame_bytes_max / 2 {
             return Err("batch_bytes_max must leave room in a frame (at most half of it)".into());
         }
-        if self.runtime_threads == 0 || self.peer_queue_messages_max == 0 {
+        if self.runtime_threads == 0
+            || self.peer_queue_messages_max == 0
+            || self.handshakes_max == 0
+        {
             return Err("runtime_threads and peer_queue_messages_max must be at least 1".into());
         }
         if self.reconnect_backoff_min.is_zero() || self.idle_timeout.is_zero() {

@@ -127,7 +127,9 @@ pub(crate) async fn serve(
         return Ok(());
     };
     let (proposal, reply) = ProposalReply::new();
-    inbox.propose(request.body, reply);
+    // The node's proposal queue is bounded and blocks when full (back-pressure): keep that
+    // wait off the runtime's other tasks.
+    tokio::task::block_in_place(|| inbox.propose(request.body, reply));
     let (committed, applied) = proposal.into_parts();
     let timeout = shared.cfg.request_timeout;
     let committed = tokio::time::timeout(timeout, committed)

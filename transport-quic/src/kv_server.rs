@@ -62,7 +62,9 @@ async fn execute(
         ArchivedWireKvRequest::Propose { command } => {
             let command = crate::wire::slice_in_frame(frame_body, command)
                 .map_err(|e| NodeError::Config(e.to_string()))?;
-            let (_, applied) = node.propose(command).into_parts();
+            // `propose` blocks while the node's proposal queue is full (back-pressure).
+            let proposal = tokio::task::block_in_place(|| node.propose(command));
+            let (_, applied) = proposal.into_parts();
             let applied = within(tokio::time::timeout(timeout, applied).await)?;
             Ok(WireKvResponse::Applied {
                 index: applied.index,

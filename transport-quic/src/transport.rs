@@ -57,6 +57,8 @@ impl QuicTransport {
         let mut server =
             tls::server_config(&cfg.identity, &cfg.ca, metrics.clone(), local.clone())?;
         server.transport_config(transport_cfg.clone());
+        // Bound handshakes in progress, so a flood of new connections cannot grow memory.
+        server.max_incoming(cfg.handshakes_max);
         let mut client =
             tls::client_config(&cfg.identity, &cfg.ca, PEER_ALPN, metrics.clone(), local)?;
         client.transport_config(transport_cfg);

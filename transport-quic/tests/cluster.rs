@@ -77,8 +77,13 @@ fn three_nodes_elect_replicate_and_survive_a_restart() {
         .node(new_leader)
         .put("during", "restart", WAIT)
         .expect("a majority of two commits");
+    // Messages for the absent node were dropped (bounded queues), not buffered.
+    let dropped = cluster.transport(new_leader).metrics().snapshot().peers[&leader];
+    assert!(dropped.messages_dropped > 0, "{dropped:?}");
     cluster.restart(leader);
     cluster.converge(during);
+    let back = cluster.transport(new_leader).metrics().snapshot().peers[&leader];
+    assert!(back.connects > dropped.connects, "reconnected: {back:?}");
     let restarted = cluster.node(leader);
     assert_eq!(
         restarted.state_machine().get(b"during"),
