@@ -44,6 +44,8 @@ pub struct QuicConfig {
     pub streams_bidi_max: u32,
     /// Connections being handshaken at once; beyond this new ones are refused.
     pub handshakes_max: usize,
+    /// Key-value client connections served at once; beyond this new ones are refused.
+    pub kv_connections_max: usize,
     /// Threads of the transport's own tokio runtime (at least 1; it must be multi-threaded).
     pub runtime_threads: usize,
 }
@@ -74,6 +76,7 @@ impl QuicConfig {
             streams_uni_max: 16,
             streams_bidi_max: 256,
             handshakes_max: 256,
+            kv_connections_max: 1024,
             runtime_threads: 2,
         }
     }

@@ -2,6 +2,7 @@
 //! it), and per connection the streams a peer opens, each read on a task of its own so a bad or
 //! slow stream never holds up another.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keel_engine::core::NodeId;
@@ -43,7 +44,19 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     match tls::alpn_of(&conn).as_deref() {
         Some(PEER_ALPN) => accept_peer(&shared, conn),
-        Some(KV_ALPN) => kv_server::serve(shared, conn).await,
+        Some(KV_ALPN) => {
+            let served = &shared.kv_connections;
+            if served.fetch_add(1, Ordering::AcqRel) >= shared.cfg.kv_connections_max {
+                shared.refuse(
+                    &conn,
+                    HandshakeRefusal::TooManyClients,
+                    "client limit reached",
+                );
+            } else {
+                kv_server::serve(shared.clone(), conn).await;
+            }
+            served.fetch_sub(1, Ordering::AcqRel);
+        }
         _ => shared.refuse(&conn, HandshakeRefusal::BadCertificate, "no known ALPN"),
     }
 }

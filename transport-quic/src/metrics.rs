@@ -71,10 +71,12 @@ pub enum HandshakeRefusal {
     RefusedByPeer,
     /// The handshake did not finish in time.
     Timeout,
+    /// The key-value endpoint already serves `kv_connections_max` clients.
+    TooManyClients,
 }
 
 impl HandshakeRefusal {
-    pub const ALL: [HandshakeRefusal; 8] = [
+    pub const ALL: [HandshakeRefusal; 9] = [
         Self::UnknownCa,
         Self::Expired,
         Self::WrongId,
@@ -83,6 +85,7 @@ impl HandshakeRefusal {
         Self::BadCertificate,
         Self::RefusedByPeer,
         Self::Timeout,
+        Self::TooManyClients,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +98,7 @@ impl HandshakeRefusal {
             Self::BadCertificate => "bad_certificate",
             Self::RefusedByPeer => "refused_by_peer",
             Self::Timeout => "timeout",
+            Self::TooManyClients => "too_many_clients",
         }
     }
 }

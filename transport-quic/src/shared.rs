@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     pub metrics: Arc<TransportMetrics>,
     pub kv: RwLock<Option<Weak<Node<KvStore>>>>,
+    /// Key-value client connections being served now.
+    pub kv_connections: std::sync::atomic::AtomicUsize,
     pub handle: tokio::runtime::Handle,
 }
 

@@ -83,6 +83,7 @@ impl QuicTransport {
             peers: RwLock::new(BTreeMap::new()),
             metrics,
             kv: RwLock::new(None),
+            kv_connections: Default::default(),
             handle: runtime.handle().clone(),
         });
         runtime.spawn(inbound::run_acceptor(shared.clone(), endpoint));
