@@ -9,6 +9,11 @@
 //! The core must never: perform I/O, read a clock, spawn threads, or panic on input that came from
 //! the network. Invariants it relies on are asserted; messages it cannot accept are counted in
 //! [`core::Stats`] and dropped or answered as Raft says.
+//!
+//! [`wal`] is the durable log the runtime persists the core's writes to: segment files of
+//! checksummed records, group commit on a log-writer thread, and recovery that cuts a torn tail
+//! but refuses (and leaves in place) any other damage. It must never report durable what has not
+//! been fsynced, and never panic on bytes read from disk.
 
 pub mod core;
 pub mod kv;

@@ -98,7 +98,6 @@ fn three_nodes_elect_replicate_and_survive_a_restart() {
 }
 
 #[test]
-#[ignore = "needs the durable WAL (landing on main): the worktree's stub forgets the log on restart"]
 fn a_restarted_follower_catches_up_from_its_own_log() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     let leader = cluster.leader();

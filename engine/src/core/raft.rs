@@ -80,6 +80,8 @@ pub enum CoreError {
     BadTransferTarget(NodeId),
     #[error("nothing to propose")]
     EmptyProposal,
+    #[error("this node heard from a leader within the election timeout and honours its lease")]
+    LeaseHeld,
     #[error(
         "cannot compact to {index}: only applied entries can be compacted (applied {applied})"
     )]
@@ -378,7 +380,10 @@ impl Core {
                         read_seq: 0,
                     },
                 ),
+                // Figure 2: reply false with the current term, so a candidate stuck in an old
+                // term learns of the newer one and its next campaign can win.
                 Body::PreVote { .. } => self.send(m.from, Body::PreVoteResponse { granted: false }),
+                Body::Vote { .. } => self.send(m.from, Body::VoteResponse { granted: false }),
                 _ => {}
             }
             return;
@@ -579,6 +584,10 @@ impl Core {
     pub fn campaign(&mut self) -> Result<(), CoreError> {
         if !self.can_campaign() {
             return Err(CoreError::NotAVoter(self.id));
+        }
+        if self.role != Role::Leader && self.in_lease() {
+            // Voting for itself now would break the lease this node promised its leader.
+            return Err(CoreError::LeaseHeld);
         }
         if self.role != Role::Leader {
             self.start_election(false);
@@ -880,8 +889,10 @@ impl Core {
         if self.role != Role::Leader {
             return;
         }
-        // The lease this node granted itself as leader is a promise like any follower's.
+        // The lease this node granted itself as leader is a promise like any follower's; the
+        // election timer restarts with it, so no tick-driven campaign fires inside the lease.
         self.leader_contact_elapsed_ticks = 0;
+        self.reset_election_timer();
         self.progress.clear();
         self.transfer = None;
         self.lease_revoked = false;
@@ -1204,6 +1215,20 @@ impl Core {
             let skip = usize::try_from(self.log.committed - prev_index)
                 .unwrap_or(usize::MAX)
                 .min(entries.len());
+            // Where the log still holds them, the skipped entries must be ours: a leader that
+            // contradicts committed entries is broken, and acknowledging it would lie.
+            let contradicts = entries[..skip]
+                .iter()
+                .chain(std::iter::once(&Entry {
+                    index: prev_index,
+                    term: prev_term,
+                    payload: Payload::Noop,
+                }))
+                .any(|e| self.log.term(e.index).is_some_and(|t| t != e.term));
+            if contradicts {
+                self.stats.invalid += 1;
+                return;
+            }
             entries.drain(..skip);
             prev_index += skip as u64;
             prev_term = self.log.term(prev_index).unwrap_or(prev_term);

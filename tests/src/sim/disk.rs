@@ -45,6 +45,10 @@ impl Disk {
         }
     }
 
+    pub(crate) fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
     /// What a restarting node reads back.
     pub(crate) fn restore(&self) -> (Restore, StateMachine) {
         let restore = Restore {

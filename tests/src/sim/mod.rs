@@ -189,6 +189,10 @@ struct SimNode {
     commit_checked: Index,
     /// The term in which leader completeness was last checked for this node.
     leader_checked_term: Term,
+    /// A term this node leads whose vote for itself is not durable yet. Election safety counts
+    /// a leader once it is: a sole voter elects itself before its vote is written, and if it
+    /// crashes first, that leadership never existed (nothing of it left the node).
+    leading_unconfirmed: Option<Term>,
     /// Reads whose index is known, waiting for the state machine to reach it.
     waiting_reads: Vec<(ReadId, Index)>,
     /// Snapshot data received, by index, until the core installs it.
@@ -234,7 +238,7 @@ impl World {
         cfg.lease_reads = cfg.check_quorum;
         cfg.lease_drift_ticks = opts.lease_drift_ticks;
         cfg.max_inflight_appends = rng.random_range(1..=8);
-        cfg.max_append_bytes = rng.random_range(64..=1024);
+        cfg.max_append_bytes = rng.random_range(256..=2048);
         cfg.max_apply_entries = 16;
 
         let mut nodes = BTreeMap::new();
@@ -258,6 +262,7 @@ impl World {
                     sync_scheduled: false,
                     commit_checked: 0,
                     leader_checked_term: 0,
+                    leading_unconfirmed: None,
                     waiting_reads: Vec::new(),
                     incoming_snapshots: BTreeMap::new(),
                     snapshot_data: StateMachine::default(),
@@ -455,6 +460,10 @@ impl World {
         for (entry, prev_term) in std::mem::take(&mut node.disk.newly_durable) {
             self.checker.on_entry_durable(id, &entry, prev_term)?;
         }
+        // What the crash kept may include the leader's vote; what it lost, the leadership.
+        self.confirm_leadership(id)?;
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.leading_unconfirmed = None;
         node.sm = StateMachine::default();
         node.incarnation += 1;
         node.sync_scheduled = false;
@@ -478,13 +487,11 @@ impl World {
             if out.is_empty() {
                 return Ok(());
             }
-            if core.role() == Role::Leader {
-                self.checker.on_leader(core.term(), id)?;
-                if node.leader_checked_term != core.term() {
-                    node.leader_checked_term = core.term();
-                    self.summary.leaders_elected += 1;
-                    self.checker.on_leader_elected(id, core)?;
-                }
+            if core.role() == Role::Leader && node.leader_checked_term != core.term() {
+                node.leader_checked_term = core.term();
+                self.summary.leaders_elected += 1;
+                self.checker.on_leader_elected(id, core)?;
+                node.leading_unconfirmed = Some(core.term());
             }
             if self.opts.trace {
                 if let Some(ss) = out.soft_state {
@@ -571,12 +578,29 @@ impl World {
                 }
             }
             self.serve_reads(id)?;
+            self.confirm_leadership(id)?;
             // Send before compacting: a snapshot message names the snapshot held right now.
             for m in to_send {
                 self.send(m)?;
             }
             self.maybe_compact(id);
         }
+    }
+
+    /// Counts a leadership for election safety once the leader's term and vote are durable.
+    fn confirm_leadership(&mut self, id: NodeId) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(term) = node.leading_unconfirmed else {
+            return Ok(());
+        };
+        let hs = node.disk.hard_state();
+        if hs.term == term && hs.vote == Some(id) {
+            node.leading_unconfirmed = None;
+            self.checker.on_leader(term, id)?;
+        } else if hs.term > term {
+            node.leading_unconfirmed = None;
+        }
+        Ok(())
     }
 
     fn serve_reads(&mut self, id: NodeId) -> Result<(), Violation> {
@@ -645,6 +669,8 @@ impl World {
         for (entry, prev_term) in std::mem::take(&mut node.disk.newly_durable) {
             self.checker.on_entry_durable(id, &entry, prev_term)?;
         }
+        self.confirm_leadership(id)?;
+        let node = self.nodes.get_mut(&id).expect("known node");
         let more = !node.disk.pending.is_empty();
         for m in to_send {
             self.send(m)?;

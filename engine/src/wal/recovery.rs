@@ -1,0 +1,317 @@
+//! Recovery: read every segment, verify every record, and rebuild the log they describe.
+//!
+//! The rules, in the order they are checked:
+//! - sequence numbers have no gaps, and each segment starts where the log before it ended;
+//! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
+//!   so any damage in it is corruption;
+//! - in the last segment, damage followed by nothing valid is a torn tail (the last, unsynced
+//!   group); damage followed by a valid record is corruption;
+//! - every record obeys the log's rules ([`LogState`]);
+//! - the log covers everything up to the recovered commit index, and has no hole after its
+//!   snapshot.
+//!
+//! Nothing on disk is changed until every check has passed: a refusal leaves the damage in place
+//! for a human (or, later, a repair from peers) to look at.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use super::record::Record;
+use super::segment::{self, segment_path, SEGMENT_HEADER_BYTES};
+use super::state::{LogState, Slot};
+use super::{fsync_dir, io_error, EntryLoc, IndexRange, SegmentMeta, TornTail, WalError};
+use crate::core::{Entry, Index, Term};
+
+impl Slot for (EntryLoc, Entry) {
+    fn term(&self) -> Term {
+        self.1.term
+    }
+}
+
+/// What recovery found.
+#[derive(Debug)]
+pub(super) struct Recovery {
+    pub state: LogState<(EntryLoc, Entry)>,
+    /// Surviving segments, ascending; the last is where appends continue.
+    pub segments: Vec<SegmentMeta>,
+    /// Valid bytes in the last segment.
+    pub active_len_bytes: u64,
+    pub torn_tail: Option<TornTail>,
+}
+
+/// A torn tail found by the scan, cut only once everything else checked out.
+#[derive(Debug)]
+struct TornCut {
+    path: PathBuf,
+    offset: u64,
+    file_len_bytes: u64,
+    reason: String,
+    /// The segment's header itself was torn: remove the file.
+    remove_file: bool,
+}
+
+/// The segment sequence numbers in `dir`, ascending. Other files are left alone.
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+    let mut seqs = Vec::new();
+    let read_dir = fs::read_dir(dir).map_err(io_error("list the log directory", dir))?;
+    for item in read_dir {
+        let item = item.map_err(io_error("list the log directory", dir))?;
+        if let Some(seq) = item
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_segment_file_name)
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Recovers the log in `dir`; `None` when it holds no segment (or only one torn at creation).
+pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
+    let seqs = list_segments(dir)?;
+    let mut state: Option<LogState<(EntryLoc, Entry)>> = None;
+    let mut segments: Vec<SegmentMeta> = Vec::new();
+    let mut active_len_bytes = 0;
+    let mut torn: Option<TornCut> = None;
+    let next_index = |s: &Option<LogState<_>>| s.as_ref().map_or(1, LogState::next_index);
+
+    for (i, &seq) in seqs.iter().enumerate() {
+        let is_last = i + 1 == seqs.len();
+        let path = segment_path(dir, seq);
+        let bytes = fs::read(&path).map_err(io_error("read a segment", &path))?;
+        let scan = segment::scan(&bytes);
+        let corrupt = |offset: u64, index_range: IndexRange, reason: String| WalError::Corrupt {
+            file: path.clone(),
+            offset,
+            index_range,
+            reason,
+        };
+
+        let header = match scan.header {
+            Ok(h) => h,
+            Err(reason) => {
+                let valid_after = scan.damage.as_ref().and_then(|d| d.valid_after.as_ref());
+                if is_last && valid_after.is_none() {
+                    // Created by a rollover whose header never reached the disk.
+                    torn = Some(TornCut {
+                        path: path.clone(),
+                        offset: 0,
+                        file_len_bytes: bytes.len() as u64,
+                        reason,
+                        remove_file: true,
+                    });
+                    break;
+                }
+                return Err(corrupt(
+                    0,
+                    IndexRange::starting_at(next_index(&state)),
+                    format!(
+                        "{reason} (in a segment that holds valid records or is followed by others)"
+                    ),
+                ));
+            }
+        };
+        if header.seq != seq {
+            return Err(corrupt(
+                0,
+                IndexRange::starting_at(next_index(&state)),
+                format!(
+                    "the header names segment {} but the file is segment {seq}",
+                    header.seq
+                ),
+            ));
+        }
+        if let Some(log) = &state {
+            let expected = log.next_index();
+            let previous = seqs[i - 1];
+            if seq != previous + 1 {
+                return Err(corrupt(
+                    0,
+                    IndexRange::between(expected, header.first_index),
+                    format!(
+                        "segments {} to {} are missing between {} and this one",
+                        previous + 1,
+                        seq - 1,
+                        segment::segment_file_name(previous)
+                    ),
+                ));
+            }
+            if header.first_index != expected {
+                return Err(corrupt(
+                    0,
+                    IndexRange::between(expected, header.first_index),
+                    format!(
+                        "the segment starts at index {} but the log before it ends at {}",
+                        header.first_index,
+                        expected - 1
+                    ),
+                ));
+            }
+        }
+        let log = state.get_or_insert_with(|| LogState::new(header.first_index));
+
+        for (offset, record) in scan.records {
+            let loc = EntryLoc {
+                term: 0,
+                seq,
+                offset,
+            };
+            apply(log, record, loc)
+                .map_err(|(index, reason)| corrupt(offset, IndexRange::single(index), reason))?;
+        }
+        segments.push(SegmentMeta {
+            seq,
+            first_index: header.first_index,
+        });
+        active_len_bytes = bytes.len() as u64;
+
+        if let Some(damage) = scan.damage {
+            let from = log.next_index();
+            if !is_last {
+                return Err(corrupt(
+                    damage.offset,
+                    IndexRange::starting_at(from),
+                    format!(
+                        "{} in a sealed segment (it was fsynced before the next one was created)",
+                        damage.reason
+                    ),
+                ));
+            }
+            if let Some((at, record)) = damage.valid_after {
+                let index_range = match record {
+                    Record::Entry(e) => IndexRange::between(from, e.index),
+                    _ => IndexRange::starting_at(from),
+                };
+                return Err(corrupt(
+                    damage.offset,
+                    index_range,
+                    format!(
+                        "{}, followed by a valid record at byte {at}: damage inside the log, \
+                         not a torn tail",
+                        damage.reason
+                    ),
+                ));
+            }
+            active_len_bytes = damage.offset;
+            torn = Some(TornCut {
+                path: path.clone(),
+                offset: damage.offset,
+                file_len_bytes: bytes.len() as u64,
+                reason: damage.reason,
+                remove_file: false,
+            });
+        }
+    }
+
+    let Some(state) = state else {
+        // No segment, or a single one torn at creation: an empty log.
+        if let Some(cut) = &torn {
+            cut_torn_tail(dir, cut)?;
+        }
+        return Ok(None);
+    };
+    let first_path = segment_path(dir, segments[0].seq);
+    if let Some((lo, hi)) = state.hole() {
+        return Err(WalError::Corrupt {
+            file: first_path,
+            offset: 0,
+            index_range: IndexRange {
+                first: lo,
+                last: Some(hi),
+            },
+            reason: "entries before the first segment are missing, and no snapshot covers them"
+                .into(),
+        });
+    }
+    let commit = state.hard_state.commit;
+    if state.last_index() < commit {
+        let (file, offset) = match &torn {
+            Some(cut) => (cut.path.clone(), cut.offset),
+            None => {
+                let last = segments
+                    .last()
+                    .expect("recovery found at least one segment");
+                (segment_path(dir, last.seq), active_len_bytes)
+            }
+        };
+        return Err(WalError::Corrupt {
+            file,
+            offset,
+            index_range: IndexRange {
+                first: state.last_index() + 1,
+                last: Some(commit),
+            },
+            reason: format!(
+                "the log ends at {} but the hard state records commit {commit}: committed \
+                 entries are missing",
+                state.last_index()
+            ),
+        });
+    }
+
+    let torn_tail = match torn {
+        None => None,
+        Some(cut) => {
+            cut_torn_tail(dir, &cut)?;
+            Some(TornTail {
+                file: cut.path,
+                offset: cut.offset,
+                bytes_dropped: cut.file_len_bytes - cut.offset,
+                reason: cut.reason,
+            })
+        }
+    };
+    Ok(Some(Recovery {
+        state,
+        segments,
+        active_len_bytes,
+        torn_tail,
+    }))
+}
+
+/// Replays one record; on failure, the index it concerns and why it breaks the rules.
+fn apply(
+    log: &mut LogState<(EntryLoc, Entry)>,
+    record: Record,
+    mut loc: EntryLoc,
+) -> Result<(), (Index, String)> {
+    let index = record.index();
+    let result = match record {
+        Record::Entry(e) => {
+            loc.term = e.term;
+            log.push(e.index, (loc, e))
+        }
+        Record::HardState(h) => log.set_hard_state(h),
+        Record::Snapshot(s) => log.install(&s),
+        Record::Truncate { from } => log.truncate(from),
+        Record::Compact(s) => log.compact(&s),
+    };
+    result.map_err(|reason| (index, reason))
+}
+
+fn cut_torn_tail(dir: &Path, cut: &TornCut) -> Result<(), WalError> {
+    tracing::warn!(
+        file = %cut.path.display(),
+        offset = cut.offset,
+        bytes_dropped = cut.file_len_bytes - cut.offset,
+        reason = %cut.reason,
+        "log recovery: truncating a torn tail (the last write had not been made durable)"
+    );
+    if cut.remove_file {
+        fs::remove_file(&cut.path).map_err(io_error("remove a torn segment", &cut.path))?;
+        return fsync_dir(dir);
+    }
+    debug_assert!(cut.offset >= SEGMENT_HEADER_BYTES as u64 || cut.offset == 0);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&cut.path)
+        .map_err(io_error("open a segment to cut its torn tail", &cut.path))?;
+    file.set_len(cut.offset)
+        .map_err(io_error("cut a torn tail", &cut.path))?;
+    file.sync_all().map_err(io_error(
+        "sync a segment after cutting its torn tail",
+        &cut.path,
+    ))
+}

@@ -1,0 +1,480 @@
+//! Unit tests of the live log: rollover, range reads, truncation, compaction, snapshots, the
+//! failpoint, and the writer thread. Damage and crashes are tested in `engine/tests/wal_*.rs`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::core::{Membership, Payload};
+
+fn entry(index: Index, term: Term, payload_bytes: usize) -> Entry {
+    Entry {
+        index,
+        term,
+        payload: Payload::Command(Bytes::from(vec![(index % 251) as u8; payload_bytes])),
+    }
+}
+
+fn entries(range: std::ops::RangeInclusive<Index>, term: Term) -> Write {
+    Write {
+        entries: range.map(|i| entry(i, term, 100)).collect(),
+        ..Write::default()
+    }
+}
+
+fn small() -> WalOptions {
+    WalOptions {
+        segment_bytes_max: 2048,
+        ..WalOptions::default()
+    }
+}
+
+fn reopen(wal: Wal) -> (Wal, Recovered) {
+    let dir = wal.dir().to_path_buf();
+    let opts = wal.opts.clone();
+    drop(wal);
+    Wal::open(&dir, opts).unwrap()
+}
+
+fn hs(term: Term, vote: Option<u64>, commit: Index) -> HardState {
+    HardState { term, vote, commit }
+}
+
+#[test]
+fn an_empty_directory_becomes_an_empty_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, rec) = Wal::open(&dir.path().join("log"), WalOptions::default()).unwrap();
+    assert_eq!(rec, Recovered::default());
+    assert_eq!(wal.segment_paths().len(), 1);
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec, Recovered::default());
+}
+
+#[test]
+fn appended_and_synced_writes_recover_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let mut w = entries(1..=3, 1);
+    w.hard_state = Some(hs(1, Some(2), 2));
+    wal.append(&w).unwrap();
+    let stats = wal.sync().unwrap();
+    assert_eq!(stats.entries, 3);
+    assert_eq!((stats.write_calls, stats.fdatasyncs), (1, 1));
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.hard_state, hs(1, Some(2), 2));
+    assert_eq!(rec.entries, entries(1..=3, 1).entries);
+    assert_eq!(rec.torn_tail, None);
+}
+
+#[test]
+fn segments_roll_over_and_recover_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    for i in 1..=100 {
+        wal.append(&entries(i..=i, 1)).unwrap();
+        if i % 7 == 0 {
+            wal.sync().unwrap();
+        }
+    }
+    let stats = wal.sync().unwrap();
+    assert!(stats.dir_fsyncs <= 1);
+    let segments = wal.segment_paths();
+    assert!(segments.len() >= 5, "{} segments", segments.len());
+    for path in &segments {
+        let len = std::fs::metadata(path).unwrap().len();
+        assert!(len <= 2048, "{} is {len} bytes", path.display());
+    }
+    let (wal, rec) = reopen(wal);
+    assert_eq!(rec.entries, entries(1..=100, 1).entries);
+    assert_eq!(wal.segment_paths(), segments);
+}
+
+#[test]
+fn an_entry_larger_than_a_segment_gets_one_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    let big = Write {
+        entries: vec![entry(1, 1, 10_000), entry(2, 1, 10), entry(3, 1, 10_000)],
+        ..Write::default()
+    };
+    wal.append(&big).unwrap();
+    wal.sync().unwrap();
+    let (wal, rec) = reopen(wal);
+    assert_eq!(rec.entries, big.entries);
+    assert_eq!(wal.read(1, 4).unwrap(), big.entries);
+}
+
+#[test]
+fn range_reads_cover_segments_and_the_unwritten_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.append(&entries(1..=60, 1)).unwrap();
+    wal.sync().unwrap();
+    wal.append(&entries(61..=70, 1)).unwrap(); // Buffered, not yet written.
+    let all = entries(1..=70, 1).entries;
+    assert_eq!(wal.read(1, 71).unwrap(), all);
+    assert_eq!(wal.read(20, 65).unwrap(), all[19..64].to_vec());
+    assert_eq!(wal.read(70, 71).unwrap(), all[69..].to_vec());
+    assert_eq!(wal.read(30, 30).unwrap(), vec![]);
+    assert!(matches!(
+        wal.read(0, 5),
+        Err(WalError::Unavailable { first: 1, .. })
+    ));
+    assert!(matches!(
+        wal.read(60, 72),
+        Err(WalError::Unavailable { next: 71, .. })
+    ));
+}
+
+#[test]
+fn truncation_replaces_a_conflicting_tail_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    let mut w = entries(1..=30, 1);
+    w.hard_state = Some(hs(1, None, 10));
+    wal.append(&w).unwrap();
+    wal.sync().unwrap();
+    // A new leader overwrites 21.. with its own entries.
+    let mut w = entries(21..=25, 2);
+    w.truncate_from = Some(21);
+    w.hard_state = Some(hs(2, Some(3), 22));
+    wal.append(&w).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.last_index(), 25);
+    let mut expected = entries(1..=20, 1).entries;
+    expected.extend(entries(21..=25, 2).entries);
+    assert_eq!(wal.read(1, 26).unwrap(), expected);
+    let (wal, rec) = reopen(wal);
+    assert_eq!(rec.entries, expected);
+    assert_eq!(rec.hard_state, hs(2, Some(3), 22));
+    // Truncating to the end without new entries also survives.
+    let (mut wal, _) = (wal, ());
+    wal.append(&Write {
+        truncate_from: Some(24),
+        ..Write::default()
+    })
+    .unwrap();
+    wal.sync().unwrap();
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.entries, expected[..23].to_vec());
+}
+
+#[test]
+fn writes_that_break_the_log_rules_stop_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let mut w = entries(1..=5, 2);
+    w.hard_state = Some(hs(2, None, 3));
+    wal.append(&w).unwrap();
+    wal.sync().unwrap();
+    let truncate_committed = Write {
+        truncate_from: Some(3),
+        ..Write::default()
+    };
+    for bad in [entries(7..=7, 2), entries(6..=6, 1), truncate_committed] {
+        let (mut wal, _) = reopen(Wal::open(dir.path(), WalOptions::default()).unwrap().0);
+        assert!(matches!(
+            wal.append(&bad),
+            Err(WalError::InvalidRequest { .. })
+        ));
+        assert!(matches!(wal.sync(), Err(WalError::Stopped)));
+    }
+    let (_, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(
+        rec.entries.len(),
+        5,
+        "nothing of the bad writes was made durable"
+    );
+}
+
+#[test]
+fn compaction_removes_covered_segments_and_keeps_later_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    let mut w = entries(1..=100, 1);
+    w.hard_state = Some(hs(1, Some(1), 90));
+    wal.append(&w).unwrap();
+    wal.sync().unwrap();
+    let before = wal.segment_paths();
+    let snap = SnapshotMeta {
+        index: 60,
+        term: 1,
+        membership: Membership::new([1, 2, 3], []),
+    };
+    wal.compact(&snap).unwrap();
+    let after = wal.segment_paths();
+    assert!(after.len() < before.len(), "{after:?}");
+    assert!(after.iter().all(|p| before.contains(p)));
+    for gone in before.iter().filter(|p| !after.contains(p)) {
+        assert!(!gone.exists());
+    }
+    assert_eq!(wal.first_index(), 61);
+    assert!(matches!(
+        wal.read(55, 62),
+        Err(WalError::Unavailable { .. })
+    ));
+    assert_eq!(wal.read(61, 101).unwrap(), entries(61..=100, 1).entries);
+    // Appends continue; recovery starts from the first surviving segment's checkpoint.
+    wal.append(&entries(101..=110, 1)).unwrap();
+    wal.sync().unwrap();
+    let (mut wal, rec) = reopen(wal);
+    assert_eq!(rec.snapshot, snap);
+    assert_eq!(rec.hard_state, hs(1, Some(1), 90));
+    assert_eq!(rec.entries, entries(61..=110, 1).entries);
+    // A stale compaction changes nothing; one past the log is refused.
+    wal.compact(&SnapshotMeta::default()).unwrap();
+    let beyond = SnapshotMeta {
+        index: 500,
+        ..snap.clone()
+    };
+    assert!(matches!(
+        wal.compact(&beyond),
+        Err(WalError::InvalidRequest { .. })
+    ));
+}
+
+#[test]
+fn compacting_everything_leaves_one_segment_and_an_empty_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.append(&entries(1..=80, 3)).unwrap();
+    wal.sync().unwrap();
+    let snap = SnapshotMeta {
+        index: 80,
+        term: 3,
+        membership: Membership::new([1], []),
+    };
+    wal.compact(&snap).unwrap();
+    assert_eq!(wal.segment_paths().len(), 1);
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.snapshot, snap);
+    assert!(rec.entries.is_empty());
+}
+
+#[test]
+fn an_installed_snapshot_replaces_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.append(&entries(1..=40, 1)).unwrap();
+    wal.sync().unwrap();
+    let snap = SnapshotMeta {
+        index: 500,
+        term: 4,
+        membership: Membership::new([1, 2, 3], [4]),
+    };
+    let mut w = Write {
+        snapshot: Some(snap.clone()),
+        hard_state: Some(hs(4, None, 500)),
+        ..Write::default()
+    };
+    wal.append(&w).unwrap();
+    w = entries(501..=505, 4);
+    wal.append(&w).unwrap();
+    wal.sync().unwrap();
+    let (mut wal, rec) = reopen(wal);
+    assert_eq!(rec.snapshot, snap);
+    assert_eq!(rec.entries, entries(501..=505, 4).entries);
+    // Compacting past the install drops every segment from before it.
+    let segments = wal.segment_paths().len();
+    wal.compact(&SnapshotMeta {
+        index: 502,
+        term: 4,
+        membership: snap.membership.clone(),
+    })
+    .unwrap();
+    assert!(wal.segment_paths().len() < segments);
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.entries, entries(503..=505, 4).entries);
+}
+
+#[test]
+fn the_bootstrap_membership_is_recorded_as_a_snapshot_at_index_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let bootstrap = SnapshotMeta {
+        index: 0,
+        term: 0,
+        membership: Membership::new([1, 2, 3], []),
+    };
+    wal.append(&Write {
+        snapshot: Some(bootstrap.clone()),
+        ..Write::default()
+    })
+    .unwrap();
+    wal.append(&entries(1..=2, 1)).unwrap();
+    wal.sync().unwrap();
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.snapshot, bootstrap);
+    assert_eq!(rec.entries.len(), 2);
+}
+
+#[test]
+fn the_hard_state_survives_rollover_and_compaction_of_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    let mut w = entries(1..=3, 5);
+    w.hard_state = Some(hs(5, Some(2), 3));
+    wal.append(&w).unwrap();
+    // Many entries with no new hard state push it far behind.
+    wal.append(&entries(4..=100, 5)).unwrap();
+    wal.sync().unwrap();
+    wal.compact(&SnapshotMeta {
+        index: 90,
+        term: 5,
+        membership: Membership::default(),
+    })
+    .unwrap();
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.hard_state, hs(5, Some(2), 3));
+}
+
+#[test]
+fn the_sync_failpoint_fails_the_nth_sync_and_stops_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        fail_sync_after: Some(2),
+        ..WalOptions::default()
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+    for i in 1..=2 {
+        wal.append(&entries(i..=i, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    // A sync with nothing to sync is not a sync.
+    wal.sync().unwrap();
+    wal.append(&entries(3..=3, 1)).unwrap();
+    assert!(matches!(wal.sync(), Err(WalError::Io { .. })));
+    assert!(matches!(
+        wal.append(&entries(4..=4, 1)),
+        Err(WalError::Stopped)
+    ));
+    assert!(matches!(wal.sync(), Err(WalError::Stopped)));
+}
+
+#[test]
+fn unsafe_no_fsync_still_writes_but_never_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        sync: SyncMode::UnsafeNoFsync,
+        ..small()
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+    wal.append(&entries(1..=50, 1)).unwrap();
+    let stats = wal.sync().unwrap();
+    assert_eq!(stats.entries, 50);
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.entries.len(), 50);
+}
+
+// ------------------------------------------------------------------------- the writer thread
+
+fn durable_writes(events: &crossbeam_channel::Receiver<WriterEvent>, count: usize) -> Vec<Write> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+            WriterEvent::Durable { writes, .. } => out.extend(writes),
+            WriterEvent::Failed(e) => panic!("writer failed: {e}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn the_writer_completes_writes_in_order_and_groups_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (writer, events) = LogWriter::spawn(wal);
+    for i in 1..=500 {
+        writer.submit(entries(i..=i, 1)).unwrap();
+    }
+    let done = durable_writes(&events, 500);
+    let indexes: Vec<Index> = done.iter().map(|w| w.entries[0].index).collect();
+    assert_eq!(indexes, (1..=500).collect::<Vec<_>>());
+    let wal = writer.stop();
+    assert_eq!(wal.last_index(), 500);
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.entries.len(), 500);
+}
+
+#[test]
+fn one_fsync_covers_every_write_that_queued_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (writer, events) = LogWriter::spawn(wal);
+    for i in 1..=2000 {
+        writer.submit(entries(i..=i, 1)).unwrap();
+    }
+    let mut groups = 0;
+    let mut completed = 0;
+    while completed < 2000 {
+        match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+            WriterEvent::Durable { writes, stats } => {
+                assert_eq!(stats.fdatasyncs, 1, "one fdatasync per group");
+                groups += 1;
+                completed += writes.len();
+            }
+            WriterEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        groups < 2000,
+        "{groups} groups for 2000 writes: no grouping"
+    );
+    drop(writer.stop());
+}
+
+#[test]
+fn barriers_and_compactions_are_ordered_with_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small()).unwrap();
+    let (writer, events) = LogWriter::spawn(wal);
+    writer.submit(entries(1..=60, 1)).unwrap();
+    writer.submit(Write::default()).unwrap(); // A barrier.
+    writer
+        .compact(SnapshotMeta {
+            index: 50,
+            term: 1,
+            membership: Membership::default(),
+        })
+        .unwrap();
+    writer.submit(entries(61..=61, 1)).unwrap();
+    let done = durable_writes(&events, 3);
+    assert!(done[1].is_empty());
+    let wal = writer.stop();
+    assert_eq!(wal.first_index(), 51);
+    assert_eq!(wal.last_index(), 61);
+}
+
+#[test]
+fn a_failed_sync_is_reported_and_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        fail_sync_after: Some(3),
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), opts).unwrap();
+    let (writer, events) = LogWriter::spawn(wal);
+    let mut durable = 0;
+    for i in 1..=3 {
+        writer.submit(entries(i..=i, 1)).unwrap();
+        match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+            WriterEvent::Durable { writes, .. } => durable += writes.len(),
+            WriterEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    writer.submit(entries(4..=4, 1)).unwrap();
+    match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+        WriterEvent::Failed(WalError::Io { .. }) => {}
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(durable, 3);
+    // The thread has stopped: later submissions are refused (once the queue notices).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while writer.submit(Write::default()).is_ok() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(events.recv_timeout(Duration::from_millis(50)).is_err());
+    drop(writer.stop());
+}
