@@ -289,10 +289,16 @@ impl Driver {
             }
             Inbound::Snapshot(m, data) => {
                 if let Body::Snapshot { snapshot } = &m.body {
-                    // Keep only the newest: the core installs at most the latest it accepts.
-                    self.state
-                        .incoming_snapshots
-                        .retain(|&i, _| i > snapshot.index);
+                    // Keep only the newest: the core installs at most the latest it accepts,
+                    // except data whose install write is held behind the one in progress (a
+                    // leader that compacts again re-sends a newer snapshot meanwhile).
+                    let held = &self.state.held_writes;
+                    self.state.incoming_snapshots.retain(|&i, _| {
+                        i > snapshot.index
+                            || held
+                                .iter()
+                                .any(|w| w.snapshot.as_ref().is_some_and(|s| s.index == i))
+                    });
                     self.state.incoming_snapshots.insert(snapshot.index, data);
                 }
                 self.core.step(m);
@@ -439,6 +445,7 @@ impl Driver {
                 // later snapshot write starts its own install and holds what comes after it).
                 let mut held = std::mem::take(&mut self.state.held_writes).into_iter();
                 if let Some(installed) = held.next() {
+                    debug_assert_eq!(installed.snapshot.as_ref().map(|s| s.index), Some(index));
                     self.append_to_log(installed)?;
                 }
                 for w in held {

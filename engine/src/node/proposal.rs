@@ -53,6 +53,12 @@ impl Proposal {
         self.applied
     }
 
+    /// Both halves, to await one after the other: a transport relaying a forwarded proposal's
+    /// outcome sends `Committed` as soon as it is known, then `Applied`.
+    pub fn into_parts(self) -> (Pending<Committed>, Pending<Applied>) {
+        (self.committed, self.applied)
+    }
+
     pub(crate) fn failed(error: Error) -> Self {
         let (proposal, reply) = ProposalReply::new();
         reply.fail(error);

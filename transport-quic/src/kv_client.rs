@@ -1,0 +1,311 @@
+//! A small key-value client over QUIC with mutual TLS: it sends each request to the node it
+//! believes leads, follows `NotLeader` hints (id and address), and falls back to its seed nodes.
+//! Blocking calls, safe to share between threads; it runs on a runtime of its own.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_engine::core::{Index, NodeId};
+use keel_engine::kv::{decode_response, Consistency, KvCommand, KvError};
+use parking_lot::Mutex;
+use rustls::pki_types::CertificateDer;
+
+use crate::certs::Identity;
+use crate::frame::{self, FrameError, FrameKind};
+use crate::kv_server::consistency_code;
+use crate::metrics::TransportMetrics;
+use crate::tls::{self, KV_ALPN};
+use crate::wire::{ArchivedWireKvResponse, WireKvRequest};
+
+/// Where and how a [`KvClient`] connects.
+#[derive(Clone, Debug)]
+pub struct KvClientConfig {
+    /// Nodes to try first, by id (their certificates must name it) and address.
+    pub seeds: Vec<(NodeId, SocketAddr)>,
+    /// A certificate from the cluster CA (`DevCa::issue_client` makes one).
+    pub identity: Identity,
+    pub ca: Vec<CertificateDer<'static>>,
+    /// The whole call, retries included, must finish within this.
+    pub request_timeout: Duration,
+    /// The local address to bind (port 0 picks one).
+    pub bind: SocketAddr,
+}
+
+impl KvClientConfig {
+    pub fn new(
+        seeds: Vec<(NodeId, SocketAddr)>,
+        identity: Identity,
+        ca: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        let bind = match seeds.first() {
+            Some((_, a)) if a.is_ipv6() => SocketAddr::from(([0u16; 8], 0)),
+            Some((_, a)) if a.ip().is_loopback() => SocketAddr::from(([127, 0, 0, 1], 0)),
+            _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        Self {
+            seeds,
+            identity,
+            ca,
+            request_timeout: Duration::from_secs(10),
+            bind,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The store's answer: not found, compare failed, or the node's error.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("no node could serve the request in time: {0}")]
+    Unavailable(String),
+    #[error("the client could not start: {0}")]
+    Setup(String),
+}
+
+/// What a request came back with.
+enum Outcome {
+    Applied { index: Index, response: Bytes },
+    Value(Option<Bytes>),
+}
+
+/// A key-value client. See the module docs.
+pub struct KvClient {
+    runtime: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    tls: quinn::ClientConfig,
+    cfg: KvClientConfig,
+    conns: Mutex<BTreeMap<NodeId, quinn::Connection>>,
+    /// The node believed to lead, with its address.
+    leader: Mutex<Option<(NodeId, SocketAddr)>>,
+    metrics: Arc<TransportMetrics>,
+}
+
+impl std::fmt::Debug for KvClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvClient")
+            .field("seeds", &self.cfg.seeds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvClient {
+    pub fn connect(cfg: KvClientConfig) -> Result<Self, ClientError> {
+        if cfg.seeds.is_empty() {
+            return Err(ClientError::Setup("no seed nodes".into()));
+        }
+        let metrics = Arc::new(TransportMetrics::default());
+        let tls = tls::client_config(
+            &cfg.identity,
+            &cfg.ca,
+            KV_ALPN,
+            metrics.clone(),
+            "kv-client".into(),
+        )
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("keel-kv-client")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::client(cfg.bind).map_err(|e| ClientError::Setup(e.to_string()))?
+        };
+        Ok(Self {
+            runtime,
+            endpoint,
+            tls,
+            cfg,
+            conns: Mutex::new(BTreeMap::new()),
+            leader: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// The node the client currently sends to, if it learned one.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader.lock().map(|(id, _)| id)
+    }
+
+    /// Refusals of server certificates this client saw, by reason.
+    pub fn metrics(&self) -> &TransportMetrics {
+        &self.metrics
+    }
+
+    pub fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<Index, ClientError> {
+        self.execute(&KvCommand::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+
+    pub fn delete(&self, key: impl Into<Bytes>) -> Result<Index, ClientError> {
+        self.execute(&KvCommand::Delete { key: key.into() })
+    }
+
+    pub fn compare_and_swap(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<Index, ClientError> {
+        self.execute(&KvCommand::CompareAndSwap {
+            key: key.into(),
+            expected,
+            new,
+        })
+    }
+
+    /// Proposes a command on the leader; returns the index it was applied at, or the store's
+    /// refusal (`NotFound`, `CompareFailed`).
+    pub fn execute(&self, command: &KvCommand) -> Result<Index, ClientError> {
+        let request = WireKvRequest::Propose {
+            command: command.encode(),
+        };
+        match self.request(&request)? {
+            Outcome::Applied { index, response } => {
+                decode_response(&response)?;
+                Ok(index)
+            }
+            Outcome::Value(_) => Err(ClientError::Unavailable("a read answered a write".into())),
+        }
+    }
+
+    /// Reads `key` at `consistency`; `Kv(NotFound)` if absent.
+    pub fn get(
+        &self,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> Result<Bytes, ClientError> {
+        let request = WireKvRequest::Read {
+            key: key.into(),
+            consistency: consistency_code(consistency),
+        };
+        match self.request(&request)? {
+            Outcome::Value(Some(v)) => Ok(v),
+            Outcome::Value(None) => Err(KvError::NotFound.into()),
+            Outcome::Applied { .. } => {
+                Err(ClientError::Unavailable("a write answered a read".into()))
+            }
+        }
+    }
+
+    fn request(&self, request: &WireKvRequest) -> Result<Outcome, ClientError> {
+        let body = frame::archive(request).map_err(|e| ClientError::Setup(e.to_string()))?;
+        self.runtime.block_on(self.request_async(body))
+    }
+
+    async fn request_async(&self, body: Bytes) -> Result<Outcome, ClientError> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut seed = 0usize;
+        let mut last_error = String::from("no attempt");
+        while Instant::now() < deadline {
+            let target = match *self.leader.lock() {
+                Some(t) => t,
+                None => {
+                    seed = (seed + 1) % self.cfg.seeds.len();
+                    self.cfg.seeds[seed]
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = tokio::time::timeout(left, self.attempt(target, body.clone())).await;
+            match attempt {
+                Err(_) => break,
+                Ok(Ok(Reply::Done(outcome))) => {
+                    *self.leader.lock() = Some(target);
+                    return Ok(outcome);
+                }
+                Ok(Ok(Reply::Failed(e))) => return Err(KvError::Node(e).into()),
+                Ok(Ok(Reply::NotLeader(hint))) => {
+                    last_error = format!("node {} is not the leader", target.0);
+                    *self.leader.lock() = hint;
+                    if hint.is_none() {
+                        // No leader known there: an election may be running; give it a moment.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    last_error = format!("node {}: {e}", target.0);
+                    self.conns.lock().remove(&target.0);
+                    *self.leader.lock() = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Err(ClientError::Unavailable(last_error))
+    }
+
+    async fn connection(
+        &self,
+        (id, addr): (NodeId, SocketAddr),
+    ) -> Result<quinn::Connection, FrameError> {
+        let existing = self.conns.lock().get(&id).cloned();
+        if let Some(c) = existing.filter(|c| c.close_reason().is_none()) {
+            return Ok(c);
+        }
+        let conn = self
+            .endpoint
+            .connect_with(self.tls.clone(), addr, &tls::server_name_of(id))
+            .map_err(|e| FrameError::Io(e.to_string()))?
+            .await
+            .map_err(|e| FrameError::Io(e.to_string()))?;
+        self.conns.lock().insert(id, conn.clone());
+        Ok(conn)
+    }
+
+    async fn attempt(
+        &self,
+        target: (NodeId, SocketAddr),
+        body: Bytes,
+    ) -> Result<Reply, FrameError> {
+        let conn = self.connection(target).await?;
+        let io = |e: &dyn std::fmt::Display| FrameError::Io(e.to_string());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
+        frame::write_frame(&mut send, FrameKind::KvRequest, body).await?;
+        send.finish().map_err(|e| io(&e))?;
+        let f = frame::expect_frame(&mut recv, FrameKind::KvResponse, 64 << 20).await?;
+        Ok(match frame::access::<ArchivedWireKvResponse>(&f.body)? {
+            ArchivedWireKvResponse::Applied { index, response } => Reply::Done(Outcome::Applied {
+                index: index.to_native(),
+                response: crate::wire::slice_in_frame(&f.body, response)?,
+            }),
+            ArchivedWireKvResponse::Value { value } => {
+                Reply::Done(Outcome::Value(match value.as_ref() {
+                    Some(v) => Some(crate::wire::slice_in_frame(&f.body, v)?),
+                    None => None,
+                }))
+            }
+            ArchivedWireKvResponse::Failed { error } => match error.leader_hint() {
+                Some((leader, addr)) => Reply::NotLeader(
+                    leader
+                        .zip(addr.and_then(|a| a.parse().ok()))
+                        .filter(|&(l, _)| l != target.0),
+                ),
+                None => Reply::Failed(error.to_node()),
+            },
+        })
+    }
+}
+
+enum Reply {
+    Done(Outcome),
+    NotLeader(Option<(NodeId, SocketAddr)>),
+    Failed(keel_engine::node::Error),
+}
+
+impl Drop for KvClient {
+    fn drop(&mut self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"client closed");
+    }
+}

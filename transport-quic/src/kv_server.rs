@@ -1,0 +1,111 @@
+//! The key-value endpoint: clients connect with the `keel-kv/1` ALPN and a certificate from the
+//! cluster CA, and send one request per bidirectional stream: propose a command, or read a key
+//! at a consistency level. A node that cannot serve the request (a proposal on a follower, a
+//! lease read without the lease) answers `NotLeader` with the leader's id and address.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use keel_engine::kv::{Consistency, KvStore};
+use keel_engine::node::{Error as NodeError, Node};
+
+use crate::forward::leader_addr;
+use crate::frame::{self, FrameError, FrameKind};
+use crate::metrics::add;
+use crate::shared::Shared;
+use crate::wire::{ArchivedWireKvRequest, WireError, WireKvResponse};
+
+/// Serves a client connection's requests until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
+    while let Ok((send, mut recv)) = conn.accept_bi().await {
+        let shared = shared.clone();
+        shared.handle.clone().spawn(async move {
+            if let Err(e) = serve_request(&shared, send, &mut recv).await {
+                shared.reject(None, &mut recv, &e);
+            }
+        });
+    }
+}
+
+async fn serve_request(
+    shared: &Shared,
+    mut send: quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), FrameError> {
+    let request =
+        frame::expect_frame(recv, FrameKind::KvRequest, shared.cfg.frame_bytes_max).await?;
+    add(&shared.metrics.kv_requests, 1);
+    let archived = frame::access::<ArchivedWireKvRequest>(&request.body)?;
+    let node = shared.kv.read().as_ref().and_then(|w| w.upgrade());
+    let response = match node {
+        None => Err(NodeError::Stopped {
+            reason: "this node serves no key-value store".into(),
+        }),
+        Some(node) => execute(shared, &node, archived, &request.body).await,
+    };
+    let response = response.unwrap_or_else(|e| WireKvResponse::Failed {
+        error: WireError::from_node(&e, leader_addr(shared, &e)),
+    });
+    frame::write_frame(&mut send, FrameKind::KvResponse, frame::archive(&response)?).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn execute(
+    shared: &Shared,
+    node: &Node<KvStore>,
+    request: &ArchivedWireKvRequest,
+    frame_body: &Bytes,
+) -> Result<WireKvResponse, NodeError> {
+    let timeout = shared.cfg.request_timeout;
+    match request {
+        ArchivedWireKvRequest::Propose { command } => {
+            let command = crate::wire::slice_in_frame(frame_body, command)
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            // `propose` blocks while the node's proposal queue is full (back-pressure).
+            let proposal = tokio::task::block_in_place(|| node.propose(command));
+            let (_, applied) = proposal.into_parts();
+            let applied = within(tokio::time::timeout(timeout, applied).await)?;
+            Ok(WireKvResponse::Applied {
+                index: applied.index,
+                response: applied.response,
+            })
+        }
+        ArchivedWireKvRequest::Read { key, consistency } => {
+            match consistency_of(*consistency) {
+                Some(Consistency::Linearizable) => {
+                    within(tokio::time::timeout(timeout, node.read_index()).await)?;
+                }
+                Some(Consistency::Lease) => {
+                    within(tokio::time::timeout(timeout, node.lease_read()).await)?;
+                }
+                Some(Consistency::Local) => {}
+                None => return Err(NodeError::Config("unknown consistency level".into())),
+            }
+            let value = node.state_machine().get(key.as_slice());
+            Ok(WireKvResponse::Value { value })
+        }
+    }
+}
+
+/// A timed-out wait is the node's `Timeout`.
+fn within<T>(r: Result<Result<T, NodeError>, tokio::time::error::Elapsed>) -> Result<T, NodeError> {
+    r.unwrap_or(Err(NodeError::Timeout))
+}
+
+pub(crate) fn consistency_code(c: Consistency) -> u8 {
+    match c {
+        Consistency::Linearizable => 0,
+        Consistency::Lease => 1,
+        Consistency::Local => 2,
+    }
+}
+
+fn consistency_of(code: u8) -> Option<Consistency> {
+    Some(match code {
+        0 => Consistency::Linearizable,
+        1 => Consistency::Lease,
+        2 => Consistency::Local,
+        _ => return None,
+    })
+}

@@ -1,0 +1,226 @@
+//! Clusters over real QUIC and mutual TLS on 127.0.0.1: elections, replication, restarts,
+//! forwarding, the key-value endpoint and snapshot streaming.
+
+mod common;
+
+use bytes::Bytes;
+use common::{eventually, Cluster, WAIT};
+use keel_engine::kv::{Consistency, KvError};
+use keel_transport_quic::{ClientError, KvClient, KvClientConfig};
+
+#[test]
+fn three_nodes_elect_replicate_and_survive_a_restart() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    let leader = cluster.leader();
+    let node = cluster.node(leader).clone();
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|i| {
+                        node.put(format!("k{t}-{i}"), format!("v{i}"), WAIT)
+                            .expect("put")
+                    })
+                    .max()
+                    .expect("25 puts")
+            })
+        })
+        .collect();
+    let last = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .max()
+        .expect("4 writers");
+    cluster.converge(last);
+    for m in cluster.members.values() {
+        assert_eq!(
+            m.node.state_machine().len(),
+            100,
+            "node {} has every key",
+            m.node.id()
+        );
+    }
+
+    // Every pair shares one connection; frames flowed between the leader and each follower and
+    // none was refused. (Handshakes may have been refused while the address books were being
+    // filled in at start: a node refuses a peer it does not know yet.)
+    for m in cluster.members.values() {
+        let snap = m.transport.metrics().snapshot();
+        assert_eq!(m.transport.connected_peers().len(), 2, "{snap:?}");
+        assert!(snap.frames_rejected.values().all(|&n| n == 0), "{snap:?}");
+        for reason in [
+            "unknown_ca",
+            "expired",
+            "wrong_id",
+            "bad_certificate",
+            "not_dialer",
+        ] {
+            assert_eq!(snap.handshakes_refused[reason], 0, "{snap:?}");
+        }
+    }
+    let leader_view = cluster.transport(leader).metrics().snapshot();
+    for (peer, traffic) in &leader_view.peers {
+        assert!(
+            traffic.bytes_sent > 0 && traffic.bytes_received > 0 && traffic.frames_sent > 0,
+            "leader and {peer}: {leader_view:?}"
+        );
+    }
+
+    // The leader goes away: the others elect a new one and go on; the old leader comes back
+    // and catches up. (A new leader starts every follower's progress from scratch, so this
+    // holds whether or not the restarted node kept its log.)
+    cluster.stop(leader);
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, leader);
+    let during = cluster
+        .node(new_leader)
+        .put("during", "restart", WAIT)
+        .expect("a majority of two commits");
+    // Messages for the absent node were dropped (bounded queues), not buffered.
+    let dropped = cluster.transport(new_leader).metrics().snapshot().peers[&leader];
+    assert!(dropped.messages_dropped > 0, "{dropped:?}");
+    cluster.restart(leader);
+    cluster.converge(during);
+    let back = cluster.transport(new_leader).metrics().snapshot().peers[&leader];
+    assert!(back.connects > dropped.connects, "reconnected: {back:?}");
+    let restarted = cluster.node(leader);
+    assert_eq!(
+        restarted.state_machine().get(b"during"),
+        Some(Bytes::from("restart"))
+    );
+    assert_eq!(restarted.state_machine().len(), 101);
+    let after = cluster
+        .node(cluster.leader())
+        .put("after", "1", WAIT)
+        .expect("put after the restart");
+    cluster.converge(after);
+}
+
+#[test]
+fn a_restarted_follower_catches_up_from_its_own_log() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    let leader = cluster.leader();
+    let follower = cluster.follower();
+    cluster.node(leader).put("before", "1", WAIT).expect("put");
+    cluster.stop(follower);
+    let during = cluster
+        .node(leader)
+        .put("during", "2", WAIT)
+        .expect("a majority of two commits");
+    cluster.restart(follower);
+    cluster.converge(during);
+    let restarted = cluster.node(follower);
+    assert_eq!(restarted.state_machine().len(), 2);
+}
+
+#[test]
+fn followers_forward_proposals_and_clients_follow_leader_hints() {
+    let cluster = Cluster::new(&[1, 2, 3]);
+    let leader = cluster.leader();
+    let follower = cluster.follower();
+
+    // A proposal made on a follower travels to the leader on a forward stream.
+    let applied = cluster
+        .node(follower)
+        .propose_forwarded("forwarded")
+        .wait_applied(WAIT)
+        .expect("forwarded and applied");
+    cluster.converge(applied.index);
+    let served: u64 = cluster
+        .transport(leader)
+        .metrics()
+        .snapshot()
+        .forwards_served;
+    assert!(served >= 1);
+
+    // A remote client that starts at a follower is sent to the leader.
+    let client_cert = cluster.ca.issue_client().expect("client cert").identity;
+    let mut cfg = KvClientConfig::new(
+        vec![(follower, cluster.addrs[&follower])],
+        client_cert,
+        vec![cluster.ca.cert_der()],
+    );
+    cfg.request_timeout = WAIT;
+    let client = KvClient::connect(cfg).expect("client");
+    let index = client
+        .put("colour", "blue")
+        .expect("put through the client");
+    assert_eq!(client.leader(), Some(leader), "followed the hint");
+    cluster.converge(index);
+    for consistency in [
+        Consistency::Linearizable,
+        Consistency::Lease,
+        Consistency::Local,
+    ] {
+        assert_eq!(
+            client.get("colour", consistency).expect("get"),
+            Bytes::from("blue")
+        );
+    }
+    assert!(matches!(
+        client.compare_and_swap(
+            "colour",
+            Some(Bytes::from("red")),
+            Some(Bytes::from("green"))
+        ),
+        Err(ClientError::Kv(KvError::CompareFailed { current: Some(_) }))
+    ));
+    client
+        .compare_and_swap(
+            "colour",
+            Some(Bytes::from("blue")),
+            Some(Bytes::from("green")),
+        )
+        .expect("cas");
+    client.delete("colour").expect("delete");
+    assert!(matches!(
+        client.get("colour", Consistency::Linearizable),
+        Err(ClientError::Kv(KvError::NotFound))
+    ));
+    assert!(cluster.transport(leader).metrics().snapshot().kv_requests >= 5);
+}
+
+#[test]
+fn snapshots_stream_in_chunks_to_a_lagging_follower() {
+    let mut cluster = Cluster::with(
+        &[1, 2, 3],
+        &[],
+        |n| n.snapshot_threshold_entries = 20,
+        |q| q.snapshot_chunk_bytes = 512,
+    );
+    let leader = cluster.leader();
+    let follower = cluster.follower();
+    cluster.stop(follower);
+    let value = "x".repeat(100);
+    let mut last = 0;
+    for i in 0..100 {
+        last = cluster
+            .node(leader)
+            .put(format!("key-{i:03}"), value.clone(), WAIT)
+            .expect("put");
+    }
+    // Wait until the leader compacted past what the follower has.
+    eventually("the leader snapshots", || {
+        cluster
+            .node(leader)
+            .status()
+            .expect("status")
+            .snapshot_index
+            >= 40
+    });
+    cluster.restart(follower);
+    cluster.converge(last);
+    assert_eq!(cluster.node(follower).state_machine().len(), 100);
+    let status = cluster.node(follower).status().expect("status");
+    assert!(
+        status.snapshot_index >= 40,
+        "the follower installed the leader's snapshot: {status:?}"
+    );
+    let received = cluster.transport(follower).metrics().snapshot().peers[&leader];
+    // About 100 keys of 100 bytes: many 512-byte chunks, never one frame.
+    assert!(
+        received.snapshot_chunks_received > 10,
+        "the snapshot came in chunks: {received:?}"
+    );
+}

@@ -1,0 +1,400 @@
+//! Hostile peers on real connections (foreign CAs, expired or misnamed certificates, malformed
+//! frames, frames claiming another node's id, a flood of streams) and a fuzz-style run of the
+//! frame decoder. Each refusal is asserted by its counted reason, and the cluster keeps serving.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, Cluster, Rogue, WAIT};
+use keel_engine::core::{Body, Entry, Message, Payload};
+use keel_transport_quic::certs::{node_dns_name, DevCa, Validity};
+use keel_transport_quic::codec::{encode_batch, validate_frame};
+use keel_transport_quic::frame::{encode_contiguous, FrameKind, StreamKind, FORMAT_VERSION};
+use keel_transport_quic::{FrameRejection, HandshakeRefusal};
+use rand::{Rng, RngCore, SeedableRng};
+
+/// Dials and expects to be refused, during or right after the handshake; returns why.
+fn dial_refused(rogue: &Rogue, id: u64, addr: std::net::SocketAddr) -> String {
+    match rogue.dial(id, addr) {
+        Err(e) => e,
+        Ok(conn) => rogue.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), conn.closed())
+                .await
+                .expect("a refused connection is closed promptly")
+                .to_string()
+        }),
+    }
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_refused_both_ways() {
+    let cluster = Cluster::new(&[1, 2, 3]);
+    cluster.leader();
+    let other = DevCa::generate("another CA").expect("CA");
+
+    // Dialling in with a certificate another CA signed (the rogue trusts the cluster CA, so the
+    // handshake gets as far as presenting its certificate).
+    let rogue = Rogue::new(&other.issue_node(1).expect("cert").identity, &cluster.ca);
+    let why = dial_refused(&rogue, 3, cluster.addrs[&3]);
+    assert!(
+        why.contains("certificate") || why.contains("alert"),
+        "{why}"
+    );
+    eventually("node 3 refuses an unknown CA", || {
+        cluster
+            .transport(3)
+            .metrics()
+            .handshakes_refused(HandshakeRefusal::UnknownCa)
+            >= 1
+    });
+
+    // Being dialled by a member and answering with a foreign certificate.
+    let impostor = Rogue::new(&other.issue_node(4).expect("cert").identity, &cluster.ca);
+    impostor.serve();
+    cluster.transport(1).set_peer(4, impostor.addr());
+    eventually("node 1 refuses an unknown CA", || {
+        cluster
+            .transport(1)
+            .metrics()
+            .handshakes_refused(HandshakeRefusal::UnknownCa)
+            >= 1
+    });
+    assert!(!cluster.transport(1).connected_peers().contains(&4));
+    cluster.transport(1).remove_peer(4);
+
+    // The right CA, but expired.
+    let expired = cluster
+        .ca
+        .issue(&node_dns_name(1), Validity::expired())
+        .expect("cert");
+    let rogue = Rogue::new(&expired.identity, &cluster.ca);
+    dial_refused(&rogue, 2, cluster.addrs[&2]);
+    eventually("node 2 refuses an expired certificate", || {
+        cluster
+            .transport(2)
+            .metrics()
+            .handshakes_refused(HandshakeRefusal::Expired)
+            >= 1
+    });
+
+    // Nothing the rogues sent reached a node, and the cluster goes on.
+    let leader = cluster.leader();
+    cluster
+        .node(leader)
+        .put("still", "serving", WAIT)
+        .expect("put");
+}
+
+#[test]
+fn a_valid_certificate_for_another_id_is_refused() {
+    let cluster = Cluster::new(&[1, 2, 3]);
+    cluster.leader();
+
+    // Node 1 dials "node 4", but what answers holds a (valid) certificate for node 5.
+    let impostor = Rogue::new(
+        &cluster.ca.issue_node(5).expect("cert").identity,
+        &cluster.ca,
+    );
+    impostor.serve();
+    cluster.transport(1).set_peer(4, impostor.addr());
+    eventually("node 1 refuses a certificate for another id", || {
+        cluster
+            .transport(1)
+            .metrics()
+            .handshakes_refused(HandshakeRefusal::WrongId)
+            >= 1
+    });
+    assert!(!cluster.transport(1).connected_peers().contains(&4));
+    cluster.transport(1).remove_peer(4);
+
+    // A dialler whose certificate names a node nobody knows.
+    let before = cluster
+        .transport(3)
+        .metrics()
+        .handshakes_refused(HandshakeRefusal::UnknownPeer);
+    let stranger = Rogue::new(
+        &cluster.ca.issue_node(9).expect("cert").identity,
+        &cluster.ca,
+    );
+    let why = dial_refused(&stranger, 3, cluster.addrs[&3]);
+    assert!(why.contains("unknown_peer"), "{why}");
+    eventually("node 3 refuses an unknown node id", || {
+        cluster
+            .transport(3)
+            .metrics()
+            .handshakes_refused(HandshakeRefusal::UnknownPeer)
+            > before
+    });
+
+    // A dialler claiming a higher id than the node it dials (the lower id of a pair dials).
+    let higher = Rogue::new(
+        &cluster.ca.issue_node(3).expect("cert").identity,
+        &cluster.ca,
+    );
+    let why = dial_refused(&higher, 2, cluster.addrs[&2]);
+    assert!(why.contains("not_dialer"), "{why}");
+    assert!(
+        cluster
+            .transport(2)
+            .metrics()
+            .handshakes_refused(HandshakeRefusal::NotDialer)
+            >= 1
+    );
+
+    let leader = cluster.leader();
+    cluster
+        .node(leader)
+        .put("still", "serving", WAIT)
+        .expect("put");
+}
+
+fn header(len: u32, version: u8, kind: u8) -> Vec<u8> {
+    let mut h = len.to_le_bytes().to_vec();
+    h.extend_from_slice(&[version, kind, 0, 0]);
+    h
+}
+
+fn heartbeat(from: u64, to: u64) -> Message {
+    Message {
+        from,
+        to,
+        term: 0,
+        body: Body::Heartbeat {
+            commit: 0,
+            lease_tick: 0,
+            read_seq: 0,
+        },
+    }
+}
+
+fn messages_frame(messages: &[Message]) -> Vec<u8> {
+    encode_contiguous(
+        FrameKind::Messages,
+        &encode_batch(messages).expect("encodes"),
+    )
+    .expect("frame")
+}
+
+#[test]
+fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
+    // Voters 2, 3, 4; node 1 is a known peer (the lowest id, so it dials) that the test plays
+    // with node 1's genuine certificate.
+    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let cluster = Cluster::with(
+        &[2, 3, 4],
+        &[(1, unused)],
+        |_| {},
+        |q| {
+            q.frame_bytes_max = 1 << 20;
+            q.batch_bytes_max = 1 << 19;
+        },
+    );
+    let leader = cluster.leader();
+    let rogue = Rogue::new(
+        &cluster.ca.issue_node(1).expect("cert").identity,
+        &cluster.ca,
+    );
+    let conn = rogue
+        .dial(3, cluster.addrs[&3])
+        .expect("node 1's certificate is accepted");
+
+    // Healthy traffic goes on throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let puts = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (node, stop, puts) = (cluster.node(leader).clone(), stop.clone(), puts.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 10_000 {
+                node.put(format!("k{i}"), "v", WAIT)
+                    .expect("healthy peers are served");
+                puts.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+
+    let replication = StreamKind::Replication as u8;
+    let mut garbage = vec![replication];
+    garbage.extend_from_slice(&[0x5a, 0x11, 0, 0, 0xEE, 0x42, 7, 7, 1, 2, 3, 4]);
+    let mut oversized = vec![replication];
+    oversized.extend(header(
+        u32::MAX - 8,
+        FORMAT_VERSION,
+        FrameKind::Messages as u8,
+    ));
+    let mut truncated = vec![replication];
+    let valid = messages_frame(&[heartbeat(1, 3)]);
+    truncated.extend_from_slice(&valid[..valid.len() - 10]);
+    let mut invalid = vec![replication];
+    invalid.extend(header(64, FORMAT_VERSION, FrameKind::Messages as u8));
+    invalid.extend([0xFF; 64]);
+    let mut bad_version = vec![StreamKind::Control as u8];
+    bad_version.extend(header(8, FORMAT_VERSION + 1, FrameKind::Messages as u8));
+    bad_version.extend([0; 8]);
+    let mut wrong_kind = vec![StreamKind::Control as u8];
+    wrong_kind.extend(header(1, FORMAT_VERSION, FrameKind::SnapshotAck as u8));
+    wrong_kind.push(1);
+    let mut claims_node_2 = vec![StreamKind::Control as u8];
+    claims_node_2.extend(messages_frame(&[heartbeat(2, 3)]));
+    let mut for_node_4 = vec![StreamKind::Control as u8];
+    for_node_4.extend(messages_frame(&[heartbeat(1, 4)]));
+    let unknown_stream = vec![0x63, 1, 2, 3];
+
+    let cases: Vec<(&str, Vec<u8>, FrameRejection)> = vec![
+        ("garbage", garbage, FrameRejection::BadHeader),
+        ("oversized length", oversized, FrameRejection::TooLarge),
+        ("truncated archive", truncated, FrameRejection::Truncated),
+        ("invalid archive", invalid, FrameRejection::InvalidArchive),
+        ("another version", bad_version, FrameRejection::BadHeader),
+        (
+            "a frame kind out of place",
+            wrong_kind,
+            FrameRejection::UnexpectedKind,
+        ),
+        (
+            "claims to be node 2",
+            claims_node_2,
+            FrameRejection::WrongSender,
+        ),
+        (
+            "addressed to node 4",
+            for_node_4,
+            FrameRejection::WrongRecipient,
+        ),
+        (
+            "unknown stream kind",
+            unknown_stream,
+            FrameRejection::UnexpectedKind,
+        ),
+    ];
+    let metrics = cluster.transport(3).metrics().clone();
+    for (what, bytes, reason) in cases {
+        let before = metrics.frames_rejected(reason);
+        rogue.runtime.block_on(async {
+            let mut s = conn.open_uni().await.expect("a stream");
+            s.write_all(&bytes).await.expect("written");
+            let _ = s.finish();
+            // Wait for the node to stop the stream: it refused the frame.
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.stopped()).await;
+        });
+        eventually(&format!("{what} is refused as {}", reason.name()), || {
+            metrics.frames_rejected(reason) > before
+        });
+    }
+
+    // A flood of streams: the node grants a bounded number at a time; the rest wait for credit
+    // on the rogue's side, and nobody else notices.
+    rogue.runtime.block_on(async {
+        for _ in 0..64 {
+            let opened = tokio::time::timeout(Duration::from_millis(50), conn.open_uni()).await;
+            let Ok(Ok(mut s)) = opened else { break };
+            let _ = s.write_all(&[replication]).await;
+        }
+    });
+
+    // The connection itself survived its bad streams: a valid frame from node 1 is accepted.
+    let received = || metrics.snapshot().peers[&1].frames_received;
+    let before = received();
+    let rejected_before: u64 = metrics.snapshot().frames_rejected.values().sum();
+    rogue.runtime.block_on(async {
+        let mut s = conn.open_uni().await.expect("a stream");
+        let mut bytes = vec![StreamKind::Control as u8];
+        bytes.extend(messages_frame(&[heartbeat(1, 3)]));
+        s.write_all(&bytes).await.expect("written");
+        let _ = s.finish();
+    });
+    eventually("a valid frame is received", || received() > before);
+    let rejected_after: u64 = metrics.snapshot().frames_rejected.values().sum();
+    assert_eq!(
+        rejected_before, rejected_after,
+        "the valid frame was not refused"
+    );
+
+    let progress = puts.load(Ordering::Relaxed);
+    eventually("healthy traffic goes on", || {
+        puts.load(Ordering::Relaxed) > progress + 10
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("the writer never failed");
+    let index = cluster
+        .node(leader)
+        .put("after", "attack", WAIT)
+        .expect("put");
+    cluster.converge(index);
+}
+
+#[test]
+fn the_frame_decoder_survives_random_and_mutated_input() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b65656c);
+    let payload = Bytes::from(vec![7u8; 128]);
+    let append = Message {
+        from: 2,
+        to: 1,
+        term: 3,
+        body: Body::Append {
+            prev_index: 9,
+            prev_term: 2,
+            entries: (10..14)
+                .map(|index| Entry {
+                    index,
+                    term: 3,
+                    payload: Payload::Command(payload.clone()),
+                })
+                .collect(),
+            commit: 9,
+            lease_tick: 1,
+            read_seq: 1,
+        },
+    };
+    let seeds = [
+        messages_frame(&[append, heartbeat(2, 1)]),
+        messages_frame(&[heartbeat(2, 1)]),
+    ];
+    assert!(seeds
+        .iter()
+        .all(|s| validate_frame(s, 2, 1, 1 << 20).is_ok()));
+    let (mut accepted, mut refused) = (0u32, 0u32);
+    let mut record = |r: Result<usize, _>| match r {
+        Ok(_) => accepted += 1,
+        Err(_) => refused += 1,
+    };
+    // Random bytes, with a well-formed header half of the time so the archive check is reached.
+    for _ in 0..20_000 {
+        let len = rng.random_range(0..512usize);
+        let mut buf = vec![0u8; len];
+        rng.fill_bytes(&mut buf);
+        if rng.random_bool(0.5) && len >= 8 {
+            let kind = rng.random_range(1..=8u8);
+            buf[..8].copy_from_slice(&header((len - 8) as u32, FORMAT_VERSION, kind));
+        }
+        record(validate_frame(&buf, 2, 1, 1 << 20));
+    }
+    // Valid frames with bytes flipped, truncated, extended, or their length field edited.
+    for i in 0..20_000 {
+        let mut buf = seeds[i % seeds.len()].clone();
+        match rng.random_range(0..4) {
+            0 => {
+                for _ in 0..rng.random_range(1..8) {
+                    let at = rng.random_range(0..buf.len());
+                    buf[at] ^= 1 << rng.random_range(0..8);
+                }
+            }
+            1 => buf.truncate(rng.random_range(0..buf.len())),
+            2 => buf.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
+            _ => {
+                let len: u32 = rng.random();
+                buf[..4].copy_from_slice(&len.to_le_bytes());
+            }
+        }
+        record(validate_frame(&buf, 2, 1, 1 << 20));
+    }
+    assert!(
+        refused > 20_000,
+        "most hostile input is refused ({accepted} accepted)"
+    );
+}
