@@ -9,36 +9,74 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_engine::core::{Index, NodeId};
 use keel_engine::kv::{KvCommand, KvStore};
-use keel_engine::node::{Error, MemNetwork, Node, NodeConfig, Pending, Proposal};
+use keel_engine::node::{Error, MemNetwork, Node, NodeConfig, Pending, Proposal, Transport};
 use keel_metrics::{MetricsServer, NodeCollector, NodeSource};
+use keel_transport_quic::certs::DevCa;
+use keel_transport_quic::{QuicConfig, QuicTransport};
 
 use crate::load::{Request, Target};
 
 pub struct LocalCluster {
     pub nodes: Vec<Arc<Node<KvStore>>>,
     pub metrics: Vec<MetricsServer>,
+    quic: Vec<Arc<QuicTransport>>,
     /// The node the load goes to: the leader, as last known.
     leader: AtomicU64,
 }
 
 impl LocalCluster {
+    /// Starts `size` nodes; over QUIC with mutual TLS (a fresh dev CA, certificates naming each
+    /// node) when `quic`, over the in-memory transport otherwise.
     pub fn start(
         dir: &Path,
         size: u64,
+        quic: bool,
         no_fsync: bool,
         metrics_port_base: Option<u16>,
     ) -> Result<Self, String> {
-        let net = MemNetwork::new();
         let voters: Vec<NodeId> = (1..=size).collect();
+        let transports: Vec<Arc<dyn Transport>>;
+        let mut quic_transports = Vec::new();
+        if quic {
+            let ca =
+                DevCa::generate("keel-bench dev CA").map_err(|e| format!("certificates: {e}"))?;
+            for &id in &voters {
+                let issued = ca
+                    .issue_node(id)
+                    .map_err(|e| format!("certificates: {e}"))?;
+                let listen = "127.0.0.1:0".parse().expect("a valid address");
+                let cfg = QuicConfig::new(id, listen, issued.identity, vec![ca.cert_der()]);
+                let t =
+                    QuicTransport::start(cfg).map_err(|e| format!("node {id}'s transport: {e}"))?;
+                quic_transports.push(t);
+            }
+            for a in &quic_transports {
+                for b in &quic_transports {
+                    if a.id() != b.id() {
+                        a.set_peer(b.id(), b.local_addr());
+                    }
+                }
+            }
+            transports = quic_transports
+                .iter()
+                .map(|t| t.clone() as Arc<dyn Transport>)
+                .collect();
+        } else {
+            let net = MemNetwork::new();
+            transports = voters
+                .iter()
+                .map(|&id| net.transport(id) as Arc<dyn Transport>)
+                .collect();
+        }
         let mut nodes = Vec::new();
         let mut metrics = Vec::new();
-        for &id in &voters {
+        for (&id, transport) in voters.iter().zip(transports) {
             let mut cfg = NodeConfig::new(id, voters.iter().copied());
             cfg.unsafe_no_fsync = no_fsync;
             let node = Node::start(
                 cfg,
                 dir.join(format!("node-{id}")),
-                net.transport(id),
+                transport,
                 KvStore::default(),
             )
             .map_err(|e| format!("node {id} failed to start: {e}"))?;
@@ -61,6 +99,7 @@ impl LocalCluster {
         Ok(Self {
             nodes,
             metrics,
+            quic: quic_transports,
             leader: AtomicU64::new(leader),
         })
     }
@@ -76,6 +115,9 @@ impl LocalCluster {
     pub fn stop(&self) {
         for n in &self.nodes {
             n.stop();
+        }
+        for t in &self.quic {
+            t.shutdown();
         }
     }
 }

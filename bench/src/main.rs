@@ -28,11 +28,25 @@ struct Cli {
 enum Command {
     /// Start a local cluster, run a load against it, print the report, clean up.
     Local(LocalArgs),
+    /// Write a dev CA and node certificates (the node id in each SAN) for a cluster.
+    Certs(CertsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CertsArgs {
+    /// Directory to write ca.pem and the node certificates into.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Node ids, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    nodes: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum TransportKind {
-    /// In-process channels between the nodes (no network).
+    /// QUIC on 127.0.0.1 with mutual TLS (fresh dev certificates).
+    Quic,
+    /// In-process channels between the nodes (no network): keel's own overhead.
     Mem,
 }
 
@@ -72,7 +86,7 @@ struct LocalArgs {
     /// Open loop: requests per second, sent on schedule; latency counts from the scheduled time.
     #[arg(long)]
     rate: Option<f64>,
-    #[arg(long, value_enum, default_value_t = TransportKind::Mem)]
+    #[arg(long, value_enum, default_value_t = TransportKind::Quic)]
     transport: TransportKind,
     /// UNSAFE: skip fsync. Acknowledged writes can be lost on power failure.
     #[arg(long)]
@@ -98,6 +112,7 @@ fn main() {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Local(args) => local(args),
+        Command::Certs(args) => certs(&args),
     };
     if let Err(e) = outcome {
         eprintln!("keel-bench: {e}");
@@ -114,6 +129,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
     let cluster = Arc::new(local::LocalCluster::start(
         dir.path(),
         args.nodes,
+        args.transport == TransportKind::Quic,
         args.no_fsync,
         args.metrics_port,
     )?);
@@ -231,6 +247,18 @@ fn local(args: LocalArgs) -> Result<(), String> {
             "{verification_failures} acknowledged writes were not read back"
         ));
     }
+    Ok(())
+}
+
+fn certs(args: &CertsArgs) -> Result<(), String> {
+    let paths = keel_transport_quic::certs::write_dev_certs(&args.out, &args.nodes)
+        .map_err(|e| format!("writing certificates to {}: {e}", args.out.display()))?;
+    println!(
+        "wrote a dev CA ({}) and certificates for nodes {:?} in {}",
+        paths.ca_cert.display(),
+        args.nodes,
+        args.out.display()
+    );
     Ok(())
 }
 

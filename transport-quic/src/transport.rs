@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_engine::core::{Message, NodeId};
 use keel_engine::kv::KvStore;
-use keel_engine::node::{Inbox, Node, ProposalReply, Transport};
+use keel_engine::node::{Inbox, Node, PeerTraffic, ProposalReply, Transport, TransportStats};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::QuicConfig;
@@ -193,6 +193,30 @@ impl QuicTransport {
 impl Transport for QuicTransport {
     fn attach(&self, inbox: Inbox) {
         *self.shared.inbox.write() = Some(inbox);
+    }
+
+    /// What keel-metrics exposes: traffic per peer, refusals by reason, live connections.
+    fn stats(&self) -> TransportStats {
+        let m = self.shared.metrics.snapshot();
+        let named = |map: std::collections::BTreeMap<&'static str, u64>| {
+            map.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        };
+        TransportStats {
+            peers_connected: m.peers_connected,
+            peers: m
+                .peers
+                .iter()
+                .map(|(&id, p)| {
+                    let traffic = PeerTraffic {
+                        sent_bytes: p.bytes_sent,
+                        received_bytes: p.bytes_received,
+                    };
+                    (id, traffic)
+                })
+                .collect(),
+            frames_rejected: named(m.frames_rejected),
+            handshakes_refused: named(m.handshakes_refused),
+        }
     }
 
     fn send(&self, messages: Vec<Message>) {
