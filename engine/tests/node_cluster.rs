@@ -519,3 +519,25 @@ fn a_failing_state_machine_stops_the_node_cleanly() {
 fn a_panicking_state_machine_stops_the_node_cleanly() {
     fragile_node_stops_and_says_why(true);
 }
+
+#[test]
+fn a_learner_is_promoted_only_once_it_has_caught_up() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.node(cluster.leader()).clone();
+    let proposals: Vec<_> = (0..1100).map(|i| leader.propose(format!("x{i}"))).collect();
+    for p in &proposals {
+        p.wait(WAIT).expect("commits");
+    }
+    // Node 4 is added but never started: it cannot catch up.
+    leader.add_learner(4).wait(WAIT).expect("learner added");
+    match leader.promote(4).wait(WAIT) {
+        Err(Error::Membership(reason)) => assert!(reason.contains("behind"), "{reason}"),
+        other => panic!("promoting a learner 1100 entries behind: {other:?}"),
+    }
+    assert!(!leader
+        .status()
+        .expect("status")
+        .membership
+        .voters
+        .contains(&4));
+}

@@ -7,7 +7,21 @@ use crate::core::{self, NodeId};
 use super::Error;
 
 /// How a node runs. [`NodeConfig::new`] gives defaults like etcd's and openraft's.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// It deserializes from configuration files (any serde format), with durations written the human
+/// way (`"50ms"`, `"2s"`) and every field but `id` optional:
+///
+/// ```
+/// let cfg: keel_engine::node::NodeConfig = toml::from_str(r#"
+///     id = 2
+///     voters = [1, 2, 3]
+///     heartbeat_interval = "50ms"
+///     election_timeout = "300ms"
+/// "#).expect("a valid config");
+/// assert_eq!(cfg.election_timeout, std::time::Duration::from_millis(300));
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: NodeId,
     /// Voters of a brand-new cluster. Leave `voters` and `learners` empty to start a standby that
@@ -15,15 +29,19 @@ pub struct NodeConfig {
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     /// The core's clock resolution. Timeouts below are rounded to whole ticks.
+    #[serde(with = "humantime_serde")]
     pub tick_interval: Duration,
+    #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Minimum election timeout; each election draws one in `[this, 2 * this)`.
+    #[serde(with = "humantime_serde")]
     pub election_timeout: Duration,
     pub pre_vote: bool,
     pub check_quorum: bool,
     /// Serve `lease_read` without a round trip while the leader lease holds.
     pub lease_reads: bool,
     /// The lease is shorter than the election timeout by this much, for clock-rate drift.
+    #[serde(with = "humantime_serde")]
     pub lease_drift: Duration,
     /// A proposal larger than this is refused with `TooLarge`.
     pub max_proposal_bytes: usize,
@@ -37,6 +55,7 @@ pub struct NodeConfig {
     /// Take a snapshot and compact the log every this many applied entries.
     pub snapshot_threshold_entries: u64,
     /// Default timeout of the blocking helpers (`wait_for_leader`, forwarded proposals...).
+    #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
     /// Ticks come only from [`super::Node::tick`]: for deterministic tests.
     pub manual_ticks: bool,
@@ -45,6 +64,13 @@ pub struct NodeConfig {
     /// Warn (event and log) when a follower's heartbeat round trip exceeds this fraction of the
     /// election timeout (liferaft's "threshold").
     pub rtt_warning_fraction: f64,
+}
+
+impl Default for NodeConfig {
+    /// The defaults of [`NodeConfig::new`], with no id (a config file must give one).
+    fn default() -> Self {
+        Self::new(0, [])
+    }
 }
 
 impl NodeConfig {
@@ -101,5 +127,57 @@ impl NodeConfig {
             ));
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_needs_only_an_id() {
+        let cfg: NodeConfig = toml::from_str("id = 4").expect("parses");
+        assert_eq!(cfg.id, 4);
+        assert_eq!(
+            cfg.heartbeat_interval,
+            NodeConfig::new(4, []).heartbeat_interval
+        );
+        assert!(cfg.voters.is_empty(), "a standby unless voters are given");
+    }
+
+    #[test]
+    fn a_bad_field_is_named() {
+        let bad_duration = toml::from_str::<NodeConfig>("id = 1\nelection_timeout = \"soon\"")
+            .expect_err("not a duration");
+        assert!(
+            bad_duration.to_string().contains("election_timeout"),
+            "{bad_duration}"
+        );
+        let unknown =
+            toml::from_str::<NodeConfig>("id = 1\nelection_timout = \"1s\"").expect_err("a typo");
+        assert!(unknown.to_string().contains("election_timout"), "{unknown}");
+    }
+
+    #[test]
+    fn durations_become_ticks() {
+        let mut cfg = NodeConfig::new(1, [1]);
+        cfg.tick_interval = Duration::from_millis(10);
+        cfg.heartbeat_interval = Duration::from_millis(50);
+        cfg.election_timeout = Duration::from_millis(150);
+        cfg.lease_drift = Duration::from_millis(20);
+        let core = cfg.core_config().expect("valid");
+        assert_eq!(
+            (
+                core.heartbeat_ticks,
+                core.election_ticks,
+                core.lease_drift_ticks
+            ),
+            (5, 15, 2)
+        );
+        cfg.election_timeout = Duration::from_millis(40);
+        assert!(
+            cfg.core_config().is_err(),
+            "the election timeout must exceed the heartbeat"
+        );
     }
 }

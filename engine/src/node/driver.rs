@@ -234,6 +234,11 @@ impl Driver {
                 self.core.read_index(id, mode);
             }
             Control::ChangeMembership { change, reply } => {
+                if let MembershipChange::Promote(id) = change {
+                    if let Err(e) = self.caught_up(id) {
+                        return reply.complete(Err(e));
+                    }
+                }
                 let target = target_membership(self.core.membership(), &change);
                 match self.core.propose_membership(&target) {
                     Ok(index) => {
@@ -260,6 +265,28 @@ impl Driver {
                 let _ = self.apply.send(ApplyTask::WaitApplied { index, reply });
             }
             Control::Stop => {}
+        }
+    }
+
+    /// A learner votes only once it holds nearly the whole log: promoting one that is far
+    /// behind would add a voter that cannot help commit, and could cost the cluster its quorum.
+    fn caught_up(&self, id: NodeId) -> Result<(), Error> {
+        const PROMOTE_LAG_ENTRIES_MAX: u64 = 1024;
+        if self.core.role() != Role::Leader {
+            return Ok(()); // The core refuses with the leader hint.
+        }
+        let progress = self
+            .core
+            .progress()
+            .find(|(peer, _)| *peer == id)
+            .map(|(_, p)| p);
+        let lag = progress.map(|p| self.core.last_index().saturating_sub(p.match_index));
+        match lag {
+            Some(lag) if lag <= PROMOTE_LAG_ENTRIES_MAX => Ok(()),
+            Some(lag) => Err(Error::Membership(format!(
+                "node {id} is {lag} entries behind; promote it once it has caught up"
+            ))),
+            None => Err(Error::Membership(format!("node {id} is not a learner"))),
         }
     }
 
