@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use common::{cmd, msg, warm_core, Cluster, Options};
+use common::{cmd, msg, restore_with_log, warm_core, Cluster, Options};
 use keel_engine::core::{
     AppendResult, Body, Config, Core, CoreError, Entry, HardState, Index, Membership, Message,
     NodeId, Payload, ReadMode, Restore, Role, SnapshotMeta, Term,
@@ -24,29 +24,7 @@ fn follower(id: NodeId) -> Core {
 
 /// Node `id` of a three-voter cluster, restarted at `term` with a log of entries of these terms.
 fn follower_with_log(id: NodeId, term: Term, terms: &[Term], commit: Index) -> Core {
-    let entries = terms
-        .iter()
-        .enumerate()
-        .map(|(k, &t)| Entry {
-            index: k as u64 + 1,
-            term: t,
-            payload: Payload::Command(Bytes::new()),
-        })
-        .collect();
-    let restore = Restore {
-        hard_state: HardState {
-            term,
-            vote: None,
-            commit,
-        },
-        snapshot: SnapshotMeta {
-            index: 0,
-            term: 0,
-            membership: voters(&[1, 2, 3]),
-        },
-        entries,
-        applied: 0,
-    };
+    let restore = restore_with_log(voters(&[1, 2, 3]), term, None, commit, terms);
     warm_core(Config::new(id), restore)
 }
 

@@ -263,25 +263,7 @@ impl Cluster {
         commit: Index,
         terms: &[Term],
     ) {
-        let entries = terms
-            .iter()
-            .enumerate()
-            .map(|(k, &t)| Entry {
-                index: k as u64 + 1,
-                term: t,
-                payload: Payload::Command(Bytes::new()),
-            })
-            .collect();
-        let restore = Restore {
-            hard_state: HardState { term, vote, commit },
-            snapshot: SnapshotMeta {
-                index: 0,
-                term: 0,
-                membership: self.opts.membership(),
-            },
-            entries,
-            applied: 0,
-        };
+        let restore = restore_with_log(self.opts.membership(), term, vote, commit, terms);
         self.add_node(id, restore);
     }
 
@@ -1152,5 +1134,35 @@ pub fn read_mode(s: &str) -> Option<ReadMode> {
         "lease" => Some(ReadMode::Lease),
         "quorum" => Some(ReadMode::Quorum),
         _ => None,
+    }
+}
+
+/// A disk holding `term`, `vote`, `commit` and a log of entries with the given terms from index 1
+/// (opaque empty commands), in a cluster that bootstrapped with `membership`.
+pub fn restore_with_log(
+    membership: Membership,
+    term: Term,
+    vote: Option<NodeId>,
+    commit: Index,
+    terms: &[Term],
+) -> Restore {
+    let entries = terms
+        .iter()
+        .enumerate()
+        .map(|(k, &t)| Entry {
+            index: k as u64 + 1,
+            term: t,
+            payload: Payload::Command(Bytes::new()),
+        })
+        .collect();
+    Restore {
+        hard_state: HardState { term, vote, commit },
+        snapshot: SnapshotMeta {
+            index: 0,
+            term: 0,
+            membership,
+        },
+        entries,
+        applied: 0,
     }
 }
