@@ -595,6 +595,8 @@ impl Driver {
         let mut replies = Vec::new();
         let mut committed = 0;
         let now = Instant::now();
+        // Proposals of one batch share their arrival time: tally each run of them once.
+        let mut run: Option<(Instant, u64)> = None;
         for e in &entries {
             while let Some(first) = self.state.proposals.first_entry() {
                 if *first.key() > e.index {
@@ -603,10 +605,13 @@ impl Driver {
                 let (index, (term, reply, proposed_at)) = first.remove_entry();
                 if index == e.index && term == e.term {
                     committed += 1;
-                    let nanos = now.saturating_duration_since(proposed_at).as_nanos();
-                    self.state
-                        .commit_latency
-                        .record(u64::try_from(nanos).unwrap_or(u64::MAX));
+                    run = match run {
+                        Some((at, n)) if at == proposed_at => Some((at, n + 1)),
+                        other => {
+                            self.tally_commit_latency(now, other);
+                            Some((proposed_at, 1))
+                        }
+                    };
                     replies.push((index, term, reply.commit(Committed { index, term })));
                 } else {
                     self.metrics.failed(&Error::Dropped, 1);
@@ -626,6 +631,7 @@ impl Driver {
                 reply.complete(result);
             }
         }
+        self.tally_commit_latency(now, run);
         NodeMetrics::add(&self.metrics.proposals_committed, committed);
         self.state
             .commit_latency
@@ -639,6 +645,15 @@ impl Driver {
         self.apply
             .send(ApplyTask::Entries { entries, replies })
             .map_err(|_| "the applier stopped".to_string())
+    }
+
+    /// Records `count` proposals that arrived at `at` and committed `now`.
+    fn tally_commit_latency(&mut self, now: Instant, run: Option<(Instant, u64)>) {
+        if let Some((at, count)) = run {
+            let nanos =
+                u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+            self.state.commit_latency.record_n(nanos, count);
+        }
     }
 
     fn soft_state_changed(&mut self, soft: SoftState) {

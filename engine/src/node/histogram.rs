@@ -105,8 +105,13 @@ impl LocalHistogram {
     }
 
     pub fn record(&mut self, value: u64) {
-        self.buckets[bucket_of(self.bounds, value)] += 1;
-        self.sum = self.sum.wrapping_add(value);
+        self.record_n(value, 1);
+    }
+
+    /// Records `count` observations of the same value at the cost of one.
+    pub fn record_n(&mut self, value: u64, count: u64) {
+        self.buckets[bucket_of(self.bounds, value)] += count;
+        self.sum = self.sum.wrapping_add(value.wrapping_mul(count));
     }
 
     /// Adds the tally to `into` and clears it.
