@@ -335,14 +335,16 @@ impl Driver {
     }
 
     fn time_round_trip(&mut self, peer: NodeId, lease_tick: u64) {
-        let Some(&(_, sent)) = self
-            .state
-            .tick_instants
-            .iter()
-            .find(|(clock, _)| *clock == lease_tick)
+        // One entry per tick, in clock order: the echoed clock indexes it directly.
+        let instants = &self.state.tick_instants;
+        let Some(&(clock, sent)) = instants
+            .front()
+            .and_then(|&(first, _)| lease_tick.checked_sub(first))
+            .and_then(|offset| instants.get(usize::try_from(offset).ok()?))
         else {
             return;
         };
+        debug_assert_eq!(clock, lease_tick, "tick instants are contiguous");
         let round_trip = sent.elapsed();
         let nanos = u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX);
         self.metrics
