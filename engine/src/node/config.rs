@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// Warn (event and log) when a follower's heartbeat round trip exceeds this fraction of the
     /// election timeout (liferaft's "threshold").
     pub rtt_warning_fraction: f64,
+    /// Failpoint for whole-cluster fault tests: the first `n` fsyncs of the log succeed and every
+    /// later one fails, which must stop the node.
+    #[doc(hidden)]
+    pub fail_sync_after: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +100,7 @@ impl NodeConfig {
             manual_ticks: false,
             unsafe_no_fsync: false,
             rtt_warning_fraction: 0.5,
+            fail_sync_after: None,
         }
     }
 

@@ -119,6 +119,7 @@ impl<S: StateMachine> Node<S> {
             } else {
                 SyncMode::Fdatasync
             },
+            fail_sync_after: config.fail_sync_after,
             ..WalOptions::default()
         };
         let storage = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());
