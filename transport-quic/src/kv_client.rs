@@ -1,6 +1,12 @@
 //! A small key-value client over QUIC with mutual TLS: it sends each request to the node it
 //! believes leads, follows `NotLeader` hints (id and address), and falls back to its seed nodes.
 //! Blocking calls, safe to share between threads; it runs on a runtime of its own.
+//!
+//! Retries never apply a command twice: a write is sent again only after an answer proving it
+//! was not proposed (`NotLeader`) or a failure before it was sent. Once a write's request may
+//! have reached a node, losing the answer is [`ClientError::Indeterminate`]: a retry could apply
+//! it a second time, and a compare-and-swap retried after it took effect would report a
+//! compare failure for its own write. Reads have no effect and are retried freely.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,13 +62,23 @@ impl KvClientConfig {
 }
 
 /// Why a client call failed.
+///
+/// Whether a failed write took effect: `Unavailable` and `Setup` mean it did not; so do the
+/// node's `NotLeader`, `Dropped`, `TooLarge` and `TransferInProgress`. `Indeterminate` and the
+/// node's `Timeout` and `Stopped` mean it may have, or may still.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The store's answer: not found, compare failed, or the node's error.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// No node took the request before the deadline: a write was never proposed.
     #[error("no node could serve the request in time: {0}")]
     Unavailable(String),
+    /// A write reached a node but its answer did not come back (the connection failed, or the
+    /// deadline passed while waiting): it may or may not take effect. Not retried, since a retry
+    /// could apply it twice.
+    #[error("the request was sent but its outcome is unknown: {0}")]
+    Indeterminate(String),
     #[error("the client could not start: {0}")]
     Setup(String),
 }
@@ -172,7 +188,7 @@ impl KvClient {
         let request = WireKvRequest::Propose {
             command: command.encode(),
         };
-        match self.request(&request)? {
+        match self.request(&request, Resend::OnlyIfUnsent)? {
             Outcome::Applied { index, response } => {
                 decode_response(&response)?;
                 Ok(index)
@@ -191,7 +207,7 @@ impl KvClient {
             key: key.into(),
             consistency: consistency_code(consistency),
         };
-        match self.request(&request)? {
+        match self.request(&request, Resend::Always)? {
             Outcome::Value(Some(v)) => Ok(v),
             Outcome::Value(None) => Err(KvError::NotFound.into()),
             Outcome::Applied { .. } => {
@@ -200,15 +216,19 @@ impl KvClient {
         }
     }
 
-    fn request(&self, request: &WireKvRequest) -> Result<Outcome, ClientError> {
+    fn request(&self, request: &WireKvRequest, resend: Resend) -> Result<Outcome, ClientError> {
         let body = frame::archive(request).map_err(|e| ClientError::Setup(e.to_string()))?;
-        self.runtime.block_on(self.request_async(body))
+        self.runtime.block_on(self.request_async(body, resend))
     }
 
-    async fn request_async(&self, body: Bytes) -> Result<Outcome, ClientError> {
+    async fn request_async(&self, body: Bytes, resend: Resend) -> Result<Outcome, ClientError> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let mut seed = 0usize;
         let mut last_error = String::from("no attempt");
+        let lost = |sent: bool, error: String| match (sent, resend) {
+            (true, Resend::OnlyIfUnsent) => Err(ClientError::Indeterminate(error)),
+            _ => Ok(error),
+        };
         while Instant::now() < deadline {
             let target = match *self.leader.lock() {
                 Some(t) => t,
@@ -218,9 +238,15 @@ impl KvClient {
                 }
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = tokio::time::timeout(left, self.attempt(target, body.clone())).await;
+            // Whether this attempt began sending the request.
+            let mut sent = false;
+            let attempt =
+                tokio::time::timeout(left, self.attempt(target, body.clone(), &mut sent)).await;
             match attempt {
-                Err(_) => break,
+                Err(_) => {
+                    last_error = lost(sent, format!("node {}: no answer in time", target.0))?;
+                    break;
+                }
                 Ok(Ok(Reply::Done(outcome))) => {
                     *self.leader.lock() = Some(target);
                     return Ok(outcome);
@@ -235,9 +261,9 @@ impl KvClient {
                     }
                 }
                 Ok(Err(e)) => {
-                    last_error = format!("node {}: {e}", target.0);
                     self.conns.lock().remove(&target.0);
                     *self.leader.lock() = None;
+                    last_error = lost(sent, format!("node {}: {e}", target.0))?;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -263,14 +289,17 @@ impl KvClient {
         Ok(conn)
     }
 
+    /// One try at `target`; sets `sent` once any of the request may have left.
     async fn attempt(
         &self,
         target: (NodeId, SocketAddr),
         body: Bytes,
+        sent: &mut bool,
     ) -> Result<Reply, FrameError> {
         let conn = self.connection(target).await?;
         let io = |e: &dyn std::fmt::Display| FrameError::Io(e.to_string());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
+        *sent = true;
         frame::write_frame(&mut send, FrameKind::KvRequest, body).await?;
         send.finish().map_err(|e| io(&e))?;
         let f = frame::expect_frame(&mut recv, FrameKind::KvResponse, 64 << 20).await?;
@@ -297,6 +326,15 @@ impl KvClient {
     }
 }
 
+/// Whether a request may be sent again after it may have reached a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Reads: sending twice changes nothing.
+    Always,
+    /// Writes: only a request that never left may go again.
+    OnlyIfUnsent,
+}
+
 enum Reply {
     Done(Outcome),
     NotLeader(Option<(NodeId, SocketAddr)>),
@@ -307,5 +345,94 @@ impl Drop for KvClient {
     fn drop(&mut self) {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"client closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::certs::DevCa;
+
+    /// A node that takes every request and closes the connection without answering: the
+    /// client cannot know whether a write it sent took effect.
+    struct Silent {
+        addr: SocketAddr,
+        requests: Arc<AtomicU64>,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    fn silent_node(ca: &DevCa) -> Silent {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let identity = ca.issue_node(1).expect("node cert").identity;
+        let metrics = Arc::new(TransportMetrics::default());
+        let server = tls::server_config(&identity, &[ca.cert_der()], metrics, "silent".into())
+            .expect("server config");
+        let endpoint = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::server(server, SocketAddr::from(([127, 0, 0, 1], 0)))
+                .expect("endpoint")
+        };
+        let addr = endpoint.local_addr().expect("bound");
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        runtime.spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let Ok(conn) = incoming.await else { continue };
+                let Ok((_send, mut recv)) = conn.accept_bi().await else {
+                    continue;
+                };
+                if frame::expect_frame(&mut recv, FrameKind::KvRequest, 1 << 20)
+                    .await
+                    .is_ok()
+                {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                conn.close(quinn::VarInt::from_u32(1), b"gone");
+            }
+        });
+        Silent {
+            addr,
+            requests,
+            _runtime: runtime,
+        }
+    }
+
+    fn client_of(ca: &DevCa, node: &Silent) -> KvClient {
+        let identity = ca.issue_client().expect("client cert").identity;
+        let mut cfg = KvClientConfig::new(vec![(1, node.addr)], identity, vec![ca.cert_der()]);
+        cfg.request_timeout = Duration::from_secs(2);
+        KvClient::connect(cfg).expect("client")
+    }
+
+    #[test]
+    fn a_write_whose_answer_is_lost_is_indeterminate_and_sent_once() {
+        let ca = DevCa::generate("test").expect("ca");
+        let node = silent_node(&ca);
+        let client = client_of(&ca, &node);
+        let result = client.compare_and_swap("k", None, Some(Bytes::from("v")));
+        assert!(
+            matches!(result, Err(ClientError::Indeterminate(_))),
+            "{result:?}"
+        );
+        assert_eq!(node.requests.load(Ordering::SeqCst), 1, "never resent");
+    }
+
+    #[test]
+    fn a_read_whose_answer_is_lost_is_retried() {
+        let ca = DevCa::generate("test").expect("ca");
+        let node = silent_node(&ca);
+        let client = client_of(&ca, &node);
+        let result = client.get("k", Consistency::Linearizable);
+        assert!(
+            matches!(result, Err(ClientError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(node.requests.load(Ordering::SeqCst) > 1, "read again");
     }
 }
