@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// later one fails, which must stop the node.
     #[doc(hidden)]
     pub fail_sync_after: Option<u64>,
+    /// Failpoint for power-loss tests: the log keeps a ledger of what each sync made durable
+    /// (`keel_engine::wal::ledger`), so a test can cut the log back to it after a kill.
+    #[doc(hidden)]
+    pub sync_ledger: bool,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +105,7 @@ impl NodeConfig {
             unsafe_no_fsync: false,
             rtt_warning_fraction: 0.5,
             fail_sync_after: None,
+            sync_ledger: false,
         }
     }
 

@@ -120,6 +120,7 @@ impl<S: StateMachine> Node<S> {
                 SyncMode::Fdatasync
             },
             fail_sync_after: config.fail_sync_after,
+            sync_ledger: config.sync_ledger,
             ..WalOptions::default()
         };
         let storage = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());

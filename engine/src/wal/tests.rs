@@ -478,3 +478,111 @@ fn a_failed_sync_is_reported_and_stops_the_writer() {
     assert!(events.recv_timeout(Duration::from_millis(50)).is_err());
     drop(writer.stop());
 }
+
+fn with_ledger(sync: SyncMode) -> WalOptions {
+    WalOptions {
+        sync,
+        sync_ledger: true,
+        ..small()
+    }
+}
+
+fn active_len(wal: &Wal) -> u64 {
+    let path = wal.segment_paths().pop().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn the_sync_ledger_follows_every_sync_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap();
+    let point = || ledger::read_durable_point(dir.path()).unwrap().unwrap();
+    assert_eq!(point().seq, 1, "a fresh log's header is durable");
+    for i in 1..=40 {
+        wal.append(&entries(i..=i, 1)).unwrap();
+        wal.sync().unwrap();
+        let last = wal.segment_paths().len() as u64;
+        assert_eq!(
+            point(),
+            ledger::DurablePoint {
+                seq: last,
+                len_bytes: active_len(&wal)
+            }
+        );
+    }
+    assert!(wal.segment_paths().len() > 1, "the test spans a rollover");
+}
+
+#[test]
+fn a_power_loss_keeps_exactly_what_was_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        fail_sync_after: Some(5),
+        ..with_ledger(SyncMode::Fdatasync)
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+    for i in 1..=5 {
+        wal.append(&entries(i..=i, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    // The sixth group is written, but its sync fails: it is in the page cache only.
+    wal.append(&entries(6..=9, 1)).unwrap();
+    assert!(wal.sync().is_err());
+    drop(wal);
+    let loss = ledger::cut_to_durable(dir.path()).unwrap();
+    assert!(loss.bytes_dropped > 0);
+    let (_, rec) = Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap();
+    assert_eq!(rec.entries.last().map(|e| e.index), Some(5));
+    assert_eq!(rec.torn_tail, None, "cut at a record boundary");
+}
+
+#[test]
+fn recovery_makes_the_unsynced_tail_it_returns_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap());
+    let opts = WalOptions {
+        fail_sync_after: Some(0),
+        ..with_ledger(SyncMode::Fdatasync)
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+    wal.append(&entries(1..=3, 1)).unwrap();
+    assert!(wal.sync().is_err(), "written, never synced");
+    drop(wal);
+    // The entries survived the "crash" in the page cache; recovery returns them, so it must
+    // sync them before the node counts them durable.
+    let (wal, rec) = Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap();
+    assert_eq!(rec.entries.len(), 3);
+    let point = ledger::read_durable_point(dir.path()).unwrap().unwrap();
+    assert_eq!(point.len_bytes, active_len(&wal));
+    drop(wal);
+    ledger::cut_to_durable(dir.path()).unwrap();
+    let (_, rec) = Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap();
+    assert_eq!(
+        rec.entries.len(),
+        3,
+        "a power loss after recovery keeps them"
+    );
+}
+
+#[test]
+fn without_fsync_a_power_loss_leaves_a_new_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), with_ledger(SyncMode::UnsafeNoFsync)).unwrap();
+    for i in 1..=40 {
+        wal.append(&entries(i..=i, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let segments = wal.segment_paths().len();
+    drop(wal);
+    let loss = ledger::cut_to_durable(dir.path()).unwrap();
+    assert_eq!(loss.segments_removed, segments);
+    let (_, rec) = Wal::open(dir.path(), with_ledger(SyncMode::UnsafeNoFsync)).unwrap();
+    assert_eq!(rec, Recovered::default());
+}
+
+#[test]
+fn a_log_without_a_ledger_refuses_a_simulated_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Wal::open(dir.path(), small()).unwrap());
+    assert!(ledger::cut_to_durable(dir.path()).is_err());
+}
