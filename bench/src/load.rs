@@ -43,6 +43,11 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     pub lease_reads: bool,
     pub request_timeout: Duration,
+    /// Keys are `<key_prefix>-<number>`: loaders running at once use prefixes of their own, so
+    /// that each can check its own acknowledged writes afterwards.
+    pub key_prefix: String,
+    /// Seeds the workers' choice of keys and of reads versus writes.
+    pub seed: u64,
 }
 
 /// What one run measured.
@@ -91,7 +96,7 @@ pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> Lo
                     target: target.as_ref(),
                     spec,
                     clients,
-                    seed: w as u64,
+                    seed: spec.seed.wrapping_add(w as u64),
                     rate: spec.rate.map(|r| r / workers as f64),
                     stop: &stop,
                     issued: &issued,
@@ -249,7 +254,8 @@ impl Worker<'_> {
         result: &mut WorkerResult,
     ) -> Outstanding {
         let key = Bytes::from(format!(
-            "key-{:012}",
+            "{}-{:012}",
+            self.spec.key_prefix,
             rng.random_range(0..self.spec.key_space.max(1))
         ));
         if rng.random_bool(self.spec.read_ratio.clamp(0.0, 1.0)) {

@@ -1,9 +1,14 @@
 //! keel-bench: starts a local cluster, runs a load against it, and reports latency and throughput
-//! next to the machine's raw fdatasync latency measured in the same run.
+//! next to the machine's raw fdatasync latency measured in the same run. For clusters across
+//! machines: `node` runs one node from a config file, `load` drives a running cluster, `merge`
+//! adds up the histograms of several loaders, `certs` writes dev certificates.
 
 mod fsync;
+mod histograms;
 mod load;
 mod local;
+mod node;
+mod remote;
 mod report;
 
 use std::io::IsTerminal;
@@ -14,8 +19,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use keel_engine::node::NodeMetrics;
 
+use crate::histograms::LoadHistograms;
 use crate::load::{LoadSpec, Target};
-use crate::report::{LatencySummary, Report};
+use crate::report::{LatencySummary, Report, Settings};
 
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", about = "keel's benchmark tool", version)]
@@ -30,6 +36,44 @@ enum Command {
     Local(LocalArgs),
     /// Write a dev CA and node certificates (the node id in each SAN) for a cluster.
     Certs(CertsArgs),
+    /// Run one node of a cluster from a config file, serving the key-value store.
+    Node(NodeArgs),
+    /// Run a load against a running cluster, as a client over QUIC with mutual TLS.
+    Load(LoadArgs),
+    /// Add up the histograms that several `load` runs wrote (--histogram) into one report.
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// The node's TOML config: data_dir, listen, [tls], [peers], [node] (see the README).
+    #[arg(long)]
+    config: std::path::PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// The cluster's nodes as ID=HOST:PORT, comma-separated (the certificate of node ID names
+    /// it; the load follows leader hints from there).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_target)]
+    targets: Vec<(u64, std::net::SocketAddr)>,
+    /// The directory `keel-bench certs` wrote: ca.pem, client.pem, client-key.pem.
+    #[arg(long)]
+    certs: std::path::PathBuf,
+    /// QUIC connections the clients share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[command(flatten)]
+    load: LoadFlags,
+}
+
+#[derive(clap::Args, Debug)]
+struct MergeArgs {
+    /// Histogram files written by `keel-bench load --histogram`.
+    #[arg(required = true)]
+    files: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    output: OutputFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +84,10 @@ struct CertsArgs {
     /// Node ids, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     nodes: Vec<u64>,
+    /// Host names or IP addresses the nodes run on, comma-separated, in the order of --nodes:
+    /// added to each node's certificate (beside the node-<id>.keel name keel checks).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -63,6 +111,21 @@ struct LocalArgs {
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    #[arg(long, value_enum, default_value_t = TransportKind::Quic)]
+    transport: TransportKind,
+    /// UNSAFE: skip fsync. Acknowledged writes can be lost on power failure.
+    #[arg(long)]
+    no_fsync: bool,
+    /// Serve node N's /metrics on port BASE+N (default: any free port).
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    #[command(flatten)]
+    load: LoadFlags,
+}
+
+/// The shape of a load, shared by `local` and `load`.
+#[derive(clap::Args, Debug)]
+struct LoadFlags {
     /// Concurrent logical clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -86,14 +149,22 @@ struct LocalArgs {
     /// Open loop: requests per second, sent on schedule; latency counts from the scheduled time.
     #[arg(long)]
     rate: Option<f64>,
-    #[arg(long, value_enum, default_value_t = TransportKind::Quic)]
-    transport: TransportKind,
-    /// UNSAFE: skip fsync. Acknowledged writes can be lost on power failure.
+    /// Worker threads issuing the clients' requests.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Keys are PREFIX-NUMBER (default: a random prefix per run, so that loaders running at
+    /// once never write each other's keys and each can read its acknowledged writes back).
     #[arg(long)]
-    no_fsync: bool,
-    /// Serve node N's /metrics on port BASE+N (default: any free port).
+    key_prefix: Option<String>,
+    /// Write the latency histograms in a form `keel-bench merge` adds up.
     #[arg(long)]
-    metrics_port: Option<u16>,
+    histogram: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    output: OutputFlags,
+}
+
+#[derive(clap::Args, Debug)]
+struct OutputFlags {
     /// Write the whole report as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -103,9 +174,20 @@ struct LocalArgs {
     /// Write an SVG latency-by-percentile plot.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
-    /// Worker threads issuing the clients' requests.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
+}
+
+fn parse_target(s: &str) -> Result<(u64, std::net::SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{id:?}: a node id is a number"))?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| format!("{addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr:?}: no address"))?;
+    Ok((id, addr))
 }
 
 fn main() {
@@ -113,6 +195,15 @@ fn main() {
     let outcome = match cli.command {
         Command::Local(args) => local(args),
         Command::Certs(args) => certs(&args),
+        Command::Node(args) => match node::run(&args.config) {
+            Ok(reason) => {
+                eprintln!("keel-bench: the node stopped: {reason}");
+                std::process::exit(node::EXIT_NODE_STOPPED);
+            }
+            Err(e) => Err(e),
+        },
+        Command::Load(args) => load_remote(args),
+        Command::Merge(args) => merge(&args),
     };
     if let Err(e) = outcome {
         eprintln!("keel-bench: {e}");
@@ -145,29 +236,125 @@ fn local(args: LocalArgs) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let spec = LoadSpec {
-        clients: args.clients.max(1),
-        workers: args.workers,
-        duration: if args.total.is_some() {
-            None
-        } else {
-            Some(args.duration)
-        },
-        total: args.total,
-        value_size: args.value_size,
-        key_space: args.key_space.max(1),
-        read_ratio: args.read_ratio,
-        rate: args.rate,
-        lease_reads: args.read_mode == ReadMode::Lease,
-        request_timeout: Duration::from_secs(10),
-    };
-    let progress = AtomicU64::new(0);
     let target: Arc<dyn Target> = cluster.clone();
-    let result = std::thread::scope(|s| {
+    let result = run_load(target.clone(), &args.load);
+    // Every acknowledged write must be read back: the key holds that write or a later one.
+    let (verified_keys, verification_failures) = verify(target.as_ref(), &result.writes);
+
+    let m = cluster.leader().metrics();
+    let syncs = NodeMetrics::get(&m.wal_syncs).max(1);
+    let batches = m.proposal_batch_entries.snapshot();
+    let histograms = LoadHistograms::of(&result, args.load.settings());
+    let mut report = Report::of(&histograms);
+    report.nodes = args.nodes;
+    report.transport = format!("{:?}", args.transport).to_lowercase();
+    report.fsync = Some(!args.no_fsync);
+    report.fdatasync = Some(LatencySummary::of(&fdatasync));
+    report.entries_per_fsync = Some(NodeMetrics::get(&m.wal_synced_entries) as f64 / syncs as f64);
+    report.mean_batch_entries = Some(batches.sum as f64 / batches.count.max(1) as f64);
+    report.verified_keys = verified_keys;
+    report.verification_failures = verification_failures;
+    let written = finish(&report, &histograms, &args.load);
+    cluster.stop();
+    written?;
+    if verification_failures > 0 {
+        return Err(format!(
+            "{verification_failures} acknowledged writes were not read back"
+        ));
+    }
+    Ok(())
+}
+
+fn load_remote(args: LoadArgs) -> Result<(), String> {
+    let cluster = remote::RemoteCluster::connect(
+        &args.targets,
+        &args.certs,
+        args.connections,
+        REQUEST_TIMEOUT,
+    )?;
+    let target: Arc<dyn Target> = Arc::new(cluster);
+    let result = run_load(target.clone(), &args.load);
+    let (verified_keys, verification_failures) = verify(target.as_ref(), &result.writes);
+    let histograms = LoadHistograms::of(&result, args.load.settings());
+    let mut report = Report::of(&histograms);
+    report.nodes = args.targets.len() as u64;
+    report.verified_keys = verified_keys;
+    report.verification_failures = verification_failures;
+    finish(&report, &histograms, &args.load)?;
+    if verification_failures > 0 {
+        return Err(format!(
+            "{verification_failures} acknowledged writes were not read back"
+        ));
+    }
+    Ok(())
+}
+
+fn merge(args: &MergeArgs) -> Result<(), String> {
+    let mut merged: Option<LoadHistograms> = None;
+    for path in &args.files {
+        let h = LoadHistograms::load(path)?;
+        match &mut merged {
+            None => merged = Some(h),
+            Some(m) => m.add(&h).map_err(|e| format!("{}: {e}", path.display()))?,
+        }
+    }
+    let merged = merged.expect("clap requires at least one file");
+    let report = Report::of(&merged);
+    write_outputs(
+        &report,
+        &merged,
+        &args.output,
+        &format!("keel: {} loaders merged", args.files.len()),
+    )
+}
+
+/// Every request gets this long before it counts as timed out.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl LoadFlags {
+    fn spec(&self) -> LoadSpec {
+        LoadSpec {
+            clients: self.clients.max(1),
+            workers: self.workers,
+            duration: if self.total.is_some() {
+                None
+            } else {
+                Some(self.duration)
+            },
+            total: self.total,
+            value_size: self.value_size,
+            key_space: self.key_space.max(1),
+            read_ratio: self.read_ratio,
+            rate: self.rate,
+            lease_reads: self.read_mode == ReadMode::Lease,
+            request_timeout: REQUEST_TIMEOUT,
+            key_prefix: self
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| format!("key-{:08x}", rand::random::<u32>())),
+            seed: rand::random(),
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            clients: self.clients.max(1),
+            value_size: self.value_size,
+            read_ratio: self.read_ratio,
+            rate_target: self.rate,
+        }
+    }
+}
+
+/// Runs the load with a progress bar on a terminal.
+fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> load::LoadResult {
+    let spec = flags.spec();
+    let progress = AtomicU64::new(0);
+    std::thread::scope(|s| {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = match args.total {
+            let bar = match flags.total {
                 Some(t) => indicatif::ProgressBar::new(t),
-                None => indicatif::ProgressBar::new(args.duration.as_secs()),
+                None => indicatif::ProgressBar::new(flags.duration.as_secs()),
             };
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
@@ -180,7 +367,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
         while !runner.is_finished() {
             if let Some(bar) = &bar {
                 let done = progress.load(Ordering::Relaxed);
-                match args.total {
+                match flags.total {
                     Some(_) => bar.set_position(done),
                     None => bar.set_position(started.elapsed().as_secs()),
                 }
@@ -192,66 +379,61 @@ fn local(args: LocalArgs) -> Result<(), String> {
             bar.finish_and_clear();
         }
         runner.join().expect("the load thread")
-    });
+    })
+}
 
-    // Every acknowledged write must be read back: the key holds that write or a later one.
-    let (verified_keys, verification_failures) = verify(target.as_ref(), &result.writes);
+/// Prints the report and writes the files the flags ask for.
+fn finish(report: &Report, h: &LoadHistograms, flags: &LoadFlags) -> Result<(), String> {
+    if let Some(path) = &flags.histogram {
+        h.save(path)?;
+    }
+    let title = format!(
+        "keel: {} nodes, {} clients, {} B",
+        report.nodes, report.clients, report.value_size
+    );
+    write_outputs(report, h, &flags.output, &title)
+}
 
-    let leader = cluster.leader();
-    let m = leader.metrics();
-    let syncs = NodeMetrics::get(&m.wal_syncs).max(1);
-    let batches = m.proposal_batch_entries.snapshot();
-    let total = result.ok + result.errors.values().sum::<u64>();
-    let report = Report {
-        nodes: args.nodes,
-        clients: spec.clients,
-        transport: format!("{:?}", args.transport).to_lowercase(),
-        fsync: !args.no_fsync,
-        value_size: args.value_size,
-        read_ratio: args.read_ratio,
-        rate_target: args.rate,
-        duration_seconds: report::seconds(result.elapsed),
-        total,
-        ok: result.ok,
-        errors: result.errors.clone(),
-        requests_per_second: result.ok as f64 / result.elapsed.as_secs_f64().max(1e-9),
-        latency: LatencySummary::of(&result.latency_us),
-        write_latency: LatencySummary::of(&result.write_latency_us),
-        read_latency: LatencySummary::of(&result.read_latency_us),
-        fdatasync: LatencySummary::of(&fdatasync),
-        entries_per_fsync: NodeMetrics::get(&m.wal_synced_entries) as f64 / syncs as f64,
-        mean_batch_entries: batches.sum as f64 / batches.count.max(1) as f64,
-        verified_keys,
-        verification_failures,
+fn write_outputs(
+    report: &Report,
+    h: &LoadHistograms,
+    output: &OutputFlags,
+    title: &str,
+) -> Result<(), String> {
+    println!("{}", report.text(&h.latency));
+    let write = |path: &std::path::Path, contents: String| {
+        std::fs::write(path, contents).map_err(|e| format!("{}: {e}", path.display()))
     };
-    println!("{}", report.text(&result.latency_us));
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(path) = &output.json {
+        write(
+            path,
+            serde_json::to_string_pretty(report).map_err(|e| e.to_string())?,
+        )?;
     }
-    if let Some(path) = &args.hgrm {
-        std::fs::write(path, report::hgrm(&result.latency_us))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(path) = &output.hgrm {
+        write(path, report::hgrm(&h.latency))?;
     }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "keel: {} nodes, {} clients, {} B",
-            args.nodes, spec.clients, args.value_size
-        );
-        std::fs::write(path, report::svg_plot(&result.latency_us, &title))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    cluster.stop();
-    if verification_failures > 0 {
-        return Err(format!(
-            "{verification_failures} acknowledged writes were not read back"
-        ));
+    if let Some(path) = &output.plot {
+        write(path, report::svg_plot(&h.latency, title))?;
     }
     Ok(())
 }
 
 fn certs(args: &CertsArgs) -> Result<(), String> {
-    let paths = keel_transport_quic::certs::write_dev_certs(&args.out, &args.nodes)
+    if !args.hosts.is_empty() && args.hosts.len() != args.nodes.len() {
+        return Err(format!(
+            "--hosts names {} hosts for {} nodes: give one per node, in the order of --nodes",
+            args.hosts.len(),
+            args.nodes.len()
+        ));
+    }
+    let nodes: Vec<(u64, Vec<String>)> = args
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, args.hosts.get(i).cloned().into_iter().collect()))
+        .collect();
+    let paths = keel_transport_quic::certs::write_dev_certs_for(&args.out, &nodes)
         .map_err(|e| format!("writing certificates to {}: {e}", args.out.display()))?;
     println!(
         "wrote a dev CA ({}) and certificates for nodes {:?} in {}",

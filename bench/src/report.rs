@@ -3,18 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Everything a run measured, machine-readable.
+use crate::histograms::LoadHistograms;
+
+/// Everything a run measured, machine-readable. What only a local cluster can tell (the disk,
+/// the nodes' batching) is absent from the reports of `load` and `merge`.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub nodes: u64,
     pub clients: usize,
     pub transport: String,
-    pub fsync: bool,
+    pub fsync: Option<bool>,
     pub value_size: usize,
     pub read_ratio: f64,
     pub rate_target: Option<f64>,
@@ -26,11 +28,49 @@ pub struct Report {
     pub latency: LatencySummary,
     pub write_latency: LatencySummary,
     pub read_latency: LatencySummary,
-    pub fdatasync: LatencySummary,
-    pub entries_per_fsync: f64,
-    pub mean_batch_entries: f64,
+    pub fdatasync: Option<LatencySummary>,
+    pub entries_per_fsync: Option<f64>,
+    pub mean_batch_entries: Option<f64>,
     pub verified_keys: u64,
     pub verification_failures: u64,
+}
+
+/// How the load was shaped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub clients: usize,
+    pub value_size: usize,
+    pub read_ratio: f64,
+    pub rate_target: Option<f64>,
+}
+
+impl Report {
+    /// The client side of a report; the caller fills in what it knows of the cluster.
+    pub fn of(h: &LoadHistograms) -> Self {
+        let total = h.ok + h.errors.values().sum::<u64>();
+        Self {
+            nodes: 0,
+            clients: h.settings.clients,
+            transport: "quic".into(),
+            fsync: None,
+            value_size: h.settings.value_size,
+            read_ratio: h.settings.read_ratio,
+            rate_target: h.settings.rate_target,
+            duration_seconds: h.duration_seconds,
+            total,
+            ok: h.ok,
+            errors: h.errors.clone(),
+            requests_per_second: h.ok as f64 / h.duration_seconds.max(1e-9),
+            latency: LatencySummary::of(&h.latency),
+            write_latency: LatencySummary::of(&h.write_latency),
+            read_latency: LatencySummary::of(&h.read_latency),
+            fdatasync: None,
+            entries_per_fsync: None,
+            mean_batch_entries: None,
+            verified_keys: 0,
+            verification_failures: 0,
+        }
+    }
 }
 
 /// Latencies in microseconds.
@@ -77,7 +117,7 @@ impl Report {
         let mut o = String::new();
         let l = &self.latency;
         let _ = writeln!(o, "\nSummary ({} nodes, {} transport, fsync {}, {} clients, {} B values, read ratio {}{})",
-            self.nodes, self.transport, if self.fsync { "on" } else { "OFF (unsafe)" }, self.clients, self.value_size,
+            self.nodes, self.transport, match self.fsync { Some(true) => "on", Some(false) => "OFF (unsafe)", None => "as the nodes run" }, self.clients, self.value_size,
             self.read_ratio, self.rate_target.map(|r| format!(", open loop at {r:.0}/s")).unwrap_or_default());
         let _ = writeln!(
             o,
@@ -113,27 +153,29 @@ impl Report {
             let _ = writeln!(o, "  {p:>6}% in {}", ms(v as f64));
         }
         o += &histogram_bars(latency);
-        let f = &self.fdatasync;
-        let _ = writeln!(o, "\nStorage:");
-        let _ = writeln!(
-            o,
-            "  raw fdatasync (4 KiB append, same directory): p50 {}  p99 {}",
-            ms(f.p50_us as f64),
-            ms(f.p99_us as f64)
-        );
-        if f.p50_us > 0 && l.count > 0 {
+        if let Some(f) = &self.fdatasync {
+            let _ = writeln!(o, "\nStorage:");
             let _ = writeln!(
                 o,
-                "  request p50 / fdatasync p50 = {:.2}x, p99 / fdatasync p50 = {:.2}x",
-                l.p50_us as f64 / f.p50_us as f64,
-                l.p99_us as f64 / f.p50_us as f64
+                "  raw fdatasync (4 KiB append, same directory): p50 {}  p99 {}",
+                ms(f.p50_us as f64),
+                ms(f.p99_us as f64)
+            );
+            if f.p50_us > 0 && l.count > 0 {
+                let _ = writeln!(
+                    o,
+                    "  request p50 / fdatasync p50 = {:.2}x, p99 / fdatasync p50 = {:.2}x",
+                    l.p50_us as f64 / f.p50_us as f64,
+                    l.p99_us as f64 / f.p50_us as f64
+                );
+            }
+        }
+        if let (Some(per_fsync), Some(batch)) = (self.entries_per_fsync, self.mean_batch_entries) {
+            let _ = writeln!(
+                o,
+                "  entries per fsync (leader): {per_fsync:.1}   mean proposal batch: {batch:.1}"
             );
         }
-        let _ = writeln!(
-            o,
-            "  entries per fsync (leader): {:.1}   mean proposal batch: {:.1}",
-            self.entries_per_fsync, self.mean_batch_entries
-        );
         let _ = writeln!(
             o,
             "\nVerification: {} keys read back, {} failures",
@@ -271,8 +313,4 @@ pub fn svg_plot(h: &Histogram<u64>, title: &str) -> String {
     );
     o += "</svg>\n";
     o
-}
-
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }

@@ -161,6 +161,11 @@ impl KvStore {
         self.map.is_empty()
     }
 
+    /// Every key and its value, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.map.iter()
+    }
+
     fn execute(&mut self, command: &Bytes) -> Bytes {
         let Some(command) = KvCommand::decode(command) else {
             return Bytes::from_static(&[RESPONSE_MALFORMED]);

@@ -181,6 +181,14 @@ impl DevCa {
         self.issue(&node_dns_name(id), Validity::days_from_now(365))
     }
 
+    /// A certificate for node `id` that also names the hosts it runs on (DNS names or IP
+    /// addresses), for tools that check those; keel itself checks only the node id.
+    pub fn issue_node_on(&self, id: NodeId, hosts: &[String]) -> Result<Issued, CertError> {
+        let mut names = vec![node_dns_name(id)];
+        names.extend(hosts.iter().cloned());
+        self.issue_names(&names, Validity::days_from_now(365))
+    }
+
     /// A certificate for key-value clients, valid for a year.
     pub fn issue_client(&self) -> Result<Issued, CertError> {
         self.issue(CLIENT_DNS_NAME, Validity::days_from_now(365))
@@ -189,8 +197,15 @@ impl DevCa {
     /// A leaf certificate for `dns_name`, usable by both ends of a TLS connection (peers dial
     /// and accept).
     pub fn issue(&self, dns_name: &str, validity: Validity) -> Result<Issued, CertError> {
-        let mut params = CertificateParams::new(vec![dns_name.to_owned()]).map_err(gen_err)?;
-        params.distinguished_name.push(DnType::CommonName, dns_name);
+        self.issue_names(&[dns_name.to_owned()], validity)
+    }
+
+    /// A leaf certificate whose subject is the first of `names`, all of them in its SAN (rcgen
+    /// makes IP address entries of names that parse as addresses).
+    fn issue_names(&self, names: &[String], validity: Validity) -> Result<Issued, CertError> {
+        let mut params = CertificateParams::new(names.to_vec()).map_err(gen_err)?;
+        let subject = names.first().map_or("", String::as_str);
+        params.distinguished_name.push(DnType::CommonName, subject);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -260,6 +275,15 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertErro
 /// Writes a new dev CA, a certificate for each node in `ids` and one client certificate into
 /// `dir` (created if missing). Private keys are written readable by the owner only.
 pub fn write_dev_certs(dir: &Path, ids: &[NodeId]) -> Result<CertPaths, CertError> {
+    let nodes: Vec<(NodeId, Vec<String>)> = ids.iter().map(|&id| (id, Vec::new())).collect();
+    write_dev_certs_for(dir, &nodes)
+}
+
+/// [`write_dev_certs`] for nodes on named hosts: each node's certificate also names its hosts.
+pub fn write_dev_certs_for(
+    dir: &Path,
+    nodes: &[(NodeId, Vec<String>)],
+) -> Result<CertPaths, CertError> {
     fs::create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_owned(),
         source,
@@ -268,8 +292,9 @@ pub fn write_dev_certs(dir: &Path, ids: &[NodeId]) -> Result<CertPaths, CertErro
     let paths = CertPaths::in_dir(dir);
     write_file(&paths.ca_cert, &ca.cert_pem(), false)?;
     write_file(&paths.ca_key, &ca.key_pem(), true)?;
-    for &id in ids {
-        let issued = ca.issue_node(id)?;
+    for (id, hosts) in nodes {
+        let id = *id;
+        let issued = ca.issue_node_on(id, hosts)?;
         let (cert, key) = CertPaths::node_cert(dir, id);
         write_file(&cert, &issued.cert_pem, false)?;
         write_file(&key, &issued.key_pem, true)?;

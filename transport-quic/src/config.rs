@@ -17,6 +17,10 @@ pub struct QuicConfig {
     pub listen: SocketAddr,
     /// Every other node and where it listens. The lower id of a pair dials; the higher accepts.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where clients reach a node, when not where this node sends it Raft traffic (a node behind
+    /// NAT or a proxy): leader hints name these. Nodes missing here are hinted at their `peers`
+    /// address, and this node at its `listen` address.
+    pub advertise: BTreeMap<NodeId, SocketAddr>,
     /// This node's certificate (naming `node-<id>.keel`) and key.
     pub identity: Identity,
     /// The cluster CA: the only issuer trusted, for peers and clients.
@@ -61,6 +65,7 @@ impl QuicConfig {
             id,
             listen,
             peers: BTreeMap::new(),
+            advertise: BTreeMap::new(),
             identity,
             ca,
             frame_bytes_max: 16 << 20,
@@ -83,6 +88,12 @@ impl QuicConfig {
 
     pub fn with_peer(mut self, id: NodeId, addr: SocketAddr) -> Self {
         self.peers.insert(id, addr);
+        self
+    }
+
+    /// Clients are told to reach node `id` at `addr` (see [`QuicConfig::advertise`]).
+    pub fn with_advertised(mut self, id: NodeId, addr: SocketAddr) -> Self {
+        self.advertise.insert(id, addr);
         self
     }
 

@@ -185,10 +185,16 @@ impl KvClient {
     /// Proposes a command on the leader; returns the index it was applied at, or the store's
     /// refusal (`NotFound`, `CompareFailed`).
     pub fn execute(&self, command: &KvCommand) -> Result<Index, ClientError> {
+        self.runtime.block_on(self.execute_async(command))
+    }
+
+    /// [`KvClient::execute`] for callers on a tokio runtime of their own.
+    pub async fn execute_async(&self, command: &KvCommand) -> Result<Index, ClientError> {
         let request = WireKvRequest::Propose {
             command: command.encode(),
         };
-        match self.request(&request, Resend::OnlyIfUnsent)? {
+        let body = archive(&request)?;
+        match self.request_async(body, Resend::OnlyIfUnsent).await? {
             Outcome::Applied { index, response } => {
                 decode_response(&response)?;
                 Ok(index)
@@ -203,22 +209,30 @@ impl KvClient {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<Bytes, ClientError> {
+        self.runtime
+            .block_on(self.get_async(key.into(), consistency))
+    }
+
+    /// [`KvClient::get`] for callers on a tokio runtime of their own.
+    pub async fn get_async(
+        &self,
+        key: Bytes,
+        consistency: Consistency,
+    ) -> Result<Bytes, ClientError> {
         let request = WireKvRequest::Read {
-            key: key.into(),
+            key,
             consistency: consistency_code(consistency),
         };
-        match self.request(&request, Resend::Always)? {
+        match self
+            .request_async(archive(&request)?, Resend::Always)
+            .await?
+        {
             Outcome::Value(Some(v)) => Ok(v),
             Outcome::Value(None) => Err(KvError::NotFound.into()),
             Outcome::Applied { .. } => {
                 Err(ClientError::Unavailable("a write answered a read".into()))
             }
         }
-    }
-
-    fn request(&self, request: &WireKvRequest, resend: Resend) -> Result<Outcome, ClientError> {
-        let body = frame::archive(request).map_err(|e| ClientError::Setup(e.to_string()))?;
-        self.runtime.block_on(self.request_async(body, resend))
     }
 
     async fn request_async(&self, body: Bytes, resend: Resend) -> Result<Outcome, ClientError> {
@@ -324,6 +338,10 @@ impl KvClient {
             },
         })
     }
+}
+
+fn archive(request: &WireKvRequest) -> Result<Bytes, ClientError> {
+    frame::archive(request).map_err(|e| ClientError::Setup(e.to_string()))
 }
 
 /// Whether a request may be sent again after it may have reached a node.

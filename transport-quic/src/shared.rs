@@ -57,6 +57,9 @@ impl Shared {
 
     /// Where node `id` listens, as this node knows it (for leader hints to clients).
     pub fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        if let Some(&advertised) = self.cfg.advertise.get(&id) {
+            return Some(advertised);
+        }
         if id == self.id {
             return self.endpoint().and_then(|e| e.local_addr().ok());
         }
