@@ -2,6 +2,6 @@
 //! the linearizability checker that whole-cluster tests verify client histories with, and (as
 //! later layers land) whole-cluster tests with real processes.
 
-pub mod cluster;
+pub mod faults;
 pub mod linearizability;
 pub mod sim;

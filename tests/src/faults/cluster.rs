@@ -1,0 +1,488 @@
+//! A cluster of node processes on loopback, with a proxied network between them.
+//!
+//! Everything lives in a temporary directory: certificates, one config file, data directory and
+//! log per node. Each cluster gets its own `127.a.b.0/24` (from the process id and a counter), so
+//! clusters of parallel tests never share an address; node `n` listens on `127.a.b.(10+n):7000`
+//! and the proxies on `127.a.b.100`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_engine::core::NodeId;
+use keel_engine::node::NodeConfig;
+use keel_engine::wal::ledger::{self, PowerLoss};
+use keel_transport_quic::certs::{load_ca_pem, write_dev_certs, CertPaths, Identity};
+use keel_transport_quic::{KvClient, KvClientConfig};
+use serde_json::Value;
+
+use super::network::Network;
+use super::process::NodeProcess;
+use super::HarnessError;
+
+/// How a cluster runs.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The voters it starts with.
+    pub voters: Vec<NodeId>,
+    /// Nodes that exist (certificates, addresses, proxies) but start only when added.
+    pub spares: Vec<NodeId>,
+    pub election_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub lease_drift: Duration,
+    /// The nodes' own timeout for admin commands and client requests.
+    pub command_timeout: Duration,
+    /// Acknowledge before fsync: only for the test that must fail.
+    pub unsafe_no_fsync: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            voters: vec![1, 2, 3],
+            spares: Vec::new(),
+            election_timeout: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(50),
+            lease_drift: Duration::from_millis(30),
+            command_timeout: Duration::from_secs(2),
+            unsafe_no_fsync: false,
+        }
+    }
+}
+
+/// What a node says about itself (`status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl NodeStatus {
+    fn parse(v: &Value) -> Option<Self> {
+        let ids = |field: &str| -> Option<Vec<NodeId>> {
+            v.get(field)?
+                .as_array()?
+                .iter()
+                .map(Value::as_u64)
+                .collect()
+        };
+        Some(Self {
+            id: v.get("id")?.as_u64()?,
+            role: v.get("role")?.as_str()?.to_string(),
+            term: v.get("term")?.as_u64()?,
+            leader: v.get("leader")?.as_u64(),
+            commit: v.get("commit")?.as_u64()?,
+            applied: v.get("applied")?.as_u64()?,
+            voters: ids("voters")?,
+            learners: ids("learners")?,
+        })
+    }
+}
+
+/// Every node agreed on the applied state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agreement {
+    pub applied: u64,
+    pub digest: String,
+    pub nodes: Vec<NodeId>,
+}
+
+/// A running cluster. Dropping it kills every node and removes its directory.
+#[derive(Debug)]
+pub struct Cluster {
+    opts: ClusterOptions,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    nodes: BTreeMap<NodeId, NodeProcess>,
+    /// Nodes that should be running once faults are undone.
+    members: BTreeSet<NodeId>,
+    fail_sync_after: BTreeMap<NodeId, u64>,
+    certs: PathBuf,
+    // Dropped after the nodes (fields drop in order), so no process outlives its directory.
+    net: Network,
+    dir: tempfile::TempDir,
+}
+
+/// Gives each cluster of this process its own /24.
+fn next_subnet() -> [u8; 2] {
+    static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+    let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    [(1 + pid % 250) as u8, (n % 256) as u8]
+}
+
+impl Cluster {
+    /// Writes certificates and configs, starts the proxies and the voters.
+    pub fn start(opts: ClusterOptions, seed: u64) -> Result<Cluster, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("keel-faults-")
+            .tempdir()
+            .map_err(|e| HarnessError::io(&std::env::temp_dir(), e))?;
+        let [a, b] = next_subnet();
+        let all: Vec<NodeId> = opts.voters.iter().chain(&opts.spares).copied().collect();
+        let addrs: BTreeMap<NodeId, SocketAddr> = all
+            .iter()
+            .map(|&id| {
+                let host = u8::try_from(10 + id).expect("node ids are small");
+                (id, SocketAddr::from(([127, a, b, host], 7000)))
+            })
+            .collect();
+        let certs = dir.path().join("certs");
+        write_dev_certs(&certs, &all).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let proxy_ip = IpAddr::V4(Ipv4Addr::new(127, a, b, 100));
+        let net = Network::start(&addrs, proxy_ip, seed)
+            .map_err(|e| HarnessError::Setup(format!("proxies on {proxy_ip}: {e}")))?;
+        let nodes = all
+            .iter()
+            .map(|&id| {
+                let config = dir.path().join(format!("node-{id}.toml"));
+                let log = dir.path().join(format!("node-{id}.log"));
+                (id, NodeProcess::new(id, config, log))
+            })
+            .collect();
+        let mut cluster = Cluster {
+            members: opts.voters.iter().copied().collect(),
+            opts,
+            addrs,
+            nodes,
+            fail_sync_after: BTreeMap::new(),
+            certs,
+            net,
+            dir,
+        };
+        for id in all {
+            cluster.write_config(id)?;
+        }
+        for id in cluster.members.clone() {
+            cluster.node(id).start()?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    pub fn net(&self) -> &Network {
+        &self.net
+    }
+
+    pub fn node(&mut self, id: NodeId) -> &mut NodeProcess {
+        self.nodes.get_mut(&id).expect("a node of this cluster")
+    }
+
+    /// Every node, spares included.
+    pub fn all_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The nodes that should be running once faults are undone.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.members.iter().copied().collect()
+    }
+
+    pub fn addr(&self, id: NodeId) -> SocketAddr {
+        self.addrs[&id]
+    }
+
+    fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// (Re)writes node `id`'s config file from the options and its failpoints.
+    fn write_config(&self, id: NodeId) -> Result<(), HarnessError> {
+        let mut node = NodeConfig::new(id, self.opts.voters.iter().copied());
+        if !self.opts.voters.contains(&id) {
+            node.voters.clear(); // a spare starts as a standby, waiting to be added
+        }
+        node.election_timeout = self.opts.election_timeout;
+        node.heartbeat_interval = self.opts.heartbeat_interval;
+        node.lease_drift = self.opts.lease_drift;
+        node.command_timeout = self.opts.command_timeout;
+        node.unsafe_no_fsync = self.opts.unsafe_no_fsync;
+        node.sync_ledger = true;
+        node.fail_sync_after = self.fail_sync_after.get(&id).copied();
+        // No snapshots: a simulated power loss cuts only the log.
+        node.snapshot_threshold_entries = u64::MAX / 2;
+        let quote = |s: String| toml::Value::String(s).to_string();
+        let mut text = String::new();
+        text += &format!(
+            "data_dir = {}\n",
+            quote(self.data_dir(id).display().to_string())
+        );
+        text += &format!("listen = {}\n", quote(self.addrs[&id].to_string()));
+        text += "[tls]\n";
+        let (cert, key) = CertPaths::node_cert(&self.certs, id);
+        let ca = CertPaths::in_dir(&self.certs).ca_cert;
+        for (field, path) in [("ca", ca), ("cert", cert), ("key", key)] {
+            text += &format!("{field} = {}\n", quote(path.display().to_string()));
+        }
+        text += "[peers]\n";
+        for (&peer, &real) in self.addrs.iter().filter(|(&p, _)| p != id) {
+            let addr = self.net.peer_addr(id, peer).unwrap_or(real);
+            text += &format!(
+                "\"{peer}\" = {{ addr = {}, advertise = {} }}\n",
+                quote(addr.to_string()),
+                quote(real.to_string())
+            );
+        }
+        text += "[node]\n";
+        text += &toml::to_string(&node).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let path = self.nodes[&id].config_path().to_path_buf();
+        std::fs::write(&path, text).map_err(|e| HarnessError::io(&path, e))
+    }
+
+    /// Node `id` will fail every log sync after its first `n` from its next start (`None`: never).
+    pub fn set_fail_sync_after(&mut self, id: NodeId, n: Option<u64>) -> Result<(), HarnessError> {
+        match n {
+            Some(n) => self.fail_sync_after.insert(id, n),
+            None => self.fail_sync_after.remove(&id),
+        };
+        self.write_config(id)
+    }
+
+    pub fn status(&mut self, id: NodeId) -> Result<NodeStatus, HarnessError> {
+        let timeout = self.admin_timeout();
+        let v = self.node(id).admin("status", timeout)?;
+        NodeStatus::parse(&v).ok_or(HarnessError::Protocol {
+            id,
+            line: v.to_string(),
+        })
+    }
+
+    fn admin_timeout(&self) -> Duration {
+        self.opts.command_timeout + Duration::from_secs(2)
+    }
+
+    /// An admin command on node `id`.
+    pub fn admin(&mut self, id: NodeId, command: &str) -> Result<Value, HarnessError> {
+        let timeout = self.admin_timeout();
+        self.node(id).admin(command, timeout)
+    }
+
+    /// Statuses of the nodes that can answer (running, not paused).
+    pub fn statuses(&mut self) -> Vec<NodeStatus> {
+        let mut statuses = Vec::new();
+        for id in self.all_ids() {
+            let node = self.node(id);
+            if node.is_running() && !node.is_paused() {
+                statuses.extend(self.status(id).ok());
+            }
+        }
+        statuses
+    }
+
+    /// A leader that a majority of its voters, itself included, name as leader in its term.
+    pub fn leader(&mut self) -> Option<NodeId> {
+        let statuses = self.statuses();
+        statuses
+            .iter()
+            .filter(|s| s.role == "leader")
+            .max_by_key(|s| s.term)
+            .and_then(|l| {
+                let named = statuses
+                    .iter()
+                    .filter(|s| s.term == l.term && s.leader == Some(l.id))
+                    .filter(|s| l.voters.contains(&s.id))
+                    .count();
+                (named > l.voters.len() / 2).then_some(l.id)
+            })
+    }
+
+    pub fn wait_for_leader(&mut self, timeout: Duration) -> Result<NodeId, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout {
+                    what: "a leader".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A client of the whole cluster, with the client certificate.
+    pub fn client(&self, request_timeout: Duration) -> Result<KvClient, HarnessError> {
+        let (cert, key) = CertPaths::client_cert(&self.certs);
+        let identity =
+            Identity::load_pem(&cert, &key).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let ca = load_ca_pem(&CertPaths::in_dir(&self.certs).ca_cert)
+            .map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let seeds = self.addrs.iter().map(|(&id, &a)| (id, a)).collect();
+        let mut cfg = KvClientConfig::new(seeds, identity, ca);
+        cfg.request_timeout = request_timeout;
+        // Bind on the cluster's own subnet, beside the nodes.
+        cfg.bind = SocketAddr::new(self.addrs.values().next().expect("nodes").ip(), 0);
+        KvClient::connect(cfg).map_err(|e| HarnessError::Setup(e.to_string()))
+    }
+
+    pub fn kill(&mut self, id: NodeId) {
+        self.node(id).kill();
+    }
+
+    pub fn restart(&mut self, id: NodeId) -> Result<(), HarnessError> {
+        self.node(id).kill();
+        self.node(id).start()
+    }
+
+    /// Kills node `id` and throws away every log write it had not synced, as a power loss
+    /// would; it stays down until restarted.
+    pub fn power_loss(&mut self, id: NodeId) -> Result<PowerLoss, HarnessError> {
+        self.node(id).kill();
+        let wal = self.data_dir(id).join("wal");
+        ledger::cut_to_durable(&wal).map_err(|e| HarnessError::Setup(e.to_string()))
+    }
+
+    /// Starts spare `id` and adds it to the cluster as a learner.
+    pub fn add_spare(&mut self, id: NodeId) -> Result<(), HarnessError> {
+        if !self.node(id).is_running() {
+            self.node(id).start()?;
+        }
+        self.members.insert(id);
+        self.membership_command(&format!("add-learner {id}"))
+    }
+
+    /// Runs a membership command or transfer on the leader, following it as it moves.
+    pub fn membership_command(&mut self, command: &str) -> Result<(), HarnessError> {
+        let leader = self.wait_for_leader(Duration::from_secs(10))?;
+        self.admin(leader, command).map(drop)
+    }
+
+    /// Undoes every fault: heals the network, resumes paused nodes, restarts the members that
+    /// are down, and makes every member a voter again.
+    pub fn heal(&mut self, timeout: Duration) -> Result<NodeId, HarnessError> {
+        self.net.heal();
+        for id in self.members() {
+            let node = self.node(id);
+            if node.is_paused() {
+                node.resume()?;
+            }
+            if !node.is_running() {
+                node.start()?;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader =
+                self.wait_for_leader(deadline.saturating_duration_since(Instant::now()))?;
+            let status = self.status(leader)?;
+            let missing: Vec<NodeId> = self
+                .members
+                .iter()
+                .copied()
+                .filter(|id| !status.voters.contains(id))
+                .collect();
+            let Some(&id) = missing.first() else {
+                return Ok(leader);
+            };
+            // Membership changes fail while another is pending, or when the learner lags:
+            // retry until the deadline.
+            let command = if status.learners.contains(&id) {
+                format!("promote {id}")
+            } else {
+                format!("add-learner {id}")
+            };
+            if let Err(e) = self.admin(leader, &command) {
+                if Instant::now() > deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Runs a barrier on the leader, then waits until every member has applied the same index
+    /// (at least the barrier's) and compares their state digests.
+    pub fn check_agreement(&mut self, timeout: Duration) -> Result<Agreement, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        let barrier = loop {
+            let leader =
+                self.wait_for_leader(deadline.saturating_duration_since(Instant::now()))?;
+            match self.admin(leader, "barrier") {
+                Ok(v) => break v.get("index").and_then(Value::as_u64).unwrap_or(0),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let members = self.members();
+        // The node's applied index counts every entry, the barrier too; the store's (in the
+        // digest) only its commands. Wait for the first, compare the second.
+        loop {
+            let mut behind = Vec::new();
+            for &id in &members {
+                let status = self.status(id)?;
+                if status.applied < barrier {
+                    behind.push((id, status.applied));
+                }
+            }
+            if behind.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("every node to apply the barrier at {barrier}: {behind:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        loop {
+            let mut digests = BTreeMap::new();
+            for &id in &members {
+                let v = self.admin(id, "digest")?;
+                let applied = v.get("applied").and_then(Value::as_u64).unwrap_or(0);
+                let digest = v.get("digest").and_then(Value::as_str).unwrap_or("?");
+                digests.insert(id, (applied, digest.to_string()));
+            }
+            let applied: BTreeSet<u64> = digests.values().map(|(a, _)| *a).collect();
+            if applied.len() == 1 {
+                let states: BTreeSet<&String> = digests.values().map(|(_, d)| d).collect();
+                if states.len() > 1 {
+                    return Err(HarnessError::Diverged {
+                        digests: format!("{digests:?}"),
+                    });
+                }
+                let (applied, digest) = digests.into_values().next().expect("members");
+                return Ok(Agreement {
+                    applied,
+                    digest,
+                    nodes: members,
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("every node's store at the same index: {digests:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The end of every node's log, for a failure report.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (id, node) in &self.nodes {
+            out += &format!(
+                "--- node {id} stderr (last {lines} lines):\n{}\n",
+                node.log_tail(lines)
+            );
+        }
+        out
+    }
+
+    /// Keeps the cluster's directory (configs, data, logs) after the test, for a post-mortem.
+    pub fn keep_dir(self) -> PathBuf {
+        let Cluster { nodes, dir, .. } = self;
+        drop(nodes);
+        dir.keep()
+    }
+}

@@ -1,0 +1,559 @@
+//! A scenario: a cluster under a recorded load while a schedule of faults runs, then every
+//! fault undone and the verdict.
+//!
+//! The verdict has three parts: the nodes agree on their applied state (same applied index,
+//! same digest, after a barrier); a fresh client reads back every key with a linearizable read,
+//! recorded in the history, so an acknowledged write that went missing shows up as a stale read;
+//! and the whole history is linearizable. A failure prints the seed, the schedule, the minimal
+//! failing history, the command that replays it and the tail of every node's log.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use keel_engine::core::NodeId;
+use keel_engine::kv::Consistency;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::cluster::{Agreement, Cluster, ClusterOptions};
+use super::proxy::{LinkFaults, ProxyStats};
+use super::schedule::{Fault, Schedule};
+use super::workload::{key, read, Clock, Workload, WorkloadOptions};
+use super::HarnessError;
+use crate::linearizability::{check, Op, Operation, Outcome, Verdict};
+
+/// Client id of the read-back after the faults.
+const READ_BACK_CLIENT: u64 = 0;
+/// Time to heal the cluster and for the nodes to agree.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything that defines a run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub seed: u64,
+    pub cluster: ClusterOptions,
+    pub workload: WorkloadOptions,
+    /// Load before the first fault.
+    pub warmup: Duration,
+    pub schedule: Schedule,
+    /// Load after the last fault is undone.
+    pub cooldown: Duration,
+    /// The command that runs this scenario again.
+    pub replay: String,
+}
+
+impl Scenario {
+    pub fn new(name: &str, seed: u64, schedule: Schedule) -> Self {
+        Self {
+            name: name.to_string(),
+            seed,
+            cluster: ClusterOptions::default(),
+            workload: WorkloadOptions::default(),
+            warmup: Duration::from_millis(500),
+            schedule,
+            cooldown: Duration::from_millis(500),
+            replay: format!(
+                "KEEL_FAULT_SEED={seed} cargo test --release -p keel-tests --test faults {name} \
+                 -- --nocapture"
+            ),
+        }
+    }
+}
+
+/// What a run saw.
+#[derive(Debug)]
+pub struct Report {
+    pub verdict: Verdict,
+    pub history: Vec<Operation>,
+    pub agreement: Agreement,
+    /// What the faults did, in order (including faults that could not be applied and why).
+    pub log: Vec<String>,
+    /// Wrong behaviour the harness saw outside the history (e.g. a node that kept running
+    /// after its fsync failed).
+    pub problems: Vec<String>,
+    pub network: ProxyStats,
+    pub elapsed: Duration,
+    /// The end of every node's stderr.
+    pub node_logs: String,
+}
+
+impl Report {
+    /// (ok, failed, unknown) operations.
+    pub fn outcomes(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
+        for o in &self.history {
+            match status(&o.op) {
+                0 => counts.0 += 1,
+                1 => counts.1 += 1,
+                _ => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
+    pub fn summary(&self, scenario: &Scenario) -> String {
+        let (ok, failed, unknown) = self.outcomes();
+        let verdict = match &self.verdict {
+            Verdict::Linearizable => "linearizable".to_string(),
+            Verdict::NotLinearizable(v) => format!("NOT linearizable on key {:?}", v.key),
+            Verdict::Unknown { keys } => format!("undecided on {} key(s)", keys.len()),
+        };
+        format!(
+            "{} (seed {}): {} ops ({ok} ok, {failed} failed, {unknown} unknown), {verdict}; \
+             {} nodes agree at applied {}; {} faults; {} datagrams relayed, {} dropped; {:.1} s",
+            scenario.name,
+            scenario.seed,
+            self.history.len(),
+            self.agreement.nodes.len(),
+            self.agreement.applied,
+            scenario.schedule.faults.len(),
+            self.network.relayed,
+            self.network.dropped,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+fn status(op: &Op) -> u8 {
+    let of = |ok: bool, failed: bool| {
+        if ok {
+            0
+        } else if failed {
+            1
+        } else {
+            2
+        }
+    };
+    match op {
+        Op::Put { outcome, .. } => of(
+            matches!(outcome, Outcome::Ok(_)),
+            *outcome == Outcome::Failed,
+        ),
+        Op::Get { outcome, .. } => of(
+            matches!(outcome, Outcome::Ok(_)),
+            *outcome == Outcome::Failed,
+        ),
+        Op::Delete { outcome, .. } => of(
+            matches!(outcome, Outcome::Ok(_)),
+            *outcome == Outcome::Failed,
+        ),
+        Op::CompareAndSwap { outcome, .. } => of(
+            matches!(outcome, Outcome::Ok(_)),
+            *outcome == Outcome::Failed,
+        ),
+    }
+}
+
+/// A run that could not be completed or judged: the harness failed, or keel did (a node that
+/// would not restart, diverged state).
+#[derive(Debug)]
+pub struct Aborted {
+    pub error: HarnessError,
+    pub log: Vec<String>,
+    pub node_logs: String,
+    pub kept_dir: Option<std::path::PathBuf>,
+}
+
+impl fmt::Display for Aborted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the scenario could not finish: {}", self.error)?;
+        writeln!(f, "faults applied:")?;
+        for line in &self.log {
+            writeln!(f, "  {line}")?;
+        }
+        if let Some(dir) = &self.kept_dir {
+            writeln!(f, "the cluster's files are kept in {}", dir.display())?;
+        }
+        write!(f, "{}", self.node_logs)
+    }
+}
+
+/// Runs `scenario` and returns what it saw; the caller judges the verdict.
+pub fn run(scenario: &Scenario) -> Result<Report, Box<Aborted>> {
+    let started = Instant::now();
+    let mut log = Vec::new();
+    let mut cluster = Cluster::start(scenario.cluster.clone(), scenario.seed).map_err(|error| {
+        Box::new(Aborted {
+            error,
+            log: Vec::new(),
+            node_logs: String::new(),
+            kept_dir: None,
+        })
+    })?;
+    match drive(scenario, &mut cluster, &mut log) {
+        Ok((history, agreement, problems)) => {
+            let verdict = check(&history).expect("recorded times never run backwards");
+            Ok(Report {
+                verdict,
+                history,
+                agreement,
+                log,
+                problems,
+                network: cluster.net().stats(),
+                elapsed: started.elapsed(),
+                node_logs: cluster.log_tails(20),
+            })
+        }
+        Err(error) => {
+            let node_logs = cluster.log_tails(30);
+            Err(Box::new(Aborted {
+                error,
+                log,
+                node_logs,
+                kept_dir: Some(cluster.keep_dir()),
+            }))
+        }
+    }
+}
+
+type Driven = (Vec<Operation>, Agreement, Vec<String>);
+
+fn drive(
+    scenario: &Scenario,
+    cluster: &mut Cluster,
+    log: &mut Vec<String>,
+) -> Result<Driven, HarnessError> {
+    cluster.wait_for_leader(Duration::from_secs(15))?;
+    let clock = Clock::start();
+    let clients = (0..scenario.workload.clients)
+        .map(|_| cluster.client(scenario.workload.request_timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    let workload = Workload::start(clients, &scenario.workload, clock, scenario.seed)
+        .map_err(|e| HarnessError::Setup(format!("client threads: {e}")))?;
+    std::thread::sleep(scenario.warmup);
+    let mut injector = Injector {
+        rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5eed),
+        targets: vec![Vec::new(); scenario.schedule.faults.len()],
+        log,
+        problems: Vec::new(),
+        faults_began: Instant::now(),
+    };
+    injector.run(cluster, &scenario.schedule)?;
+    std::thread::sleep(scenario.cooldown);
+    let mut history = workload.stop();
+    injector.note(format!("healing ({} operations recorded)", history.len()));
+    cluster.heal(SETTLE_TIMEOUT)?;
+    let agreement = cluster.check_agreement(SETTLE_TIMEOUT)?;
+    history.extend(read_back(cluster, scenario, clock)?);
+    Ok((history, agreement, injector.problems))
+}
+
+/// Every key read once more, linearizably, through a fresh client.
+fn read_back(
+    cluster: &Cluster,
+    scenario: &Scenario,
+    clock: Clock,
+) -> Result<Vec<Operation>, HarnessError> {
+    let client = cluster.client(Duration::from_secs(10))?;
+    let mut ops = Vec::new();
+    for k in 0..scenario.workload.keys {
+        let key = key(k);
+        let invoked_ns = clock.now_ns();
+        let outcome = read(&client, &key, Consistency::Linearizable);
+        if outcome == Outcome::Failed {
+            return Err(HarnessError::Timeout {
+                what: format!("the read-back of {key:?} on the healed cluster"),
+            });
+        }
+        ops.push(Operation {
+            client: READ_BACK_CLIENT,
+            invoked_ns,
+            completed_ns: clock.now_ns(),
+            op: Op::Get { key, outcome },
+        });
+    }
+    Ok(ops)
+}
+
+/// Applies and undoes a schedule's faults at their times.
+struct Injector<'a> {
+    rng: ChaCha8Rng,
+    /// The nodes each fault acted on, for its undoing.
+    targets: Vec<Vec<NodeId>>,
+    log: &'a mut Vec<String>,
+    problems: Vec<String>,
+    faults_began: Instant,
+}
+
+impl Injector<'_> {
+    fn note(&mut self, line: String) {
+        let at = self.faults_began.elapsed().as_millis();
+        let line = format!("{at:>6} ms: {line}");
+        println!("  {line}");
+        self.log.push(line);
+    }
+
+    fn run(&mut self, cluster: &mut Cluster, schedule: &Schedule) -> Result<(), HarnessError> {
+        // (time, undo?, fault index): at equal times an undo goes first.
+        let mut events: Vec<(Duration, bool, usize)> = Vec::new();
+        for (i, t) in schedule.faults.iter().enumerate() {
+            events.push((t.at, false, i));
+            events.push((t.at + t.hold, true, i));
+        }
+        events.sort_by_key(|&(at, undo, i)| (at, !undo, i));
+        for (at, undo, i) in events {
+            let due = self.faults_began + at;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let fault = &schedule.faults[i].fault;
+            if undo {
+                self.undo(cluster, i, fault)?;
+            } else {
+                self.apply(cluster, i, fault)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current leader, if there is one that a majority follows.
+    fn leader(&mut self, cluster: &mut Cluster) -> Option<NodeId> {
+        cluster.leader()
+    }
+
+    /// A running, unpaused member other than `not`.
+    fn other(&mut self, cluster: &mut Cluster, not: &[NodeId]) -> Option<NodeId> {
+        let candidates: Vec<NodeId> = cluster
+            .members()
+            .into_iter()
+            .filter(|id| !not.contains(id))
+            .filter(|&id| {
+                let node = cluster.node(id);
+                node.is_running() && !node.is_paused()
+            })
+            .collect();
+        candidates.choose(&mut self.rng).copied()
+    }
+
+    fn apply(
+        &mut self,
+        cluster: &mut Cluster,
+        i: usize,
+        fault: &Fault,
+    ) -> Result<(), HarnessError> {
+        let members = cluster.members();
+        let leader = self.leader(cluster);
+        let follower = self.other(cluster, &leader.into_iter().collect::<Vec<_>>());
+        let needs_leader = matches!(
+            fault,
+            Fault::KillLeader
+                | Fault::PauseLeader
+                | Fault::PowerLossLeader
+                | Fault::TransferLeadership
+                | Fault::IsolateLeader
+                | Fault::LeaderCannotSend
+                | Fault::LeaderCannotHear
+                | Fault::Bridge
+                | Fault::RemoveFollower
+        );
+        if needs_leader && leader.is_none() {
+            self.note(format!("{fault:?}: skipped, no leader"));
+            return Ok(());
+        }
+        let l = leader.unwrap_or(0);
+        let Some(f) = follower else {
+            self.note(format!("{fault:?}: skipped, no follower up"));
+            return Ok(());
+        };
+        let targets = match fault {
+            Fault::KillLeader => {
+                cluster.kill(l);
+                vec![l]
+            }
+            Fault::KillFollower => {
+                cluster.kill(f);
+                vec![f]
+            }
+            Fault::PauseLeader => {
+                cluster.node(l).pause()?;
+                vec![l]
+            }
+            Fault::PauseFollower => {
+                cluster.node(f).pause()?;
+                vec![f]
+            }
+            Fault::PowerLossLeader | Fault::PowerLossFollower => {
+                let n = if *fault == Fault::PowerLossLeader {
+                    l
+                } else {
+                    f
+                };
+                let loss = cluster.power_loss(n)?;
+                self.note(format!(
+                    "node {n}: power loss dropped {} bytes",
+                    loss.bytes_dropped
+                ));
+                vec![n]
+            }
+            Fault::PowerLossAll => {
+                for &n in &members {
+                    let loss = cluster.power_loss(n)?;
+                    self.note(format!(
+                        "node {n}: power loss dropped {} bytes",
+                        loss.bytes_dropped
+                    ));
+                }
+                members.clone()
+            }
+            Fault::FsyncFailure { syncs } => {
+                cluster.set_fail_sync_after(f, Some(*syncs))?;
+                cluster.restart(f)?;
+                vec![f]
+            }
+            Fault::RemoveFollower => {
+                let command = format!("remove {f}");
+                match cluster.admin(l, &command) {
+                    Ok(_) => vec![f],
+                    Err(e) => {
+                        self.note(format!("{command}: {e}"));
+                        Vec::new()
+                    }
+                }
+            }
+            Fault::TransferLeadership => {
+                if let Err(e) = cluster.admin(l, &format!("transfer {f}")) {
+                    self.note(format!("transfer {f}: {e}"));
+                }
+                vec![f]
+            }
+            Fault::Lossy {
+                drop,
+                duplicate,
+                delay,
+                jitter,
+            } => {
+                cluster.net().set_all(LinkFaults {
+                    blocked: false,
+                    drop: *drop,
+                    duplicate: *duplicate,
+                    delay: *delay,
+                    jitter: *jitter,
+                });
+                members.clone()
+            }
+            Fault::IsolateLeader => {
+                cluster.net().isolate(l, &members);
+                vec![l]
+            }
+            Fault::IsolateFollower => {
+                cluster.net().isolate(f, &members);
+                vec![f]
+            }
+            Fault::LeaderCannotSend => {
+                let others: Vec<NodeId> = members.iter().copied().filter(|&n| n != l).collect();
+                cluster.net().cut_one_way(l, &others);
+                vec![l]
+            }
+            Fault::LeaderCannotHear => {
+                for &n in members.iter().filter(|&&n| n != l) {
+                    cluster.net().set_link(n, l, LinkFaults::BLOCKED);
+                }
+                vec![l]
+            }
+            Fault::Bridge => {
+                // The leader and `f` cannot talk; the third node (the bridge) talks to both.
+                match self.other(cluster, &[l, f]) {
+                    Some(bridge) => {
+                        cluster.net().bridge(&[l], bridge, &[f]);
+                        vec![l, bridge, f]
+                    }
+                    None => Vec::new(),
+                }
+            }
+        };
+        self.note(format!("{fault:?} on {targets:?}"));
+        self.targets[i] = targets;
+        Ok(())
+    }
+
+    fn undo(&mut self, cluster: &mut Cluster, i: usize, fault: &Fault) -> Result<(), HarnessError> {
+        let targets = std::mem::take(&mut self.targets[i]);
+        if targets.is_empty() {
+            return Ok(());
+        }
+        match fault {
+            Fault::KillLeader
+            | Fault::KillFollower
+            | Fault::PowerLossLeader
+            | Fault::PowerLossFollower
+            | Fault::PowerLossAll => {
+                for n in targets {
+                    if !cluster.node(n).is_running() {
+                        cluster.node(n).start()?;
+                    }
+                }
+            }
+            Fault::PauseLeader | Fault::PauseFollower => {
+                for n in targets {
+                    if cluster.node(n).is_paused() {
+                        cluster.node(n).resume()?;
+                    }
+                }
+            }
+            Fault::FsyncFailure { syncs } => {
+                let n = targets[0];
+                match cluster.node(n).wait_exit(Duration::from_millis(500)) {
+                    Some(status) if status.code() == Some(3) => {
+                        self.note(format!("node {n} stopped on its failed fsync, as it must"));
+                    }
+                    Some(status) => self.problems.push(format!(
+                        "node {n} with a failing fsync (after {syncs} syncs) exited with \
+                         {status}, not code 3"
+                    )),
+                    None => self.note(format!(
+                        "node {n}: the fsync failpoint (after {syncs} syncs) did not fire"
+                    )),
+                }
+                cluster.set_fail_sync_after(n, None)?;
+                cluster.restart(n)?;
+            }
+            Fault::RemoveFollower => {
+                // Put it back; whatever does not happen now, healing finishes.
+                let n = targets[0];
+                for command in [format!("add-learner {n}"), format!("promote {n}")] {
+                    if let Err(e) = cluster.membership_command(&command) {
+                        self.note(format!("{command}: {e}"));
+                        break;
+                    }
+                }
+            }
+            Fault::TransferLeadership => {}
+            Fault::Lossy { .. }
+            | Fault::IsolateLeader
+            | Fault::IsolateFollower
+            | Fault::LeaderCannotSend
+            | Fault::LeaderCannotHear
+            | Fault::Bridge => cluster.net().heal(),
+        }
+        self.note(format!("undone: {fault:?}"));
+        Ok(())
+    }
+}
+
+/// Runs `scenario` and panics, with everything needed to understand and replay it, unless the
+/// history is linearizable, the nodes agree and nothing else went wrong.
+pub fn assert_passes(scenario: &Scenario) -> Report {
+    let report = match run(scenario) {
+        Ok(report) => report,
+        Err(aborted) => panic!(
+            "fault scenario {} (seed {}) failed:\n{aborted}\nschedule:\n{}replay: {}",
+            scenario.name, scenario.seed, scenario.schedule, scenario.replay
+        ),
+    };
+    println!("{}", report.summary(scenario));
+    if !report.verdict.is_linearizable() || !report.problems.is_empty() {
+        panic!(
+            "fault scenario {} (seed {}) failed: {}\nproblems: {:?}\nschedule:\n{}faults \
+             applied:\n  {}\n{}replay: {}",
+            scenario.name,
+            scenario.seed,
+            report.verdict,
+            report.problems,
+            scenario.schedule,
+            report.log.join("\n  "),
+            report.node_logs,
+            scenario.replay
+        );
+    }
+    report
+}

@@ -1,0 +1,260 @@
+//! Clients that record a history: each on its own thread with its own [`KvClient`], issuing
+//! puts, deletes, compare-and-swaps and reads (through ReadIndex and through the leader lease)
+//! on a small set of keys, with values no two writes share.
+//!
+//! What each answer means for the history (see [`ClientError`]): an answer from the store is
+//! `Ok`; an error that proves the command was never proposed (`NotLeader`, `Unavailable`,
+//! `Dropped`...) is `Failed`; a lost answer or a node-side timeout is `Unknown`, since the
+//! command may still take effect. A failed read is `Failed`: it changed nothing either way.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_engine::kv::{Consistency, KvError};
+use keel_engine::node::Error as NodeError;
+use keel_transport_quic::{ClientError, KvClient};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::linearizability::{CasResult, Op, Operation, Outcome};
+
+/// The shape of the load.
+#[derive(Clone, Debug)]
+pub struct WorkloadOptions {
+    pub clients: usize,
+    pub keys: usize,
+    /// A client's whole call, retries included; past it the outcome is unknown.
+    pub request_timeout: Duration,
+}
+
+impl Default for WorkloadOptions {
+    fn default() -> Self {
+        Self {
+            clients: 4,
+            keys: 6,
+            request_timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// The clock every operation's times are read from: nanoseconds since the scenario began.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Self {
+        Clock(Instant::now())
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).expect("a scenario lasts less than 584 years")
+    }
+}
+
+/// The key names of a workload.
+pub fn key(i: usize) -> Bytes {
+    Bytes::from(format!("k{i}"))
+}
+
+/// Clients running against a cluster until [`Workload::stop`].
+#[derive(Debug)]
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Operation>>>,
+    completed: Arc<AtomicU64>,
+}
+
+impl Workload {
+    /// Starts `clients` (already connected, one per thread).
+    pub fn start(
+        clients: Vec<KvClient>,
+        opts: &WorkloadOptions,
+        clock: Clock,
+        seed: u64,
+    ) -> std::io::Result<Workload> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let completed = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for (i, client) in clients.into_iter().enumerate() {
+            let mut actor = Actor {
+                id: i as u64 + 1,
+                client,
+                clock,
+                rng: ChaCha8Rng::seed_from_u64(seed ^ (i as u64 + 1).rotate_left(32)),
+                keys: opts.keys,
+                written: 0,
+                seen: vec![None; opts.keys],
+            };
+            let stop = stop.clone();
+            let completed = completed.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("client-{}", actor.id))
+                    .spawn(move || {
+                        let mut history = Vec::new();
+                        while !stop.load(Ordering::Acquire) {
+                            history.push(actor.step());
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        history
+                    })?,
+            );
+        }
+        Ok(Workload {
+            stop,
+            threads,
+            completed,
+        })
+    }
+
+    /// Operations completed so far.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients (each finishes its operation in flight, bounded by its timeout) and
+    /// returns everything they did.
+    pub fn stop(mut self) -> Vec<Operation> {
+        self.stop.store(true, Ordering::Release);
+        let mut history = Vec::new();
+        for thread in self.threads.drain(..) {
+            history.extend(thread.join().expect("a client thread never panics"));
+        }
+        history
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// One client and what it knows.
+struct Actor {
+    id: u64,
+    client: KvClient,
+    clock: Clock,
+    rng: ChaCha8Rng,
+    keys: usize,
+    /// Writes issued, for unique values.
+    written: u64,
+    /// The last value this client saw on each key: what its compare-and-swaps expect.
+    seen: Vec<Option<Bytes>>,
+}
+
+impl Actor {
+    fn value(&mut self) -> Bytes {
+        self.written += 1;
+        Bytes::from(format!("c{}.{}", self.id, self.written))
+    }
+
+    fn step(&mut self) -> Operation {
+        let k = self.rng.random_range(0..self.keys);
+        let key = key(k);
+        let invoked_ns = self.clock.now_ns();
+        let op = match self.rng.random_range(0..100) {
+            0..30 => {
+                let value = self.value();
+                let outcome = write_outcome(self.client.put(key.clone(), value.clone()));
+                if matches!(outcome, Outcome::Ok(())) {
+                    self.seen[k] = Some(value.clone());
+                }
+                Op::Put {
+                    key,
+                    value,
+                    outcome,
+                }
+            }
+            30..40 => {
+                let outcome = match self.client.delete(key.clone()) {
+                    Err(ClientError::Kv(KvError::NotFound)) => Outcome::Ok(false),
+                    other => match write_outcome(other) {
+                        Outcome::Ok(()) => Outcome::Ok(true),
+                        Outcome::Failed => Outcome::Failed,
+                        Outcome::Unknown => Outcome::Unknown,
+                    },
+                };
+                if matches!(outcome, Outcome::Ok(_)) {
+                    self.seen[k] = None;
+                }
+                Op::Delete { key, outcome }
+            }
+            40..60 => {
+                let expected = self.seen[k].clone();
+                let new = Some(self.value());
+                let result =
+                    self.client
+                        .compare_and_swap(key.clone(), expected.clone(), new.clone());
+                let outcome = match result {
+                    Err(ClientError::Kv(KvError::CompareFailed { current })) => {
+                        self.seen[k] = current.clone();
+                        Outcome::Ok(CasResult::CompareFailed { current })
+                    }
+                    other => match write_outcome(other) {
+                        Outcome::Ok(()) => {
+                            self.seen[k] = new.clone();
+                            Outcome::Ok(CasResult::Swapped)
+                        }
+                        Outcome::Failed => Outcome::Failed,
+                        Outcome::Unknown => Outcome::Unknown,
+                    },
+                };
+                Op::CompareAndSwap {
+                    key,
+                    expected,
+                    new,
+                    outcome,
+                }
+            }
+            roll => {
+                let consistency = if roll < 80 {
+                    Consistency::Linearizable
+                } else {
+                    Consistency::Lease
+                };
+                let outcome = read(&self.client, &key, consistency);
+                if let Outcome::Ok(v) = &outcome {
+                    self.seen[k] = v.clone();
+                }
+                Op::Get { key, outcome }
+            }
+        };
+        Operation {
+            client: self.id,
+            invoked_ns,
+            completed_ns: self.clock.now_ns(),
+            op,
+        }
+    }
+}
+
+/// A linearizable or lease read as the history records it.
+pub fn read(client: &KvClient, key: &Bytes, consistency: Consistency) -> Outcome<Option<Bytes>> {
+    match client.get(key.clone(), consistency) {
+        Ok(v) => Outcome::Ok(Some(v)),
+        Err(ClientError::Kv(KvError::NotFound)) => Outcome::Ok(None),
+        Err(_) => Outcome::Failed,
+    }
+}
+
+/// A write's outcome, when the store's refusals (not found, compare failed) were already taken.
+fn write_outcome<T>(result: Result<T, ClientError>) -> Outcome<()> {
+    match result {
+        Ok(_) => Outcome::Ok(()),
+        Err(ClientError::Unavailable(_) | ClientError::Setup(_)) => Outcome::Failed,
+        Err(ClientError::Kv(KvError::Node(e))) => match e {
+            NodeError::NotLeader { .. }
+            | NodeError::Dropped
+            | NodeError::TooLarge { .. }
+            | NodeError::TransferInProgress
+            | NodeError::Config(_) => Outcome::Failed,
+            // Timeout and Stopped: proposed, perhaps replicated; the rest: be conservative.
+            _ => Outcome::Unknown,
+        },
+        Err(_) => Outcome::Unknown,
+    }
+}
