@@ -248,6 +248,40 @@ pub fn server_config(
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
+/// The endpoint config of a node: the keys behind its connection ids and stateless resets are
+/// derived from the node's private key, so they survive a restart.
+///
+/// A peer that dialled this node before it crashed keeps sending on the old connection, which
+/// the restarted process does not know. The process answers with a stateless reset only if it
+/// recognises the connection id as one of its own, and the peer honours the reset only if its
+/// token matches the one the old process issued. With quinn's defaults (random keys per
+/// process) neither happens: the peer keeps the dead connection until its idle timeout (10 s by
+/// default), and since only the lower id dials, the restarted node stays cut off from it that
+/// long. With the same keys the reset is sent and recognised, and the peer redials at once.
+pub fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(derive_key(identity, b"stateless reset")));
+    let cid_key = derive_key(identity, b"connection id");
+    let cid_key = u64::from_le_bytes(
+        ring::hmac::sign(&cid_key, b"")
+            .as_ref()
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .expect("an HMAC-SHA256 tag has 32 bytes"),
+    );
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg
+}
+
+/// HMAC(label, private key) as a key: as secret as the node's key, and the same in every run.
+fn derive_key(identity: &Identity, purpose: &[u8]) -> ring::hmac::Key {
+    use ring::hmac;
+    let label = hmac::Key::new(hmac::HMAC_SHA256, &[b"keel-quic v1 ", purpose].concat());
+    let derived = hmac::sign(&label, identity.key.secret_der());
+    hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+}
+
 /// The server name to dial node `id` by: its certificate must carry it.
 pub fn server_name_of(id: NodeId) -> String {
     node_dns_name(id)
@@ -295,6 +329,28 @@ pub fn alpn_of(conn: &quinn::Connection) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::certs::DevCa;
+
+    #[test]
+    fn the_stateless_reset_key_is_the_same_in_every_run_and_differs_between_nodes() {
+        use ring::hmac;
+        let ca = DevCa::generate("test").unwrap();
+        let node = ca.issue_node(1).unwrap();
+        // A restart reads the same files again.
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("n.pem"), dir.path().join("n-key.pem"));
+        std::fs::write(&cert, &node.cert_pem).unwrap();
+        std::fs::write(&key, &node.key_pem).unwrap();
+        let restarted = Identity::load_pem(&cert, &key).unwrap();
+        let other = ca.issue_node(2).unwrap().identity;
+        let cid = b"a connection id";
+        let token = |id: &Identity| {
+            hmac::sign(&derive_key(id, b"stateless reset"), cid)
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(token(&node.identity), token(&restarted));
+        assert_ne!(token(&node.identity), token(&other));
+    }
 
     #[test]
     fn a_node_certificate_names_exactly_its_node() {

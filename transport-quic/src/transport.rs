@@ -70,7 +70,14 @@ impl QuicTransport {
             .build()?;
         let endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::server(server, cfg.listen)?
+            let socket = std::net::UdpSocket::bind(cfg.listen)?;
+            let endpoint_cfg = tls::endpoint_config(&cfg.identity);
+            quinn::Endpoint::new(
+                endpoint_cfg,
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
         };
         let local_addr = endpoint.local_addr()?;
         let peers = cfg.peers.clone();
