@@ -53,7 +53,9 @@ impl Scenario {
             workload: WorkloadOptions::default(),
             warmup: Duration::from_millis(500),
             schedule,
-            cooldown: Duration::from_millis(500),
+            // Long enough for clients stuck on a killed node's connection to time out and
+            // show that the healed cluster serves again.
+            cooldown: Duration::from_secs(2),
             replay: format!(
                 "KEEL_FAULT_SEED={seed} cargo test --release -p keel-tests --test faults {name} \
                  -- --nocapture"
@@ -306,11 +308,6 @@ impl Injector<'_> {
         Ok(())
     }
 
-    /// The current leader, if there is one that a majority follows.
-    fn leader(&mut self, cluster: &mut Cluster) -> Option<NodeId> {
-        cluster.leader()
-    }
-
     /// A running, unpaused member other than `not`.
     fn other(&mut self, cluster: &mut Cluster, not: &[NodeId]) -> Option<NodeId> {
         let candidates: Vec<NodeId> = cluster
@@ -332,7 +329,8 @@ impl Injector<'_> {
         fault: &Fault,
     ) -> Result<(), HarnessError> {
         let members = cluster.members();
-        let leader = self.leader(cluster);
+        // Right after a fault there may be no leader yet: give an election a moment.
+        let leader = cluster.wait_for_leader(Duration::from_secs(1)).ok();
         let follower = self.other(cluster, &leader.into_iter().collect::<Vec<_>>());
         let needs_leader = matches!(
             fault,
@@ -347,7 +345,15 @@ impl Injector<'_> {
                 | Fault::RemoveFollower
         );
         if needs_leader && leader.is_none() {
-            self.note(format!("{fault:?}: skipped, no leader"));
+            let seen: Vec<String> = cluster
+                .statuses()
+                .iter()
+                .map(|s| format!("{}:{}@{}->{:?}", s.id, s.role, s.term, s.leader))
+                .collect();
+            self.note(format!(
+                "{fault:?}: skipped, no leader ({})",
+                seen.join(" ")
+            ));
             return Ok(());
         }
         let l = leader.unwrap_or(0);
