@@ -151,6 +151,41 @@ fn membership_changes_and_transfers_while_the_network_misbehaves() {
 }
 
 #[test]
+fn a_fourth_node_joins_while_leadership_moves_and_a_follower_dies() {
+    let _serial = serial();
+    let mut scenario = Scenario::new(
+        "a_fourth_node_joins_while_leadership_moves_and_a_follower_dies",
+        seed_or(10),
+        Schedule {
+            faults: vec![
+                Timed {
+                    at: ms(300),
+                    hold: ms(1500),
+                    fault: Fault::AddSpare,
+                },
+                Timed {
+                    at: ms(900),
+                    hold: Duration::ZERO,
+                    fault: Fault::TransferLeadership,
+                },
+                Timed {
+                    at: ms(2200),
+                    hold: ms(800),
+                    fault: Fault::KillFollower,
+                },
+            ],
+        },
+    );
+    scenario.cluster.spares = vec![4];
+    let report = assert_passes(&scenario);
+    assert_eq!(
+        report.agreement.nodes,
+        [1, 2, 3, 4],
+        "node 4 joined and agrees"
+    );
+}
+
+#[test]
 fn a_failed_fsync_stops_the_node_and_the_cluster_carries_on() {
     let _serial = serial();
     let schedule = sequence(vec![(Fault::FsyncFailure { syncs: 30 }, 2500)]);

@@ -343,6 +343,15 @@ impl Cluster {
         ledger::cut_to_durable(&wal).map_err(|e| HarnessError::Setup(e.to_string()))
     }
 
+    /// A spare that is not a member yet.
+    pub fn idle_spare(&self) -> Option<NodeId> {
+        self.opts
+            .spares
+            .iter()
+            .copied()
+            .find(|id| !self.members.contains(id))
+    }
+
     /// Starts spare `id` and adds it to the cluster as a learner.
     pub fn add_spare(&mut self, id: NodeId) -> Result<(), HarnessError> {
         if !self.node(id).is_running() {

@@ -416,6 +416,15 @@ impl Injector<'_> {
                     }
                 }
             }
+            Fault::AddSpare => match cluster.idle_spare() {
+                Some(n) => {
+                    if let Err(e) = cluster.add_spare(n) {
+                        self.note(format!("add-learner {n}: {e} (healing retries)"));
+                    }
+                    vec![n]
+                }
+                None => Vec::new(),
+            },
             Fault::TransferLeadership => {
                 if let Err(e) = cluster.admin(l, &format!("transfer {f}")) {
                     self.note(format!("transfer {f}: {e}"));
@@ -512,6 +521,12 @@ impl Injector<'_> {
                 }
                 cluster.set_fail_sync_after(n, None)?;
                 cluster.restart(n)?;
+            }
+            Fault::AddSpare => {
+                let command = format!("promote {}", targets[0]);
+                if let Err(e) = cluster.membership_command(&command) {
+                    self.note(format!("{command}: {e} (healing retries)"));
+                }
             }
             Fault::RemoveFollower => {
                 // Put it back; whatever does not happen now, healing finishes.

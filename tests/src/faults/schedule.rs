@@ -35,6 +35,8 @@ pub enum Fault {
     },
     /// Remove a follower from the voters; at the end, add it back as a learner and promote it.
     RemoveFollower,
+    /// Start a spare node and add it as a learner; promote it when the hold ends.
+    AddSpare,
     /// Hand leadership to a follower (nothing to undo).
     TransferLeadership,
     /// Every link loses, duplicates and delays datagrams (with jitter: reordering).
