@@ -19,8 +19,9 @@ pub trait Target: Send + Sync {
     fn put(&self, key: Bytes, value: Bytes) -> Box<dyn Request>;
     /// Starts a linearizable read (on the lease when `lease`).
     fn get(&self, key: Bytes, lease: bool) -> Box<dyn Request>;
-    /// Reads a key linearizably, for checking the run afterwards.
-    fn read_back(&self, key: &[u8]) -> Result<Option<Bytes>, Error>;
+    /// Reads keys linearizably (each read starts after this call does), for checking the run
+    /// afterwards; one result per key, in order.
+    fn read_back(&self, keys: &[Bytes]) -> Vec<Result<Option<Bytes>, Error>>;
 }
 
 /// A request in flight.

@@ -451,13 +451,17 @@ fn verify(
     target: &dyn Target,
     writes: &std::collections::HashMap<bytes::Bytes, Vec<(u64, Option<u64>)>>,
 ) -> (u64, u64) {
-    let (mut keys, mut failures) = (0, 0);
-    for (key, ws) in writes {
-        let Some(newest_acked) = ws.iter().filter_map(|w| w.1).max() else {
-            continue;
-        };
-        keys += 1;
-        let ok = match target.read_back(key) {
+    // Keys with an acknowledged write, and the newest index acknowledged for each.
+    let acked: Vec<(&bytes::Bytes, u64)> = writes
+        .iter()
+        .filter_map(|(key, ws)| ws.iter().filter_map(|w| w.1).max().map(|i| (key, i)))
+        .collect();
+    let keys: Vec<bytes::Bytes> = acked.iter().map(|(k, _)| (*k).clone()).collect();
+    let values = target.read_back(&keys);
+    let mut failures = 0;
+    for ((key, newest_acked), value) in acked.iter().zip(values) {
+        let ws = &writes[*key];
+        let ok = match value {
             Ok(Some(value)) => {
                 let mut id = [0u8; 8];
                 let n = value.len().min(8);
@@ -467,7 +471,7 @@ fn verify(
                 n < 8
                     || ws
                         .iter()
-                        .any(|w| w.0 == id && w.1.is_none_or(|index| index >= newest_acked))
+                        .any(|w| w.0 == id && w.1.is_none_or(|index| index >= *newest_acked))
             }
             Ok(None) | Err(_) => false,
         };
@@ -481,5 +485,5 @@ fn verify(
             }
         }
     }
-    (keys, failures)
+    (acked.len() as u64, failures)
 }

@@ -52,7 +52,9 @@ pub struct NodeConfig {
     pub proposal_queue_depth: usize,
     /// Append messages in flight per follower.
     pub max_inflight_appends: usize,
-    /// Take a snapshot and compact the log every this many applied entries.
+    /// Take a snapshot and compact the log after this many applied entries, once the commands
+    /// applied since the last snapshot add up to its size (so snapshots cost no more than the
+    /// log), and after eight times this many whatever the sizes.
     pub snapshot_threshold_entries: u64,
     /// Default timeout of the blocking helpers (`wait_for_leader`, forwarded proposals...).
     #[serde(with = "humantime_serde")]

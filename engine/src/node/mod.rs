@@ -40,7 +40,7 @@ mod transport;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -202,6 +202,8 @@ impl<S: StateMachine> Node<S> {
             events: applier_events_tx,
             store: store.clone(),
             snapshot_threshold_entries: config.snapshot_threshold_entries,
+            applied_bytes_since_snapshot: 0,
+            last_snapshot_bytes: Arc::new(AtomicU64::new(0)),
             applied,
             last_snapshot: snapshot_index,
             metrics: metrics.clone(),

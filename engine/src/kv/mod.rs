@@ -2,12 +2,12 @@
 //!
 //! Commands are `put`, `delete` and `compare_and_swap`, encoded compactly; reads are local to a
 //! node and linearizable after [`Node::read_index`](crate::node::Node::read_index) (or the
-//! lease). The map is shared copy-on-write, so a snapshot is an `Arc` clone taken in
-//! constant time on the apply path and serialized on the snapshot thread.
+//! lease). The map is shared copy-on-write in shards ([`map`]), so a snapshot is a frozen copy
+//! taken in constant time on the apply path and serialized on the snapshot thread.
 
-use std::collections::BTreeMap;
+mod map;
+
 use std::io::{self, Read};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -144,7 +144,7 @@ fn take_option(rest: &mut Bytes) -> Option<Option<Bytes>> {
 /// The key-value state machine.
 #[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    map: Arc<BTreeMap<Bytes, Bytes>>,
+    map: map::ShardedMap,
     applied: Index,
 }
 
@@ -158,10 +158,10 @@ impl KvStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
-    /// Every key and its value, in key order.
+    /// Every key and its value, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
         self.map.iter()
     }
@@ -170,7 +170,7 @@ impl KvStore {
         let Some(command) = KvCommand::decode(command) else {
             return Bytes::from_static(&[RESPONSE_MALFORMED]);
         };
-        let map = Arc::make_mut(&mut self.map);
+        let map = &mut self.map;
         match command {
             KvCommand::Put { key, value } => {
                 map.insert(key, value);
@@ -190,8 +190,10 @@ impl KvStore {
                 }
                 match new {
                     Some(v) => map.insert(key, v),
-                    None => map.remove(&key),
-                };
+                    None => {
+                        map.remove(&key);
+                    }
+                }
                 Bytes::from_static(&[RESPONSE_OK])
             }
         }
@@ -243,20 +245,20 @@ impl StateMachine for KvStore {
             return Err(bad());
         }
         let count = rest.get_u64_le();
-        let mut map = BTreeMap::new();
+        let mut map = map::ShardedMap::default();
         for _ in 0..count {
             let key = take_bytes(&mut rest).ok_or_else(bad)?;
             let value = take_bytes(&mut rest).ok_or_else(bad)?;
             map.insert(key, value);
         }
-        self.map = Arc::new(map);
+        self.map = map;
         self.applied = index;
         Ok(())
     }
 }
 
 struct KvSnapshot {
-    map: Arc<BTreeMap<Bytes, Bytes>>,
+    map: map::ShardedMap,
 }
 
 impl SnapshotSource for KvSnapshot {
