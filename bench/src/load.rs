@@ -68,7 +68,9 @@ pub struct LoadResult {
 /// What a request was, to account for its answer.
 enum Op {
     /// The write's place in the worker's `writes`.
-    Write { slot: usize },
+    Write {
+        slot: usize,
+    },
     Read,
 }
 
