@@ -13,8 +13,9 @@
 //! and every message held to the peer's authenticated id), panic or block other peers on hostile
 //! input (a bad frame closes its stream and is counted in [`TransportMetrics`]), buffer without
 //! bound for a peer that is slow or gone (queues are bounded; excess is dropped and Raft
-//! retries), hold a whole snapshot in memory (it streams between files, a few chunks at a time), accept a peer the cluster CA did not sign for the id it claims, or install a
-//! process-wide crypto provider or tracing subscriber. Its tokio runtime runs on threads the
+//! retries), hold a whole snapshot in memory (it streams between files, a few chunks at a time),
+//! accept a peer the cluster CA did not sign for the id it claims, or install a process-wide
+//! crypto provider or tracing subscriber. Its tokio runtime runs on threads the
 //! transport owns; the engine stays runtime-free.
 //!
 //! ```no_run
