@@ -108,10 +108,11 @@ fn a_snapshot_of_hundreds_of_chunks_streams_with_a_few_in_memory() {
 
 /// A node that counts peer 1 among its voters, with the test playing peer 1.
 struct Target {
-    dir: tempfile::TempDir,
     node: Node<KvStore>,
     transport: Arc<QuicTransport>,
     rogue: Rogue,
+    /// Last: removed once the node has stopped.
+    dir: tempfile::TempDir,
 }
 
 impl Target {
@@ -134,10 +135,10 @@ impl Target {
         )
         .expect("node");
         Self {
-            dir,
             node,
             transport,
             rogue,
+            dir,
         }
     }
 
