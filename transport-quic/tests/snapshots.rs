@@ -268,9 +268,15 @@ fn a_transfer_broken_mid_stream_leaves_no_file_and_a_retry_installs() {
         (ack.kind, &ack.body[..]),
         (FrameKind::SnapshotAck, &[1][..])
     );
+    // The core takes the snapshot at once; the state machine has it once it is applied.
     eventually("the node installs the snapshot", || {
         target.node.status().expect("status").snapshot_index == 10
     });
+    target
+        .node
+        .wait_applied(10)
+        .wait(WAIT)
+        .expect("the snapshot is restored");
     assert_eq!(target.node.state_machine().len(), 3000);
     assert_eq!(target.files(), vec![format!("{:020}.snap", 10)]);
     assert_eq!(target.transport.metrics().snapshot().snapshot_bytes_held, 0);
