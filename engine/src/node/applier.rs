@@ -4,6 +4,7 @@
 //! so a large state never stalls the apply path).
 
 use std::collections::BTreeMap;
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use super::events::{Event, Subscribers};
 use super::metrics::NodeMetrics;
 use super::pending::Completer;
 use super::proposal::{Applied, AppliedReply};
+use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
 use super::state_machine::{Command, SnapshotSource, StateMachine};
 
@@ -34,7 +36,10 @@ pub(crate) enum ApplyTask {
         reply: Completer<Index>,
     },
     /// Store the leader's snapshot and replace the state with it.
-    Install { meta: SnapshotMeta, data: Bytes },
+    Install {
+        meta: SnapshotMeta,
+        data: ReceivedSnapshot,
+    },
 }
 
 #[derive(Debug)]
@@ -85,7 +90,7 @@ impl<S: StateMachine> Applier<S> {
                     }
                 }
                 ApplyTask::Install { meta, data } => {
-                    if let Err(reason) = self.install(&meta, &data) {
+                    if let Err(reason) = self.install(&meta, data) {
                         tracing::error!(%reason, "installing a snapshot failed; the node stops");
                         let _ = self.events.send(ApplierEvent::Failed(reason));
                         return;
@@ -173,14 +178,18 @@ impl<S: StateMachine> Applier<S> {
         Ok(())
     }
 
-    fn install(&mut self, meta: &SnapshotMeta, data: &Bytes) -> Result<(), String> {
-        self.store
-            .save_bytes(meta.index, data)
+    /// Adopts the received file as this node's snapshot and restores the state from it, read
+    /// through a buffer (never loaded whole).
+    fn install(&mut self, meta: &SnapshotMeta, data: ReceivedSnapshot) -> Result<(), String> {
+        data.adopt(&self.store, meta.index)
             .map_err(|e| format!("saving snapshot {}: {e}", meta.index))?;
-        let mut reader = &data[..];
+        let file = self
+            .store
+            .open_snapshot(meta.index)
+            .map_err(|e| format!("opening snapshot {}: {e}", meta.index))?;
         self.sm
             .write()
-            .restore(meta.index, &mut reader)
+            .restore(meta.index, &mut io::BufReader::new(file))
             .map_err(|e| format!("restoring snapshot {}: {e}", meta.index))?;
         self.applied = meta.index;
         self.last_snapshot = meta.index;

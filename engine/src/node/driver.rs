@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
 
 use crate::core::{
@@ -23,6 +22,7 @@ use super::histogram::{LocalHistogram, DURATION_BOUNDS_NANOS};
 use super::metrics::{NodeMetrics, PeerMetrics};
 use super::pending::Completer;
 use super::proposal::{Committed, ProposalReply};
+use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
 use super::transport::{Inbound, Transport};
 use super::{Error, NodeConfig};
@@ -103,8 +103,9 @@ pub(crate) struct DriverState {
     membership_waiters: BTreeMap<Index, (Term, Completer<Index>)>,
     reads: HashMap<ReadId, (Instant, Completer<Index>)>,
     next_read_id: ReadId,
-    /// Snapshot data received from the leader, until the core installs it.
-    incoming_snapshots: BTreeMap<Index, Bytes>,
+    /// Snapshot files received from the leader, until the core installs one (the others'
+    /// files go when they are dropped).
+    incoming_snapshots: BTreeMap<Index, ReceivedSnapshot>,
     /// While a snapshot is installed, later writes wait here to keep their order.
     held_writes: VecDeque<Write>,
     installing: Option<Index>,
@@ -577,7 +578,8 @@ impl Driver {
             let Body::Snapshot { snapshot } = &m.body else {
                 continue;
             };
-            match self.store.load(snapshot.index) {
+            // Opening the file is all the driver does: the transport streams it.
+            match self.store.reader(snapshot.index) {
                 Ok(data) => {
                     NodeMetrics::add(&self.metrics.snapshots_sent, 1);
                     self.transport.send_snapshot(m, data);

@@ -34,6 +34,7 @@ mod histogram;
 mod metrics;
 mod pending;
 mod proposal;
+mod snapshot_transfer;
 mod snapshots;
 mod state_machine;
 mod transport;
@@ -64,6 +65,7 @@ pub use self::metrics::{
 };
 pub use self::pending::Pending;
 pub use self::proposal::{Applied, AppliedReply, Committed, Proposal, ProposalReply};
+pub use self::snapshot_transfer::{SnapshotReader, SnapshotSink, SnapshotTransferError};
 pub use self::state_machine::{Command, SnapshotSource, StateMachine, StateMachineError};
 pub use self::transport::{
     Inbox, MemNetwork, MemTransport, PeerTraffic, Transport, TransportStats,
@@ -158,11 +160,10 @@ impl<S: StateMachine> Node<S> {
         } else {
             let snapshot_index = recovered.snapshot.index;
             if snapshot_index > 0 && sm.applied_index() < snapshot_index {
-                let data = store.load(snapshot_index).map_err(|e| {
+                let file = store.open_snapshot(snapshot_index).map_err(|e| {
                     Error::Storage(format!("snapshot {snapshot_index} is missing: {e}"))
                 })?;
-                let mut reader = &data[..];
-                sm.restore(snapshot_index, &mut reader)
+                sm.restore(snapshot_index, &mut std::io::BufReader::new(file))
                     .map_err(|e| Error::StateMachine(e.to_string()))?;
             }
             let last = snapshot_index + recovered.entries.len() as u64;
@@ -220,7 +221,7 @@ impl<S: StateMachine> Node<S> {
             control: control_rx,
             applier_events: applier_events_rx,
             apply: apply_tx,
-            store,
+            store: store.clone(),
             metrics: metrics.clone(),
             subscribers: subscribers.clone(),
             state: DriverState::default(),
@@ -263,6 +264,7 @@ impl<S: StateMachine> Node<S> {
             id,
             inbound: inbound_tx,
             proposals: proposals_tx.clone(),
+            store,
         });
         Ok(Self {
             id,
