@@ -81,7 +81,9 @@ fn a_snapshot_of_hundreds_of_chunks_streams_with_a_few_in_memory() {
     }
     let received = cluster.transport(follower).metrics().snapshot();
     assert!(
-        received.peers[&leader].snapshot_chunks_received >= 256,
+        // At least 32 entries' worth (the snapshot at index 32 or later): 16 MiB in 64 KiB chunks,
+        // less the leader's few entries that are not puts.
+        received.peers[&leader].snapshot_chunks_received >= 240,
         "the snapshot came in many chunks: {:?}",
         received.peers[&leader]
     );

@@ -236,19 +236,29 @@ impl StateMachine for KvStore {
     }
 
     fn restore(&mut self, index: Index, data: &mut dyn Read) -> Result<(), StateMachineError> {
-        let mut raw = Vec::new();
-        data.read_to_end(&mut raw)
-            .map_err(|e| StateMachineError(format!("reading the snapshot: {e}")))?;
-        let mut rest = Bytes::from(raw);
-        let bad = || StateMachineError("malformed key-value snapshot".into());
-        if rest.remaining() < 8 {
-            return Err(bad());
-        }
-        let count = rest.get_u64_le();
+        // Entry by entry from the stream: the state is built once, never the snapshot's bytes.
+        let mut data = io::BufReader::new(data);
+        let malformed =
+            |e: io::Error| StateMachineError(format!("malformed key-value snapshot: {e}"));
+        let mut word = [0u8; 8];
+        data.read_exact(&mut word).map_err(malformed)?;
+        let count = u64::from_le_bytes(word);
         let mut map = map::ShardedMap::default();
+        let read_part = |data: &mut io::BufReader<&mut dyn Read>| -> io::Result<Bytes> {
+            let mut len = [0u8; 4];
+            data.read_exact(&mut len)?;
+            let len = u64::from(u32::from_le_bytes(len));
+            // Grown as bytes arrive: a damaged length cannot make this allocate gigabytes.
+            let mut part = Vec::new();
+            data.by_ref().take(len).read_to_end(&mut part)?;
+            if part.len() as u64 != len {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(Bytes::from(part))
+        };
         for _ in 0..count {
-            let key = take_bytes(&mut rest).ok_or_else(bad)?;
-            let value = take_bytes(&mut rest).ok_or_else(bad)?;
+            let key = read_part(&mut data).map_err(malformed)?;
+            let value = read_part(&mut data).map_err(malformed)?;
             map.insert(key, value);
         }
         self.map = map;

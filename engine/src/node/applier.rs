@@ -187,12 +187,17 @@ impl<S: StateMachine> Applier<S> {
             .store
             .open_snapshot(meta.index)
             .map_err(|e| format!("opening snapshot {}: {e}", meta.index))?;
+        let snapshot_bytes = file.metadata().map_or(0, |m| m.len());
         self.sm
             .write()
             .restore(meta.index, &mut io::BufReader::new(file))
             .map_err(|e| format!("restoring snapshot {}: {e}", meta.index))?;
         self.applied = meta.index;
+        // The installed snapshot is the one the next must be paid for against.
         self.last_snapshot = meta.index;
+        self.applied_bytes_since_snapshot = 0;
+        self.last_snapshot_bytes
+            .store(snapshot_bytes, Ordering::Relaxed);
         NodeMetrics::set(&self.metrics.applied_index, meta.index);
         NodeMetrics::add(&self.metrics.snapshots_installed, 1);
         self.subscribers

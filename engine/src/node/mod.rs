@@ -204,7 +204,13 @@ impl<S: StateMachine> Node<S> {
             store: store.clone(),
             snapshot_threshold_entries: config.snapshot_threshold_entries,
             applied_bytes_since_snapshot: 0,
-            last_snapshot_bytes: Arc::new(AtomicU64::new(0)),
+            // After a restart the snapshot on disk is the one the next must be paid for against.
+            last_snapshot_bytes: Arc::new(AtomicU64::new(
+                store
+                    .open_snapshot(snapshot_index)
+                    .and_then(|f| f.metadata())
+                    .map_or(0, |m| m.len()),
+            )),
             applied,
             last_snapshot: snapshot_index,
             metrics: metrics.clone(),
