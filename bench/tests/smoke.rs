@@ -61,7 +61,10 @@ fn local_run_reports_no_errors_and_reads_back_every_write() {
         "{report}"
     );
     assert!(
-        report["memory"]["samples"].as_u64().expect("memory sampled") >= 1
+        report["memory"]["samples"]
+            .as_u64()
+            .expect("memory sampled")
+            >= 1
             && report["memory"]["rss_max_mib"].as_f64().expect("rss") > 0.0,
         "{report}"
     );

@@ -197,6 +197,11 @@ async fn read_stream_chunks(
         .await
         .map_err(|_| FrameError::Idle)??;
         let len = chunk.body.len() as u64;
+        // An empty chunk makes no progress: a stream of them would hold the transfer open for
+        // ever while each one resets the idle timeout.
+        if len == 0 {
+            return Err(FrameError::BadHeader);
+        }
         if data_bytes + len > total_bytes {
             return Err(FrameError::TooLarge {
                 body_bytes: usize::try_from(data_bytes + len).unwrap_or(usize::MAX),

@@ -285,6 +285,27 @@ fn a_transfer_broken_mid_stream_leaves_no_file_and_a_retry_installs() {
 }
 
 #[test]
+fn empty_chunks_are_refused_as_malformed() {
+    let target = Target::start();
+    let (_conn, mut send, _recv) = target.offer(1000);
+    target.send_chunks(&mut send, &[1; 100]);
+    target.rogue.runtime.block_on(async {
+        let empty = encode_contiguous(FrameKind::SnapshotChunk, &[]).expect("frame");
+        for _ in 0..3 {
+            send.write_all(&empty).await.expect("chunk");
+        }
+    });
+    eventually("the empty chunk is refused", || {
+        target
+            .transport
+            .metrics()
+            .frames_rejected(FrameRejection::BadHeader)
+            >= 1
+    });
+    eventually("the partial file is removed", || target.files().is_empty());
+}
+
+#[test]
 fn an_offer_beyond_the_limit_is_refused_before_any_file_exists() {
     let target = Target::start();
     let (_conn, mut send, _recv) = target.offer(65 << 20);
