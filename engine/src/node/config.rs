@@ -45,10 +45,10 @@ pub struct NodeConfig {
     pub lease_drift: Duration,
     /// A proposal larger than this is refused with `TooLarge`.
     pub max_proposal_bytes: usize,
-    /// The batcher hands the driver at most this many bytes / entries at once.
+    /// The driver takes at most this many bytes / entries of proposals in one batch.
     pub max_batch_bytes: usize,
     pub max_batch_entries: usize,
-    /// Proposals waiting for the batcher; beyond this, `propose` blocks (back-pressure).
+    /// Proposals waiting for the driver; beyond this, `propose` blocks (back-pressure).
     pub proposal_queue_depth: usize,
     /// Append messages in flight per follower.
     pub max_inflight_appends: usize,

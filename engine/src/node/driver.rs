@@ -16,7 +16,7 @@ use crate::core::{
 use crate::wal::{LogWriter, WriterEvent};
 
 use super::applier::{ApplierEvent, ApplyTask};
-use super::batcher::Batch;
+use super::batcher::{self, Batch};
 use super::events::{Event, FollowerStatus, Status, Subscribers};
 use super::histogram::{LocalHistogram, DURATION_BOUNDS_NANOS};
 use super::metrics::{NodeMetrics, PeerMetrics};
@@ -24,7 +24,7 @@ use super::pending::Completer;
 use super::proposal::{Committed, ProposalReply};
 use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
-use super::transport::{Inbound, Transport};
+use super::transport::{Inbound, ProposalRequest, Transport};
 use super::{Error, NodeConfig};
 
 /// Requests from the node handle to the driver.
@@ -82,7 +82,7 @@ pub(crate) struct Driver {
     pub(crate) writer: Option<LogWriter>,
     pub(crate) writer_events: Receiver<WriterEvent>,
     pub(crate) inbound: Receiver<Inbound>,
-    pub(crate) batches: Receiver<Batch>,
+    pub(crate) proposals: Receiver<ProposalRequest>,
     pub(crate) control: Receiver<Control>,
     pub(crate) applier_events: Receiver<ApplierEvent>,
     pub(crate) apply: Sender<ApplyTask>,
@@ -90,8 +90,6 @@ pub(crate) struct Driver {
     pub(crate) metrics: Arc<NodeMetrics>,
     pub(crate) subscribers: Arc<Subscribers>,
     pub(crate) state: DriverState,
-    /// Dropped when the driver exits, which tells the batcher to stop.
-    pub(crate) _alive: Sender<()>,
     /// Set when the driver stops, so the node handle refuses new work at once.
     pub(crate) halted: Arc<AtomicBool>,
 }
@@ -172,8 +170,12 @@ impl Driver {
                     }
                     Ok(())
                 },
-                recv(self.batches) -> b => {
-                    if let Ok(b) = b { self.handle_batch(b); }
+                recv(self.proposals) -> p => {
+                    if let Ok(first) = p {
+                        let (bytes, entries) = (self.cfg.max_batch_bytes, self.cfg.max_batch_entries);
+                        let batch = batcher::gather(first, &self.proposals, bytes, entries);
+                        self.handle_batch(batch);
+                    }
                     Ok(())
                 },
                 recv(self.applier_events) -> e => match e {
@@ -766,10 +768,8 @@ impl Driver {
         for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {
             reply.complete(Err(error.clone()));
         }
-        for batch in self.batches.try_iter() {
-            for r in batch.requests {
-                r.reply.fail(error.clone());
-            }
+        for r in self.proposals.try_iter() {
+            r.reply.fail(error.clone());
         }
         self.transport.detach();
         if let Some(writer) = self.writer.take() {

@@ -2,10 +2,10 @@
 //! small, complete API.
 //!
 //! Threads, joined by crossbeam channels (see `design.md`, "The data path"):
-//! - the **batcher** drains waiting proposals into one batch (bounded by bytes and count; no
-//!   timer: an idle node sends a lone proposal at once);
-//! - the **driver** owns the [`Core`](crate::core::Core): ticks, messages, batches and
-//!   durability reports go in, and it routes the output;
+//! - the **driver** owns the [`Core`](crate::core::Core): ticks, messages, proposals and
+//!   durability reports go in, and it routes the output. It takes proposals in batches: each
+//!   one it takes off the queue comes with all that wait behind it (bounded by bytes and count;
+//!   no timer: an idle node sends a lone proposal at once);
 //! - the **log writer** (see [`crate::wal`]) appends and fsyncs in groups;
 //! - the **applier** applies committed entries to the [`StateMachine`] and completes waiters;
 //!   snapshots are serialized on a thread of their own.
@@ -189,12 +189,10 @@ impl<S: StateMachine> Node<S> {
         let sm = Arc::new(RwLock::new(sm));
         let (writer, writer_events) = LogWriter::spawn(wal);
         let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_depth);
-        let (batches_tx, batches_rx) = bounded(1);
         let (inbound_tx, inbound_rx) = bounded(65_536);
         let (control_tx, control_rx) = bounded(4096);
         let (apply_tx, apply_rx) = bounded(1024);
         let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
-        let (alive_tx, alive_rx) = bounded::<()>(0);
         let stopped = Arc::new(AtomicBool::new(false));
 
         let applier = Applier {
@@ -223,7 +221,7 @@ impl<S: StateMachine> Node<S> {
             writer: Some(writer),
             writer_events,
             inbound: inbound_rx,
-            batches: batches_rx,
+            proposals: proposals_rx,
             control: control_rx,
             applier_events: applier_events_rx,
             apply: apply_tx,
@@ -231,10 +229,8 @@ impl<S: StateMachine> Node<S> {
             metrics: metrics.clone(),
             subscribers: subscribers.clone(),
             state: DriverState::default(),
-            _alive: alive_tx,
             halted: stopped.clone(),
         };
-        let (max_bytes, max_entries) = (config.max_batch_bytes, config.max_batch_entries);
         let driver_subscribers = subscribers.clone();
         let id = config.id;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -257,12 +253,6 @@ impl<S: StateMachine> Node<S> {
                             reason: "the driver thread panicked".into(),
                         });
                     }
-                }),
-            )?,
-            spawn(
-                "batcher",
-                Box::new(move || {
-                    batcher::run(proposals_rx, batches_tx, alive_rx, max_bytes, max_entries)
                 }),
             )?,
         ];

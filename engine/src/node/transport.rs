@@ -69,7 +69,7 @@ pub(crate) enum Inbound {
     },
 }
 
-/// A proposal on its way to the batcher.
+/// A proposal on its way to the driver.
 #[derive(Debug)]
 pub(crate) struct ProposalRequest {
     /// `None` is a barrier (an empty entry).
