@@ -9,7 +9,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 
@@ -161,12 +160,20 @@ impl<S: StateMachine> Applier<S> {
             Err(_) => return Err("the state machine panicked in apply".to_string()),
         };
         drop(sm);
-        let by_index: BTreeMap<Index, Bytes> =
-            commands.iter().map(|c| c.index).zip(responses).collect();
         self.applied = last;
         NodeMetrics::set(&self.metrics.applied_index, last);
+        // Replies and commands are both in log order: walk the responses alongside.
+        debug_assert!(
+            replies.windows(2).all(|w| w[0].0 < w[1].0),
+            "replies in log order"
+        );
+        let mut responses = commands.iter().map(|c| c.index).zip(responses).peekable();
         for (index, term, reply) in replies {
-            let response = by_index.get(&index).cloned().unwrap_or_default();
+            while responses.next_if(|(i, _)| *i < index).is_some() {}
+            let response = responses
+                .next_if(|(i, _)| *i == index)
+                .map(|(_, r)| r)
+                .unwrap_or_default();
             reply.complete(Ok(Applied {
                 index,
                 term,
