@@ -19,8 +19,9 @@ pub trait Target: Send + Sync {
     fn put(&self, key: Bytes, value: Bytes) -> Box<dyn Request>;
     /// Starts a linearizable read (on the lease when `lease`).
     fn get(&self, key: Bytes, lease: bool) -> Box<dyn Request>;
-    /// Reads a key linearizably, for checking the run afterwards.
-    fn read_back(&self, key: &[u8]) -> Result<Option<Bytes>, Error>;
+    /// Reads keys linearizably (each read starts after this call does), for checking the run
+    /// afterwards; one result per key, in order.
+    fn read_back(&self, keys: &[Bytes]) -> Vec<Result<Option<Bytes>, Error>>;
 }
 
 /// A request in flight.
@@ -66,7 +67,10 @@ pub struct LoadResult {
 
 /// What a request was, to account for its answer.
 enum Op {
-    Write { key: Bytes, id: u64 },
+    /// The write's place in the worker's `writes`.
+    Write {
+        slot: usize,
+    },
     Read,
 }
 
@@ -137,8 +141,8 @@ pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> Lo
         out.latency_us.add(&r.reads_h).expect("same bounds");
         out.write_latency_us.add(&r.writes_h).expect("same bounds");
         out.read_latency_us.add(&r.reads_h).expect("same bounds");
-        for (k, mut v) in r.writes {
-            out.writes.entry(k).or_default().append(&mut v);
+        for (key, id, index) in r.writes {
+            out.writes.entry(key).or_default().push((id, index));
         }
     }
     out
@@ -162,7 +166,8 @@ struct WorkerResult {
     errors: BTreeMap<String, u64>,
     writes_h: Histogram<u64>,
     reads_h: Histogram<u64>,
-    writes: HashMap<Bytes, Vec<(u64, Option<Index>)>>,
+    /// Every write issued, in order: key, value id, commit index once acknowledged.
+    writes: Vec<(Bytes, u64, Option<Index>)>,
 }
 
 impl Worker<'_> {
@@ -173,7 +178,7 @@ impl Worker<'_> {
             errors: BTreeMap::new(),
             writes_h: new_histogram(),
             reads_h: new_histogram(),
-            writes: HashMap::new(),
+            writes: Vec::new(),
         };
         let mut idle: Vec<usize> = (0..self.clients).collect();
         let mut outstanding: VecDeque<Outstanding> = VecDeque::new();
@@ -272,15 +277,13 @@ impl Worker<'_> {
         let n = id_bytes.len().min(value.len());
         value[..n].copy_from_slice(&id_bytes[..n]);
         let request = self.target.put(key.clone(), Bytes::from(value));
-        result
-            .writes
-            .entry(key.clone())
-            .or_default()
-            .push((id, None));
+        // Appended here, indexed by the key only after the run: no map work while timing.
+        let slot = result.writes.len();
+        result.writes.push((key, id, None));
         Outstanding {
             client,
             start,
-            op: Op::Write { key, id },
+            op: Op::Write { slot },
             request,
         }
     }
@@ -312,15 +315,9 @@ impl Worker<'_> {
         };
         result.ok += 1;
         match o.op {
-            Op::Write { key, id } => {
+            Op::Write { slot } => {
                 let _ = result.writes_h.record(latency_us.max(1));
-                let acked = result
-                    .writes
-                    .get_mut(&key)
-                    .and_then(|ws| ws.iter_mut().find(|w| w.0 == id));
-                if let Some(w) = acked {
-                    w.1 = index;
-                }
+                result.writes[slot].2 = index;
             }
             Op::Read => {
                 let _ = result.reads_h.record(latency_us.max(1));

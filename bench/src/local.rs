@@ -146,10 +146,16 @@ impl Target for LocalCluster {
         }))
     }
 
-    fn read_back(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+    fn read_back(&self, keys: &[Bytes]) -> Vec<Result<Option<Bytes>, Error>> {
+        // One read index serves them all: every read then sees what was applied up to it.
         let leader = self.leader();
-        leader.read_index().wait(Duration::from_secs(10))?;
-        Ok(leader.state_machine().get(key))
+        match leader.read_index().wait(Duration::from_secs(10)) {
+            Ok(_) => {
+                let store = leader.state_machine();
+                keys.iter().map(|k| Ok(store.get(k))).collect()
+            }
+            Err(e) => vec![Err(e); keys.len()],
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod fsync;
 mod histograms;
 mod load;
 mod local;
+mod memory;
 mod node;
 mod remote;
 mod report;
@@ -237,7 +238,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
             .join(" ")
     );
     let target: Arc<dyn Target> = cluster.clone();
-    let result = run_load(target.clone(), &args.load);
+    let (result, rss) = run_load(target.clone(), &args.load);
     // Every acknowledged write must be read back: the key holds that write or a later one.
     let (verified_keys, verification_failures) = verify(target.as_ref(), &result.writes);
 
@@ -254,6 +255,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
     report.mean_batch_entries = Some(batches.sum as f64 / batches.count.max(1) as f64);
     report.verified_keys = verified_keys;
     report.verification_failures = verification_failures;
+    report.memory = memory::summarize(&rss, result.elapsed.as_secs_f64());
     let written = finish(&report, &histograms, &args.load);
     cluster.stop();
     written?;
@@ -273,7 +275,7 @@ fn load_remote(args: LoadArgs) -> Result<(), String> {
         REQUEST_TIMEOUT,
     )?;
     let target: Arc<dyn Target> = Arc::new(cluster);
-    let result = run_load(target.clone(), &args.load);
+    let (result, _) = run_load(target.clone(), &args.load);
     let (verified_keys, verification_failures) = verify(target.as_ref(), &result.writes);
     let histograms = LoadHistograms::of(&result, args.load.settings());
     let mut report = Report::of(&histograms);
@@ -346,9 +348,11 @@ impl LoadFlags {
     }
 }
 
-/// Runs the load with a progress bar on a terminal.
-fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> load::LoadResult {
+/// Runs the load with a progress bar on a terminal; samples this process's resident size once a
+/// second, as `(seconds into the run, bytes)`.
+fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> (load::LoadResult, Vec<(f64, u64)>) {
     let spec = flags.spec();
+    let mut rss = Vec::new();
     let progress = AtomicU64::new(0);
     std::thread::scope(|s| {
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -364,7 +368,12 @@ fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> load::LoadResult {
         });
         let runner = s.spawn(|| load::run(target.clone(), &spec, &progress));
         let started = Instant::now();
+        let mut next_sample = started;
         while !runner.is_finished() {
+            if Instant::now() >= next_sample {
+                rss.extend(memory::rss_bytes().map(|b| (started.elapsed().as_secs_f64(), b)));
+                next_sample += Duration::from_secs(1);
+            }
             if let Some(bar) = &bar {
                 let done = progress.load(Ordering::Relaxed);
                 match flags.total {
@@ -378,7 +387,7 @@ fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> load::LoadResult {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        runner.join().expect("the load thread")
+        (runner.join().expect("the load thread"), rss)
     })
 }
 
@@ -451,13 +460,17 @@ fn verify(
     target: &dyn Target,
     writes: &std::collections::HashMap<bytes::Bytes, Vec<(u64, Option<u64>)>>,
 ) -> (u64, u64) {
-    let (mut keys, mut failures) = (0, 0);
-    for (key, ws) in writes {
-        let Some(newest_acked) = ws.iter().filter_map(|w| w.1).max() else {
-            continue;
-        };
-        keys += 1;
-        let ok = match target.read_back(key) {
+    // Keys with an acknowledged write, and the newest index acknowledged for each.
+    let acked: Vec<(&bytes::Bytes, u64)> = writes
+        .iter()
+        .filter_map(|(key, ws)| ws.iter().filter_map(|w| w.1).max().map(|i| (key, i)))
+        .collect();
+    let keys: Vec<bytes::Bytes> = acked.iter().map(|(k, _)| (*k).clone()).collect();
+    let values = target.read_back(&keys);
+    let mut failures = 0;
+    for ((key, newest_acked), value) in acked.iter().zip(values) {
+        let ws = &writes[*key];
+        let ok = match value {
             Ok(Some(value)) => {
                 let mut id = [0u8; 8];
                 let n = value.len().min(8);
@@ -467,7 +480,7 @@ fn verify(
                 n < 8
                     || ws
                         .iter()
-                        .any(|w| w.0 == id && w.1.is_none_or(|index| index >= newest_acked))
+                        .any(|w| w.0 == id && w.1.is_none_or(|index| index >= *newest_acked))
             }
             Ok(None) | Err(_) => false,
         };
@@ -481,5 +494,5 @@ fn verify(
             }
         }
     }
-    (keys, failures)
+    (acked.len() as u64, failures)
 }

@@ -274,8 +274,10 @@ pub fn admin(node: &Node<KvStore>, line: &str) -> Result<Value, String> {
 
 /// A hash of the whole store, keys in order: equal on two nodes at the same applied index.
 fn digest(store: &KvStore) -> u64 {
+    let mut entries: Vec<_> = store.iter().collect();
+    entries.sort_unstable();
     let mut h = std::hash::DefaultHasher::new();
-    for (k, v) in store.iter() {
+    for (k, v) in entries {
         k.hash(&mut h);
         v.hash(&mut h);
     }

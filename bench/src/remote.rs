@@ -17,6 +17,9 @@ use keel_transport_quic::{ClientError, KvClient, KvClientConfig};
 
 use crate::load::{Request, Target};
 
+/// Reads of the final check in flight at once.
+const READ_BACK_IN_FLIGHT: usize = 256;
+
 pub struct RemoteCluster {
     /// Runs the requests of every client; the clients' connections run on their own runtimes.
     runtime: tokio::runtime::Runtime,
@@ -115,13 +118,30 @@ impl Target for RemoteCluster {
         })
     }
 
-    fn read_back(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
-        let key = Bytes::copy_from_slice(key);
-        match self.client().get(key, Consistency::Linearizable) {
-            Ok(v) => Ok(Some(v)),
-            Err(ClientError::Kv(KvError::NotFound)) => Ok(None),
-            Err(e) => Err(node_error(e)),
+    fn read_back(&self, keys: &[Bytes]) -> Vec<Result<Option<Bytes>, Error>> {
+        // Many reads in flight at once, a bounded number.
+        let mut results = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(READ_BACK_IN_FLIGHT) {
+            let reads: Vec<_> = chunk
+                .iter()
+                .map(|key| {
+                    let (client, key) = (self.client(), key.clone());
+                    self.runtime.spawn(async move {
+                        match client.get_async(key, Consistency::Linearizable).await {
+                            Ok(v) => Ok(Some(v)),
+                            Err(ClientError::Kv(KvError::NotFound)) => Ok(None),
+                            Err(e) => Err(node_error(e)),
+                        }
+                    })
+                })
+                .collect();
+            self.runtime.block_on(async {
+                for read in reads {
+                    results.push(read.await.unwrap_or(Err(Error::Dropped)));
+                }
+            });
         }
+        results
     }
 }
 

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::histograms::LoadHistograms;
+use crate::memory::MemorySummary;
 
 /// Everything a run measured, machine-readable. What only a local cluster can tell (the disk,
 /// the nodes' batching) is absent from the reports of `load` and `merge`.
@@ -33,6 +34,8 @@ pub struct Report {
     pub mean_batch_entries: Option<f64>,
     pub verified_keys: u64,
     pub verification_failures: u64,
+    /// Resident size of the process running the nodes (`local` only).
+    pub memory: Option<MemorySummary>,
 }
 
 /// How the load was shaped.
@@ -69,6 +72,7 @@ impl Report {
             mean_batch_entries: None,
             verified_keys: 0,
             verification_failures: 0,
+            memory: None,
         }
     }
 }
@@ -174,6 +178,13 @@ impl Report {
             let _ = writeln!(
                 o,
                 "  entries per fsync (leader): {per_fsync:.1}   mean proposal batch: {batch:.1}"
+            );
+        }
+        if let Some(m) = &self.memory {
+            let _ = writeln!(
+                o,
+                "\nMemory (resident, all nodes): {:.0} MiB after warm-up, {:.0} MiB at the end ({:+.1}%), {:.0} MiB at most",
+                m.rss_after_warmup_mib, m.rss_end_mib, m.growth_percent, m.rss_max_mib
             );
         }
         let _ = writeln!(

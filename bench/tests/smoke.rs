@@ -60,6 +60,14 @@ fn local_run_reports_no_errors_and_reads_back_every_write() {
         report["fdatasync"]["p50_us"].as_u64().expect("fdatasync") > 0,
         "{report}"
     );
+    assert!(
+        report["memory"]["samples"]
+            .as_u64()
+            .expect("memory sampled")
+            >= 1
+            && report["memory"]["rss_max_mib"].as_f64().expect("rss") > 0.0,
+        "{report}"
+    );
     let hgrm = std::fs::read_to_string(&hgrm).expect("hgrm written");
     assert!(hgrm.contains("Percentile"), "{hgrm}");
     let svg = std::fs::read_to_string(&plot).expect("plot written");

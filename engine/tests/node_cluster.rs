@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keel_engine::core::{NodeId, Role};
 use keel_engine::kv::{Consistency, KvError, KvStore};
-use keel_engine::node::{Error, Event, MemNetwork, Node, NodeConfig};
+use keel_engine::node::{Error, Event, MemNetwork, Node, NodeConfig, NodeMetrics};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -540,4 +540,38 @@ fn a_learner_is_promoted_only_once_it_has_caught_up() {
         .membership
         .voters
         .contains(&4));
+}
+
+/// Snapshots taken while `count` puts of `value_bytes` go to keys `key(i)`, one node, threshold 10.
+fn snapshots_taken(count: usize, value_bytes: usize, key: impl Fn(usize) -> String) -> u64 {
+    let cluster = Cluster::with(1, |cfg| {
+        cfg.snapshot_threshold_entries = 10;
+        cfg.unsafe_no_fsync = true;
+    });
+    let node = cluster.node(cluster.leader());
+    let value = "v".repeat(value_bytes);
+    for i in 0..count {
+        put(node, &key(i), &value).expect("put");
+        // One snapshot is written at a time: give each (a few KiB, no fsync) time to finish, so
+        // none is skipped for being busy.
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    NodeMetrics::get(&node.metrics().snapshots_taken)
+}
+
+#[test]
+fn snapshots_of_a_growing_state_are_paid_for_by_the_log() {
+    // Every put adds a key: the state grows as fast as the log, so each snapshot waits until
+    // the log since the last one is as large as it (about doubling), not every 10 entries.
+    let growing = snapshots_taken(320, 100, |i| format!("key-{i}"));
+    assert!(
+        (3..=8).contains(&growing),
+        "{growing} snapshots of a growing state in 320 puts (every 10 entries would be 32)"
+    );
+    // Overwrites of one key: the state stays small, a snapshot is due every 10 entries.
+    let small = snapshots_taken(100, 100, |_| "key".to_string());
+    assert!(
+        small >= 7,
+        "{small} snapshots of a small state in 100 puts, threshold 10"
+    );
 }

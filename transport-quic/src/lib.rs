@@ -4,8 +4,8 @@
 //! This crate owns everything between one node's `Transport` calls and another node's `Inbox`:
 //! one QUIC endpoint per node and one connection per peer (the lower id dials), an ordered
 //! stream for AppendEntries and their responses (pipelined, batches coalesced into one frame),
-//! a separate prioritised stream for votes, heartbeats and TimeoutNow, snapshots in chunks on
-//! streams of their own, forwarded proposals, and a key-value endpoint for remote clients
+//! a separate prioritised stream for votes, heartbeats and TimeoutNow, snapshots streamed from
+//! file to file in chunks on streams of their own, forwarded proposals, and a key-value endpoint for remote clients
 //! ([`KvClient`]). It owns node identity too: every certificate names its node
 //! (`node-<id>.keel`) and is signed by the cluster CA ([`certs`]).
 //!
@@ -13,8 +13,9 @@
 //! and every message held to the peer's authenticated id), panic or block other peers on hostile
 //! input (a bad frame closes its stream and is counted in [`TransportMetrics`]), buffer without
 //! bound for a peer that is slow or gone (queues are bounded; excess is dropped and Raft
-//! retries), accept a peer the cluster CA did not sign for the id it claims, or install a
-//! process-wide crypto provider or tracing subscriber. Its tokio runtime runs on threads the
+//! retries), hold a whole snapshot in memory (it streams between files, a few chunks at a time),
+//! accept a peer the cluster CA did not sign for the id it claims, or install a process-wide
+//! crypto provider or tracing subscriber. Its tokio runtime runs on threads the
 //! transport owns; the engine stays runtime-free.
 //!
 //! ```no_run

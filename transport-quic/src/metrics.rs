@@ -126,6 +126,9 @@ pub struct TransportMetrics {
     pub(crate) peers_connected: AtomicU64,
     pub(crate) kv_requests: AtomicU64,
     pub(crate) forwards_served: AtomicU64,
+    /// Snapshot data in memory now, between disk and network (both directions, all transfers).
+    snapshot_bytes_held: AtomicU64,
+    snapshot_bytes_held_peak: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -136,6 +139,10 @@ pub struct MetricsSnapshot {
     pub peers_connected: u64,
     pub kv_requests: u64,
     pub forwards_served: u64,
+    /// Snapshot data in memory between disk and network now, and the most ever at once: a few
+    /// chunks per transfer, whatever the snapshot's size.
+    pub snapshot_bytes_held: u64,
+    pub snapshot_bytes_held_peak: u64,
     pub peers: BTreeMap<NodeId, PeerSnapshot>,
 }
 
@@ -162,6 +169,16 @@ pub(crate) fn add(v: &AtomicU64, x: u64) {
 impl TransportMetrics {
     pub(crate) fn frame_rejected(&self, reason: FrameRejection) {
         add(&self.frames_rejected[reason as usize], 1);
+    }
+
+    pub(crate) fn snapshot_bytes_held(&self, bytes: u64) {
+        let held = self.snapshot_bytes_held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.snapshot_bytes_held_peak
+            .fetch_max(held, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot_bytes_released(&self, bytes: u64) {
+        self.snapshot_bytes_held.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake_refused(&self, reason: HandshakeRefusal) {
@@ -198,6 +215,8 @@ impl TransportMetrics {
             peers_connected: self.peers_connected(),
             kv_requests: get(&self.kv_requests),
             forwards_served: get(&self.forwards_served),
+            snapshot_bytes_held: get(&self.snapshot_bytes_held),
+            snapshot_bytes_held_peak: get(&self.snapshot_bytes_held_peak),
             peers: self
                 .peers
                 .lock()

@@ -1,26 +1,41 @@
 //! Snapshots on streams of their own: an offer frame (the Raft message and the total size), the
 //! data in chunk frames under QUIC flow control, and a one-byte acknowledgement once the
-//! receiver handed the snapshot to its node.
+//! receiver handed the complete snapshot to its node.
 //!
-//! The node runtime hands the transport a snapshot as one `Bytes` and takes one back, so the
-//! whole snapshot is in memory at both ends; on the wire it never travels as one frame, and the
-//! receiver refuses an offer larger than `snapshot_bytes_max` before reading any data.
+//! Neither end holds a snapshot in memory whole. The sender reads the snapshot file a chunk at a
+//! time on a blocking thread and writes each chunk as a frame; the receiver reads chunk frames
+//! and a blocking thread writes them through the node's `SnapshotSink` into a file. Between disk
+//! and network a short queue of chunks ([`CHUNKS_QUEUED`]) keeps both busy; when it is full the
+//! reading side waits, which on the receiver means it stops reading the stream and QUIC flow
+//! control holds the sender back. A transfer therefore holds a few chunks in memory whatever the
+//! snapshot's size (counted in `snapshot_bytes_held`). The receiver refuses an offer larger than
+//! `snapshot_bytes_max` before reading any data; a refused or broken transfer removes its file.
 
-use bytes::{Bytes, BytesMut};
+use std::io::{self, Read as _};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use keel_engine::core::{Body, Message};
+use keel_engine::node::{Inbox, SnapshotReader, SnapshotTransferError};
+use tokio::sync::mpsc;
 
 use crate::frame::{self, FrameError, FrameKind, StreamKind};
-use crate::metrics::add;
+use crate::metrics::{add, TransportMetrics};
 use crate::peer::Peer;
 use crate::shared::Shared;
 use crate::wire::{self, ArchivedWireSnapshotOffer, WireSnapshotOffer};
 
-/// Sends `data` with `message` to `peer`; `Ok(true)` once the peer acknowledged delivery.
+/// Chunks queued between the disk and the network in one transfer. With the chunk being read
+/// and the one being written, a transfer holds at most this many plus two chunks.
+pub(crate) const CHUNKS_QUEUED: usize = 2;
+
+/// Sends `message` and streams `data` after it to `peer`; `Ok(true)` once the peer acknowledged
+/// that its node took the snapshot.
 pub(crate) async fn send(
     shared: &Shared,
     peer: &Peer,
     message: &Message,
-    data: Bytes,
+    data: SnapshotReader,
 ) -> Result<bool, FrameError> {
     let conn = peer
         .current()
@@ -30,23 +45,35 @@ pub(crate) async fn send(
     send.write_all(&[StreamKind::Snapshot as u8])
         .await
         .map_err(|e| io(&e))?;
+    let total_bytes = data.len_bytes();
     let offer = WireSnapshotOffer {
         message: message.into(),
-        total_bytes: data.len() as u64,
+        total_bytes,
     };
-    let mut sent =
+    let sent =
         frame::write_frame(&mut send, FrameKind::SnapshotOffer, frame::archive(&offer)?).await?;
-    let chunk = shared.cfg.snapshot_chunk_bytes;
-    let mut at = 0;
-    while at < data.len() {
-        let end = (at + chunk).min(data.len());
-        sent +=
-            frame::write_frame(&mut send, FrameKind::SnapshotChunk, data.slice(at..end)).await?;
+    add(&peer.counters.bytes_sent, sent as u64);
+
+    let (chunks_tx, mut chunks) = mpsc::channel(CHUNKS_QUEUED);
+    let chunk_bytes = shared.cfg.snapshot_chunk_bytes;
+    let metrics = shared.metrics.clone();
+    // Returning early closes the channel, which stops the reader.
+    tokio::task::spawn_blocking(move || read_file_chunks(data, chunk_bytes, &metrics, &chunks_tx));
+    let mut data_bytes = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(|e| FrameError::Io(format!("reading the snapshot: {e}")))?;
+        data_bytes += chunk.bytes.len() as u64;
+        let sent =
+            frame::write_frame(&mut send, FrameKind::SnapshotChunk, chunk.bytes.clone()).await?;
+        add(&peer.counters.bytes_sent, sent as u64);
         add(&peer.counters.snapshot_chunks_sent, 1);
-        at = end;
+    }
+    if data_bytes != total_bytes {
+        return Err(FrameError::Io(format!(
+            "the snapshot reader stopped after {data_bytes} of {total_bytes} bytes"
+        )));
     }
     send.finish().map_err(|e| io(&e))?;
-    add(&peer.counters.bytes_sent, sent as u64);
     let ack = tokio::time::timeout(
         shared.cfg.request_timeout,
         frame::expect_frame(&mut recv, FrameKind::SnapshotAck, 1),
@@ -56,7 +83,31 @@ pub(crate) async fn send(
     Ok(ack.body.first() == Some(&1))
 }
 
-/// Receives one snapshot from `peer` and hands it to the node.
+/// Reads the snapshot a chunk at a time into `chunks`, until it is all read, a read fails (the
+/// error is the last item), or the sending side hangs up. Runs on a blocking thread.
+fn read_file_chunks(
+    mut data: SnapshotReader,
+    chunk_bytes: usize,
+    metrics: &Arc<TransportMetrics>,
+    chunks: &mpsc::Sender<io::Result<HeldChunk>>,
+) {
+    let mut left_bytes = data.len_bytes();
+    while left_bytes > 0 {
+        let len = usize::try_from(left_bytes).map_or(chunk_bytes, |left| left.min(chunk_bytes));
+        let mut buf = vec![0; len];
+        let chunk = data
+            .read_exact(&mut buf)
+            .map(|()| HeldChunk::new(Bytes::from(buf), metrics));
+        let failed = chunk.is_err();
+        if chunks.blocking_send(chunk).is_err() || failed {
+            return;
+        }
+        left_bytes -= len as u64;
+    }
+}
+
+/// Receives one snapshot from `peer`, writing it through the node's sink as it arrives, and
+/// acknowledges whether the node took it.
 pub(crate) async fn receive(
     shared: &Shared,
     peer: &Peer,
@@ -65,6 +116,10 @@ pub(crate) async fn receive(
 ) -> Result<(), FrameError> {
     let max = shared.cfg.frame_bytes_max;
     let offer_frame = frame::expect_frame(recv, FrameKind::SnapshotOffer, max).await?;
+    add(
+        &peer.counters.bytes_received,
+        (frame::HEADER_BYTES + offer_frame.body.len()) as u64,
+    );
     let offer = frame::access::<ArchivedWireSnapshotOffer>(&offer_frame.body)?;
     let message = wire::message_of(&offer.message, &offer_frame.body)?;
     if message.from != peer.id {
@@ -82,46 +137,126 @@ pub(crate) async fn receive(
     if !matches!(message.body, Body::Snapshot { .. }) {
         return Err(FrameError::UnexpectedKind(FrameKind::SnapshotOffer as u8));
     }
-    let total = offer.total_bytes.to_native();
-    if total > shared.cfg.snapshot_bytes_max {
+    let total_bytes = offer.total_bytes.to_native();
+    if total_bytes > shared.cfg.snapshot_bytes_max {
         return Err(FrameError::TooLarge {
-            body_bytes: usize::try_from(total).unwrap_or(usize::MAX),
+            body_bytes: usize::try_from(total_bytes).unwrap_or(usize::MAX),
             max_bytes: usize::try_from(shared.cfg.snapshot_bytes_max).unwrap_or(usize::MAX),
         });
     }
-    let total = usize::try_from(total).map_err(|_| FrameError::TooLarge {
-        body_bytes: usize::MAX,
-        max_bytes: usize::MAX,
-    })?;
-    // Grow with what actually arrives rather than trusting the announced size up front.
-    let mut data = BytesMut::with_capacity(total.min(max));
-    let mut received = frame::HEADER_BYTES + offer_frame.body.len();
-    while data.len() < total {
-        let chunk = frame::expect_frame(recv, FrameKind::SnapshotChunk, max).await?;
-        if data.len() + chunk.body.len() > total {
-            return Err(FrameError::TooLarge {
-                body_bytes: data.len() + chunk.body.len(),
-                max_bytes: total,
-            });
-        }
-        received += frame::HEADER_BYTES + chunk.body.len();
-        data.extend_from_slice(&chunk.body);
-        add(&peer.counters.snapshot_chunks_received, 1);
-    }
-    add(&peer.counters.bytes_received, received as u64);
     let delivered = match shared.inbox() {
         Some(inbox) => {
-            inbox.deliver_snapshot(message, data.freeze());
-            1
+            let (chunks_tx, chunks) = mpsc::channel(CHUNKS_QUEUED);
+            let writer = tokio::task::spawn_blocking(move || {
+                write_file_chunks(&inbox, message, total_bytes, chunks)
+            });
+            let read = read_stream_chunks(shared, peer, recv, total_bytes, &chunks_tx).await;
+            drop(chunks_tx);
+            // Wait for the writer even when the stream failed, so that its file is gone before
+            // the refusal is counted.
+            let written = writer
+                .await
+                .map_err(|e| FrameError::Io(format!("the snapshot writer failed: {e}")))?;
+            read?;
+            match written {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(node = shared.id, peer = peer.id, error = %e, "snapshot not taken");
+                    false
+                }
+            }
         }
-        None => 0,
+        None => false,
     };
     frame::write_frame(
         &mut send,
         FrameKind::SnapshotAck,
-        Bytes::copy_from_slice(&[delivered]),
+        Bytes::copy_from_slice(&[u8::from(delivered)]),
     )
     .await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Reads chunk frames until `total_bytes` arrived and passes them to the writer. Waiting for
+/// room in the queue stops reading the stream, so flow control holds the sender back. Stops
+/// early, without error, if the writer gave up (it reports why).
+async fn read_stream_chunks(
+    shared: &Shared,
+    peer: &Peer,
+    recv: &mut quinn::RecvStream,
+    total_bytes: u64,
+    chunks: &mpsc::Sender<HeldChunk>,
+) -> Result<(), FrameError> {
+    let mut data_bytes = 0u64;
+    while data_bytes < total_bytes {
+        let chunk = tokio::time::timeout(
+            shared.cfg.request_timeout,
+            frame::expect_frame(recv, FrameKind::SnapshotChunk, shared.cfg.frame_bytes_max),
+        )
+        .await
+        .map_err(|_| FrameError::Idle)??;
+        let len = chunk.body.len() as u64;
+        // An empty chunk makes no progress: a stream of them would hold the transfer open for
+        // ever while each one resets the idle timeout.
+        if len == 0 {
+            return Err(FrameError::BadHeader);
+        }
+        if data_bytes + len > total_bytes {
+            return Err(FrameError::TooLarge {
+                body_bytes: usize::try_from(data_bytes + len).unwrap_or(usize::MAX),
+                max_bytes: usize::try_from(total_bytes).unwrap_or(usize::MAX),
+            });
+        }
+        data_bytes += len;
+        add(
+            &peer.counters.bytes_received,
+            frame::HEADER_BYTES as u64 + len,
+        );
+        add(&peer.counters.snapshot_chunks_received, 1);
+        let held = HeldChunk::new(chunk.body, &shared.metrics);
+        if chunks.send(held).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Writes chunks through the node's sink until the reading side is done, then finishes it:
+/// if fewer bytes arrived than announced, `finish` refuses and the file is removed. Runs on a
+/// blocking thread.
+fn write_file_chunks(
+    inbox: &Inbox,
+    message: Message,
+    total_bytes: u64,
+    mut chunks: mpsc::Receiver<HeldChunk>,
+) -> Result<(), SnapshotTransferError> {
+    let mut sink = inbox.begin_snapshot(message, total_bytes)?;
+    while let Some(chunk) = chunks.blocking_recv() {
+        sink.write_chunk(&chunk.bytes)?;
+    }
+    sink.finish()
+}
+
+/// Snapshot data between disk and network, counted in the transport's metrics while held.
+struct HeldChunk {
+    bytes: Bytes,
+    metrics: Arc<TransportMetrics>,
+}
+
+impl HeldChunk {
+    fn new(bytes: Bytes, metrics: &Arc<TransportMetrics>) -> Self {
+        metrics.snapshot_bytes_held(bytes.len() as u64);
+        Self {
+            bytes,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for HeldChunk {
+    fn drop(&mut self) {
+        self.metrics
+            .snapshot_bytes_released(self.bytes.len() as u64);
+    }
 }

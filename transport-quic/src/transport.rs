@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_engine::core::{Message, NodeId};
 use keel_engine::kv::KvStore;
-use keel_engine::node::{Inbox, Node, PeerTraffic, ProposalReply, Transport, TransportStats};
+use keel_engine::node::{
+    Inbox, Node, PeerTraffic, ProposalReply, SnapshotReader, Transport, TransportStats,
+};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::QuicConfig;
@@ -236,7 +238,7 @@ impl Transport for QuicTransport {
         }
     }
 
-    fn send_snapshot(&self, message: Message, data: Bytes) {
+    fn send_snapshot(&self, message: Message, data: SnapshotReader) {
         let shared = self.shared.clone();
         let to = message.to;
         let started = self.spawn(async move {

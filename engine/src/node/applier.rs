@@ -4,10 +4,11 @@
 //! so a large state never stalls the apply path).
 
 use std::collections::BTreeMap;
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 
@@ -17,8 +18,9 @@ use super::events::{Event, Subscribers};
 use super::metrics::NodeMetrics;
 use super::pending::Completer;
 use super::proposal::{Applied, AppliedReply};
+use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
-use super::state_machine::{Command, StateMachine};
+use super::state_machine::{Command, SnapshotSource, StateMachine};
 
 #[derive(Debug)]
 pub(crate) enum ApplyTask {
@@ -33,7 +35,10 @@ pub(crate) enum ApplyTask {
         reply: Completer<Index>,
     },
     /// Store the leader's snapshot and replace the state with it.
-    Install { meta: SnapshotMeta, data: Bytes },
+    Install {
+        meta: SnapshotMeta,
+        data: ReceivedSnapshot,
+    },
 }
 
 #[derive(Debug)]
@@ -54,6 +59,10 @@ pub(crate) struct Applier<S> {
     pub(crate) snapshot_threshold_entries: u64,
     pub(crate) applied: Index,
     pub(crate) last_snapshot: Index,
+    /// Command bytes applied since the last snapshot was taken.
+    pub(crate) applied_bytes_since_snapshot: u64,
+    /// The size of the last snapshot written (0 before the first), set by the snapshot thread.
+    pub(crate) last_snapshot_bytes: Arc<AtomicU64>,
     pub(crate) metrics: Arc<NodeMetrics>,
     pub(crate) subscribers: Arc<Subscribers>,
 }
@@ -80,7 +89,7 @@ impl<S: StateMachine> Applier<S> {
                     }
                 }
                 ApplyTask::Install { meta, data } => {
-                    if let Err(reason) = self.install(&meta, &data) {
+                    if let Err(reason) = self.install(&meta, data) {
                         tracing::error!(%reason, "installing a snapshot failed; the node stops");
                         let _ = self.events.send(ApplierEvent::Failed(reason));
                         return;
@@ -125,6 +134,10 @@ impl<S: StateMachine> Applier<S> {
                 _ => None,
             })
             .collect();
+        self.applied_bytes_since_snapshot += commands
+            .iter()
+            .map(|c| c.data.len() as u64 + ENTRY_BYTES_OVERHEAD)
+            .sum::<u64>();
         let started = std::time::Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| sm.apply(&commands)));
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -147,12 +160,20 @@ impl<S: StateMachine> Applier<S> {
             Err(_) => return Err("the state machine panicked in apply".to_string()),
         };
         drop(sm);
-        let by_index: BTreeMap<Index, Bytes> =
-            commands.iter().map(|c| c.index).zip(responses).collect();
         self.applied = last;
         NodeMetrics::set(&self.metrics.applied_index, last);
+        // Replies and commands are both in log order: walk the responses alongside.
+        debug_assert!(
+            replies.windows(2).all(|w| w[0].0 < w[1].0),
+            "replies in log order"
+        );
+        let mut responses = commands.iter().map(|c| c.index).zip(responses).peekable();
         for (index, term, reply) in replies {
-            let response = by_index.get(&index).cloned().unwrap_or_default();
+            while responses.next_if(|(i, _)| *i < index).is_some() {}
+            let response = responses
+                .next_if(|(i, _)| *i == index)
+                .map(|(_, r)| r)
+                .unwrap_or_default();
             reply.complete(Ok(Applied {
                 index,
                 term,
@@ -164,17 +185,26 @@ impl<S: StateMachine> Applier<S> {
         Ok(())
     }
 
-    fn install(&mut self, meta: &SnapshotMeta, data: &Bytes) -> Result<(), String> {
-        self.store
-            .save_bytes(meta.index, data)
+    /// Adopts the received file as this node's snapshot and restores the state from it, read
+    /// through a buffer (never loaded whole).
+    fn install(&mut self, meta: &SnapshotMeta, data: ReceivedSnapshot) -> Result<(), String> {
+        data.adopt(&self.store, meta.index)
             .map_err(|e| format!("saving snapshot {}: {e}", meta.index))?;
-        let mut reader = &data[..];
+        let file = self
+            .store
+            .open_snapshot(meta.index)
+            .map_err(|e| format!("opening snapshot {}: {e}", meta.index))?;
+        let snapshot_bytes = file.metadata().map_or(0, |m| m.len());
         self.sm
             .write()
-            .restore(meta.index, &mut reader)
+            .restore(meta.index, &mut io::BufReader::new(file))
             .map_err(|e| format!("restoring snapshot {}: {e}", meta.index))?;
         self.applied = meta.index;
+        // The installed snapshot is the one the next must be paid for against.
         self.last_snapshot = meta.index;
+        self.applied_bytes_since_snapshot = 0;
+        self.last_snapshot_bytes
+            .store(snapshot_bytes, Ordering::Relaxed);
         NodeMetrics::set(&self.metrics.applied_index, meta.index);
         NodeMetrics::add(&self.metrics.snapshots_installed, 1);
         self.subscribers
@@ -183,10 +213,18 @@ impl<S: StateMachine> Applier<S> {
         Ok(())
     }
 
-    /// Every `snapshot_threshold_entries`, take a frozen view of the state and write it out on a
-    /// thread of its own (one at a time).
+    /// Takes a frozen view of the state and writes it out on a thread of its own (one at a time)
+    /// once `snapshot_threshold_entries` were applied since the last snapshot and the commands
+    /// applied since then add up to at least that snapshot's size: the work of snapshotting then
+    /// never exceeds the work of writing the log, however large the state. Past
+    /// `SNAPSHOT_ENTRIES_CAP` thresholds a snapshot is taken whatever the sizes, which bounds the
+    /// log kept in memory.
     fn maybe_snapshot(&mut self, in_flight: &mut Option<std::thread::JoinHandle<()>>) {
-        if self.applied < self.last_snapshot + self.snapshot_threshold_entries {
+        let entries = self.applied.saturating_sub(self.last_snapshot);
+        let threshold = self.snapshot_threshold_entries;
+        let paid_for =
+            self.applied_bytes_since_snapshot >= self.last_snapshot_bytes.load(Ordering::Relaxed);
+        if entries < threshold || (!paid_for && entries < threshold * SNAPSHOT_ENTRIES_CAP) {
             return;
         }
         if in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
@@ -196,8 +234,13 @@ impl<S: StateMachine> Applier<S> {
             let _ = done.join();
         }
         let index = self.applied;
-        let mut source = self.sm.read().snapshot();
+        let mut source = CountingSource {
+            inner: self.sm.read().snapshot(),
+            bytes: 0,
+        };
         self.last_snapshot = index;
+        self.applied_bytes_since_snapshot = 0;
+        let last_snapshot_bytes = self.last_snapshot_bytes.clone();
         let (store, events, metrics, subscribers) = (
             self.store.clone(),
             self.events.clone(),
@@ -206,8 +249,9 @@ impl<S: StateMachine> Applier<S> {
         );
         let spawned = std::thread::Builder::new()
             .name("keel-snapshot".into())
-            .spawn(move || match store.save(index, source.as_mut()) {
+            .spawn(move || match store.save(index, &mut source) {
                 Ok(()) => {
+                    last_snapshot_bytes.store(source.bytes, Ordering::Relaxed);
                     NodeMetrics::add(&metrics.snapshots_taken, 1);
                     subscribers.publish(Event::SnapshotTaken { index });
                     let _ = events.send(ApplierEvent::SnapshotSaved(index));
@@ -218,5 +262,39 @@ impl<S: StateMachine> Applier<S> {
             Ok(handle) => *in_flight = Some(handle),
             Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
         }
+    }
+}
+
+/// What an entry costs in the log beside its command, roughly: header, index, term, checksum.
+const ENTRY_BYTES_OVERHEAD: u64 = 32;
+/// A snapshot is due at this many times `snapshot_threshold_entries`, whatever the sizes.
+const SNAPSHOT_ENTRIES_CAP: u64 = 8;
+
+/// Counts the bytes a snapshot source writes, for the next snapshot's due date.
+struct CountingSource {
+    inner: Box<dyn SnapshotSource>,
+    bytes: u64,
+}
+
+impl SnapshotSource for CountingSource {
+    fn write_to(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        struct Counter<'a> {
+            out: &'a mut dyn std::io::Write,
+            bytes: &'a mut u64,
+        }
+        impl std::io::Write for Counter<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = self.out.write(buf)?;
+                *self.bytes += n as u64;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.out.flush()
+            }
+        }
+        self.inner.write_to(&mut Counter {
+            out,
+            bytes: &mut self.bytes,
+        })
     }
 }

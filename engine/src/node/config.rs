@@ -45,14 +45,16 @@ pub struct NodeConfig {
     pub lease_drift: Duration,
     /// A proposal larger than this is refused with `TooLarge`.
     pub max_proposal_bytes: usize,
-    /// The batcher hands the driver at most this many bytes / entries at once.
+    /// The driver takes at most this many bytes / entries of proposals in one batch.
     pub max_batch_bytes: usize,
     pub max_batch_entries: usize,
-    /// Proposals waiting for the batcher; beyond this, `propose` blocks (back-pressure).
+    /// Proposals waiting for the driver; beyond this, `propose` blocks (back-pressure).
     pub proposal_queue_depth: usize,
     /// Append messages in flight per follower.
     pub max_inflight_appends: usize,
-    /// Take a snapshot and compact the log every this many applied entries.
+    /// Take a snapshot and compact the log after this many applied entries, once the commands
+    /// applied since the last snapshot add up to its size (so snapshots cost no more than the
+    /// log), and after eight times this many whatever the sizes.
     pub snapshot_threshold_entries: u64,
     /// Default timeout of the blocking helpers (`wait_for_leader`, forwarded proposals...).
     #[serde(with = "humantime_serde")]

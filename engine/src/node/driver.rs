@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
 
 use crate::core::{
@@ -17,14 +16,15 @@ use crate::core::{
 use crate::wal::{LogWriter, WriterEvent};
 
 use super::applier::{ApplierEvent, ApplyTask};
-use super::batcher::Batch;
+use super::batcher::{self, Batch};
 use super::events::{Event, FollowerStatus, Status, Subscribers};
 use super::histogram::{LocalHistogram, DURATION_BOUNDS_NANOS};
 use super::metrics::{NodeMetrics, PeerMetrics};
 use super::pending::Completer;
 use super::proposal::{Committed, ProposalReply};
+use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
-use super::transport::{Inbound, Transport};
+use super::transport::{Inbound, ProposalRequest, Transport};
 use super::{Error, NodeConfig};
 
 /// Requests from the node handle to the driver.
@@ -82,7 +82,7 @@ pub(crate) struct Driver {
     pub(crate) writer: Option<LogWriter>,
     pub(crate) writer_events: Receiver<WriterEvent>,
     pub(crate) inbound: Receiver<Inbound>,
-    pub(crate) batches: Receiver<Batch>,
+    pub(crate) proposals: Receiver<ProposalRequest>,
     pub(crate) control: Receiver<Control>,
     pub(crate) applier_events: Receiver<ApplierEvent>,
     pub(crate) apply: Sender<ApplyTask>,
@@ -90,8 +90,6 @@ pub(crate) struct Driver {
     pub(crate) metrics: Arc<NodeMetrics>,
     pub(crate) subscribers: Arc<Subscribers>,
     pub(crate) state: DriverState,
-    /// Dropped when the driver exits, which tells the batcher to stop.
-    pub(crate) _alive: Sender<()>,
     /// Set when the driver stops, so the node handle refuses new work at once.
     pub(crate) halted: Arc<AtomicBool>,
 }
@@ -103,8 +101,9 @@ pub(crate) struct DriverState {
     membership_waiters: BTreeMap<Index, (Term, Completer<Index>)>,
     reads: HashMap<ReadId, (Instant, Completer<Index>)>,
     next_read_id: ReadId,
-    /// Snapshot data received from the leader, until the core installs it.
-    incoming_snapshots: BTreeMap<Index, Bytes>,
+    /// Snapshot files received from the leader, until the core installs one (the others'
+    /// files go when they are dropped).
+    incoming_snapshots: BTreeMap<Index, ReceivedSnapshot>,
     /// While a snapshot is installed, later writes wait here to keep their order.
     held_writes: VecDeque<Write>,
     installing: Option<Index>,
@@ -171,8 +170,12 @@ impl Driver {
                     }
                     Ok(())
                 },
-                recv(self.batches) -> b => {
-                    if let Ok(b) = b { self.handle_batch(b); }
+                recv(self.proposals) -> p => {
+                    if let Ok(first) = p {
+                        let (bytes, entries) = (self.cfg.max_batch_bytes, self.cfg.max_batch_entries);
+                        let batch = batcher::gather(first, &self.proposals, bytes, entries);
+                        self.handle_batch(batch);
+                    }
                     Ok(())
                 },
                 recv(self.applier_events) -> e => match e {
@@ -577,7 +580,8 @@ impl Driver {
             let Body::Snapshot { snapshot } = &m.body else {
                 continue;
             };
-            match self.store.load(snapshot.index) {
+            // Opening the file is all the driver does: the transport streams it.
+            match self.store.reader(snapshot.index) {
                 Ok(data) => {
                     NodeMetrics::add(&self.metrics.snapshots_sent, 1);
                     self.transport.send_snapshot(m, data);
@@ -764,10 +768,8 @@ impl Driver {
         for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {
             reply.complete(Err(error.clone()));
         }
-        for batch in self.batches.try_iter() {
-            for r in batch.requests {
-                r.reply.fail(error.clone());
-            }
+        for r in self.proposals.try_iter() {
+            r.reply.fail(error.clone());
         }
         self.transport.detach();
         if let Some(writer) = self.writer.take() {

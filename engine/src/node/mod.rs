@@ -2,10 +2,10 @@
 //! small, complete API.
 //!
 //! Threads, joined by crossbeam channels (see `design.md`, "The data path"):
-//! - the **batcher** drains waiting proposals into one batch (bounded by bytes and count; no
-//!   timer: an idle node sends a lone proposal at once);
-//! - the **driver** owns the [`Core`](crate::core::Core): ticks, messages, batches and
-//!   durability reports go in, and it routes the output;
+//! - the **driver** owns the [`Core`](crate::core::Core): ticks, messages, proposals and
+//!   durability reports go in, and it routes the output. It takes proposals in batches: each
+//!   one it takes off the queue comes with all that wait behind it (bounded by bytes and count;
+//!   no timer: an idle node sends a lone proposal at once);
 //! - the **log writer** (see [`crate::wal`]) appends and fsyncs in groups;
 //! - the **applier** applies committed entries to the [`StateMachine`] and completes waiters;
 //!   snapshots are serialized on a thread of their own.
@@ -34,13 +34,14 @@ mod histogram;
 mod metrics;
 mod pending;
 mod proposal;
+mod snapshot_transfer;
 mod snapshots;
 mod state_machine;
 mod transport;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,6 +65,7 @@ pub use self::metrics::{
 };
 pub use self::pending::Pending;
 pub use self::proposal::{Applied, AppliedReply, Committed, Proposal, ProposalReply};
+pub use self::snapshot_transfer::{SnapshotReader, SnapshotSink, SnapshotTransferError};
 pub use self::state_machine::{Command, SnapshotSource, StateMachine, StateMachineError};
 pub use self::transport::{
     Inbox, MemNetwork, MemTransport, PeerTraffic, Transport, TransportStats,
@@ -159,11 +161,10 @@ impl<S: StateMachine> Node<S> {
         } else {
             let snapshot_index = recovered.snapshot.index;
             if snapshot_index > 0 && sm.applied_index() < snapshot_index {
-                let data = store.load(snapshot_index).map_err(|e| {
+                let file = store.open_snapshot(snapshot_index).map_err(|e| {
                     Error::Storage(format!("snapshot {snapshot_index} is missing: {e}"))
                 })?;
-                let mut reader = &data[..];
-                sm.restore(snapshot_index, &mut reader)
+                sm.restore(snapshot_index, &mut std::io::BufReader::new(file))
                     .map_err(|e| Error::StateMachine(e.to_string()))?;
             }
             let last = snapshot_index + recovered.entries.len() as u64;
@@ -189,12 +190,10 @@ impl<S: StateMachine> Node<S> {
         let sm = Arc::new(RwLock::new(sm));
         let (writer, writer_events) = LogWriter::spawn(wal);
         let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_depth);
-        let (batches_tx, batches_rx) = bounded(1);
         let (inbound_tx, inbound_rx) = bounded(65_536);
         let (control_tx, control_rx) = bounded(4096);
         let (apply_tx, apply_rx) = bounded(1024);
         let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
-        let (alive_tx, alive_rx) = bounded::<()>(0);
         let stopped = Arc::new(AtomicBool::new(false));
 
         let applier = Applier {
@@ -203,6 +202,14 @@ impl<S: StateMachine> Node<S> {
             events: applier_events_tx,
             store: store.clone(),
             snapshot_threshold_entries: config.snapshot_threshold_entries,
+            applied_bytes_since_snapshot: 0,
+            // After a restart the snapshot on disk is the one the next must be paid for against.
+            last_snapshot_bytes: Arc::new(AtomicU64::new(
+                store
+                    .open_snapshot(snapshot_index)
+                    .and_then(|f| f.metadata())
+                    .map_or(0, |m| m.len()),
+            )),
             applied,
             last_snapshot: snapshot_index,
             metrics: metrics.clone(),
@@ -215,18 +222,16 @@ impl<S: StateMachine> Node<S> {
             writer: Some(writer),
             writer_events,
             inbound: inbound_rx,
-            batches: batches_rx,
+            proposals: proposals_rx,
             control: control_rx,
             applier_events: applier_events_rx,
             apply: apply_tx,
-            store,
+            store: store.clone(),
             metrics: metrics.clone(),
             subscribers: subscribers.clone(),
             state: DriverState::default(),
-            _alive: alive_tx,
             halted: stopped.clone(),
         };
-        let (max_bytes, max_entries) = (config.max_batch_bytes, config.max_batch_entries);
         let driver_subscribers = subscribers.clone();
         let id = config.id;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -251,17 +256,12 @@ impl<S: StateMachine> Node<S> {
                     }
                 }),
             )?,
-            spawn(
-                "batcher",
-                Box::new(move || {
-                    batcher::run(proposals_rx, batches_tx, alive_rx, max_bytes, max_entries)
-                }),
-            )?,
         ];
         transport.attach(Inbox {
             id,
             inbound: inbound_tx,
             proposals: proposals_tx.clone(),
+            store,
         });
         Ok(Self {
             id,

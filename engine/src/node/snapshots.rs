@@ -2,19 +2,30 @@
 //! file, fsynced, renamed into place and the directory fsynced, so a snapshot file either exists
 //! whole or not at all. The WAL records which snapshot the log starts after; older files are
 //! pruned once a newer one is safely in place.
+//!
+//! A snapshot received from a leader streams into a `.part` file of its own (see
+//! [`super::snapshot_transfer`]) and is adopted under its final name only once the core installs
+//! it. Leftover temporary files (a crash mid-save or mid-transfer) are removed at open.
 
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-
-use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::core::Index;
 
+use super::snapshot_transfer::SnapshotReader;
 use super::SnapshotSource;
 
 /// How many snapshot files to keep: the newest may not be recorded in the WAL yet.
 const SNAPSHOTS_KEPT: usize = 2;
+
+/// Extensions of files that are not (yet) snapshots: a save or a transfer in progress.
+const TEMPORARY_EXTENSIONS: [&str; 2] = ["tmp", "part"];
+
+/// Tells apart the temporary files of transfers that overlap (a leader re-sending the same
+/// index while the first attempt is still draining to disk).
+static TRANSFERS_STARTED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Debug)]
 pub(crate) struct SnapshotStore {
@@ -26,11 +37,17 @@ impl SnapshotStore {
     pub(crate) fn open(dir: &Path, sync: bool) -> io::Result<Self> {
         let dir = dir.join("snapshots");
         fs::create_dir_all(&dir)?;
-        Ok(Self { dir, sync })
+        let store = Self { dir, sync };
+        store.remove_temporary_files()?;
+        Ok(store)
     }
 
     fn path(&self, index: Index) -> PathBuf {
         self.dir.join(format!("{index:020}.snap"))
+    }
+
+    pub(crate) fn sync(&self) -> bool {
+        self.sync
     }
 
     pub(crate) fn save(&self, index: Index, source: &mut dyn SnapshotSource) -> io::Result<()> {
@@ -44,38 +61,69 @@ impl SnapshotStore {
                 file.sync_all()?;
             }
         }
-        fs::rename(&tmp, self.path(index))?;
+        self.rename_into_place(&tmp, index)
+    }
+
+    /// Creates the file a received snapshot streams into; the caller removes it if the transfer
+    /// does not complete.
+    pub(crate) fn create_partial(&self, index: Index) -> io::Result<(PathBuf, fs::File)> {
+        let transfer = TRANSFERS_STARTED.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{index:020}.{transfer}.part"));
+        let file = fs::File::create_new(&path)?;
+        Ok((path, file))
+    }
+
+    /// Makes a complete, synced received file the snapshot at `index`.
+    pub(crate) fn adopt(&self, index: Index, received: &Path) -> io::Result<()> {
+        self.rename_into_place(received, index)
+    }
+
+    /// The snapshot at `index`, opened for reading from the start.
+    pub(crate) fn open_snapshot(&self, index: Index) -> io::Result<fs::File> {
+        fs::File::open(self.path(index))
+    }
+
+    /// The snapshot at `index`, ready to stream to a peer.
+    pub(crate) fn reader(&self, index: Index) -> io::Result<SnapshotReader> {
+        let file = self.open_snapshot(index)?;
+        let len_bytes = file.metadata()?.len();
+        Ok(SnapshotReader::new(file, len_bytes))
+    }
+
+    fn rename_into_place(&self, from: &Path, index: Index) -> io::Result<()> {
+        fs::rename(from, self.path(index))?;
         if self.sync {
             fs::File::open(&self.dir)?.sync_all()?;
         }
         self.prune()
     }
 
-    pub(crate) fn save_bytes(&self, index: Index, data: &Bytes) -> io::Result<()> {
-        struct Raw<'a>(&'a [u8]);
-        impl SnapshotSource for Raw<'_> {
-            fn write_to(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
-                out.write_all(self.0)
-            }
-        }
-        self.save(index, &mut Raw(data))
-    }
-
-    pub(crate) fn load(&self, index: Index) -> io::Result<Bytes> {
-        fs::read(self.path(index)).map(Bytes::from)
-    }
-
     /// Removes all but the newest snapshot files.
     fn prune(&self) -> io::Result<()> {
-        let mut snaps: Vec<PathBuf> = fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
-            .collect();
+        let mut snaps = self.files_with_extension(&["snap"])?;
         snaps.sort();
         let excess = snaps.len().saturating_sub(SNAPSHOTS_KEPT);
         for old in &snaps[..excess] {
             fs::remove_file(old)?;
         }
         Ok(())
+    }
+
+    fn remove_temporary_files(&self) -> io::Result<()> {
+        for leftover in self.files_with_extension(&TEMPORARY_EXTENSIONS)? {
+            tracing::info!(path = %leftover.display(), "removing an unfinished snapshot file");
+            fs::remove_file(leftover)?;
+        }
+        Ok(())
+    }
+
+    fn files_with_extension(&self, extensions: &[&str]) -> io::Result<Vec<PathBuf>> {
+        Ok(fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| extensions.iter().any(|e| x == *e))
+            })
+            .collect())
     }
 }

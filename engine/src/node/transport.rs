@@ -1,16 +1,22 @@
 //! How nodes reach each other: the [`Transport`] trait, the [`Inbox`] through which a transport
-//! hands a node what arrived for it, and an in-memory network for tests and examples.
+//! hands a node what arrived for it, and an in-memory network for tests and examples. Snapshots
+//! travel as streams on both sides (see [`super::snapshot_transfer`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
 use crate::core::{Message, NodeId};
 
 use super::proposal::ProposalReply;
+use super::snapshot_transfer::{
+    ReceivedSnapshot, SnapshotReader, SnapshotSink, SnapshotTransferError,
+};
+use super::snapshots::SnapshotStore;
 
 /// Carries a node's messages to its peers. Sends never block on a slow or missing peer: a
 /// transport drops what it cannot deliver (Raft retries), and never buffers without bound.
@@ -19,9 +25,11 @@ pub trait Transport: Send + Sync + 'static {
     fn attach(&self, inbox: Inbox);
     /// Sends messages, each to its `to`.
     fn send(&self, messages: Vec<Message>);
-    /// Sends a snapshot message with the snapshot's data; report the outcome with
-    /// [`Inbox::snapshot_sent`] on this node's inbox.
-    fn send_snapshot(&self, message: Message, data: Bytes);
+    /// Sends a snapshot message and streams the snapshot's data after it, reading `data` a
+    /// chunk at a time (reads may block on disk). The receiver writes it through the sink of
+    /// [`Inbox::begin_snapshot`]. Report the outcome with [`Inbox::snapshot_sent`] on this node's
+    /// inbox.
+    fn send_snapshot(&self, message: Message, data: SnapshotReader);
     /// Forwards a proposal to `leader`; the outcome completes `reply`.
     fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply);
     /// The node stopped: deliver nothing more to it.
@@ -53,11 +61,15 @@ pub struct PeerTraffic {
 #[derive(Debug)]
 pub(crate) enum Inbound {
     Message(Message),
-    Snapshot(Message, Bytes),
-    SnapshotSent { to: NodeId, delivered: bool },
+    /// A complete snapshot file, received with its message.
+    Snapshot(Message, ReceivedSnapshot),
+    SnapshotSent {
+        to: NodeId,
+        delivered: bool,
+    },
 }
 
-/// A proposal on its way to the batcher.
+/// A proposal on its way to the driver.
 #[derive(Debug)]
 pub(crate) struct ProposalRequest {
     /// `None` is a barrier (an empty entry).
@@ -71,6 +83,8 @@ pub struct Inbox {
     pub(crate) id: NodeId,
     pub(crate) inbound: Sender<Inbound>,
     pub(crate) proposals: Sender<ProposalRequest>,
+    /// Where received snapshots are written.
+    pub(crate) store: SnapshotStore,
 }
 
 impl Inbox {
@@ -83,8 +97,15 @@ impl Inbox {
         self.push(Inbound::Message(message));
     }
 
-    pub fn deliver_snapshot(&self, message: Message, data: Bytes) {
-        self.push(Inbound::Snapshot(message, data));
+    /// Starts receiving the snapshot that `message` announces, `total_bytes` long: write its
+    /// data through the sink as it arrives, then `finish` it to hand it to the node. Creates a
+    /// file, so call it where blocking is allowed.
+    pub fn begin_snapshot(
+        &self,
+        message: Message,
+        total_bytes: u64,
+    ) -> Result<SnapshotSink, SnapshotTransferError> {
+        SnapshotSink::create(self.clone(), message, total_bytes)
     }
 
     /// The transport finished sending a snapshot to `to`.
@@ -106,9 +127,13 @@ impl Inbox {
     }
 
     fn push(&self, inbound: Inbound) {
-        match self.inbound.try_send(inbound) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-        }
+        // Dropped when full or stopped: Raft retries.
+        self.try_push(inbound);
+    }
+
+    /// Whether the node took `inbound` (not when its queue is full or it stopped).
+    pub(crate) fn try_push(&self, inbound: Inbound) -> bool {
+        self.inbound.try_send(inbound).is_ok()
     }
 }
 
@@ -195,13 +220,18 @@ impl Transport for MemTransport {
         }
     }
 
-    fn send_snapshot(&self, message: Message, data: Bytes) {
+    /// Copies the snapshot into the peer's sink on the caller's thread: fine for tests, where
+    /// snapshots are small.
+    fn send_snapshot(&self, message: Message, data: SnapshotReader) {
         let to = message.to;
         let delivered = match self.net.route(self.id, to) {
-            Some(inbox) => {
-                inbox.deliver_snapshot(message, data);
-                true
-            }
+            Some(inbox) => match copy_snapshot(&inbox, message, data) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(from = self.id, to, error = %e, "snapshot not delivered");
+                    false
+                }
+            },
             None => false,
         };
         if let Some(own) = self.net.state.lock().inboxes.get(&self.id) {
@@ -222,4 +252,22 @@ impl Transport for MemTransport {
     fn detach(&self) {
         self.net.state.lock().inboxes.remove(&self.id);
     }
+}
+
+fn copy_snapshot(
+    inbox: &Inbox,
+    message: Message,
+    mut data: SnapshotReader,
+) -> Result<(), SnapshotTransferError> {
+    const CHUNK_BYTES: usize = 64 << 10;
+    let mut sink = inbox.begin_snapshot(message, data.len_bytes())?;
+    let mut chunk = vec![0; CHUNK_BYTES];
+    loop {
+        let n = data.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        sink.write_chunk(&chunk[..n])?;
+    }
+    sink.finish()
 }

@@ -2,12 +2,12 @@
 //!
 //! Commands are `put`, `delete` and `compare_and_swap`, encoded compactly; reads are local to a
 //! node and linearizable after [`Node::read_index`](crate::node::Node::read_index) (or the
-//! lease). The map is shared copy-on-write, so a snapshot is an `Arc` clone taken in
-//! constant time on the apply path and serialized on the snapshot thread.
+//! lease). The map is shared copy-on-write in shards ([`map`]), so a snapshot is a frozen copy
+//! taken in constant time on the apply path and serialized on the snapshot thread.
 
-use std::collections::BTreeMap;
+mod map;
+
 use std::io::{self, Read};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -144,7 +144,7 @@ fn take_option(rest: &mut Bytes) -> Option<Option<Bytes>> {
 /// The key-value state machine.
 #[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    map: Arc<BTreeMap<Bytes, Bytes>>,
+    map: map::ShardedMap,
     applied: Index,
 }
 
@@ -158,10 +158,10 @@ impl KvStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
-    /// Every key and its value, in key order.
+    /// Every key and its value, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
         self.map.iter()
     }
@@ -170,7 +170,7 @@ impl KvStore {
         let Some(command) = KvCommand::decode(command) else {
             return Bytes::from_static(&[RESPONSE_MALFORMED]);
         };
-        let map = Arc::make_mut(&mut self.map);
+        let map = &mut self.map;
         match command {
             KvCommand::Put { key, value } => {
                 map.insert(key, value);
@@ -190,8 +190,10 @@ impl KvStore {
                 }
                 match new {
                     Some(v) => map.insert(key, v),
-                    None => map.remove(&key),
-                };
+                    None => {
+                        map.remove(&key);
+                    }
+                }
                 Bytes::from_static(&[RESPONSE_OK])
             }
         }
@@ -234,29 +236,39 @@ impl StateMachine for KvStore {
     }
 
     fn restore(&mut self, index: Index, data: &mut dyn Read) -> Result<(), StateMachineError> {
-        let mut raw = Vec::new();
-        data.read_to_end(&mut raw)
-            .map_err(|e| StateMachineError(format!("reading the snapshot: {e}")))?;
-        let mut rest = Bytes::from(raw);
-        let bad = || StateMachineError("malformed key-value snapshot".into());
-        if rest.remaining() < 8 {
-            return Err(bad());
-        }
-        let count = rest.get_u64_le();
-        let mut map = BTreeMap::new();
+        // Entry by entry from the stream: the state is built once, never the snapshot's bytes.
+        let mut data = io::BufReader::new(data);
+        let malformed =
+            |e: io::Error| StateMachineError(format!("malformed key-value snapshot: {e}"));
+        let mut word = [0u8; 8];
+        data.read_exact(&mut word).map_err(malformed)?;
+        let count = u64::from_le_bytes(word);
+        let mut map = map::ShardedMap::default();
+        let read_part = |data: &mut io::BufReader<&mut dyn Read>| -> io::Result<Bytes> {
+            let mut len = [0u8; 4];
+            data.read_exact(&mut len)?;
+            let len = u64::from(u32::from_le_bytes(len));
+            // Grown as bytes arrive: a damaged length cannot make this allocate gigabytes.
+            let mut part = Vec::new();
+            data.by_ref().take(len).read_to_end(&mut part)?;
+            if part.len() as u64 != len {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(Bytes::from(part))
+        };
         for _ in 0..count {
-            let key = take_bytes(&mut rest).ok_or_else(bad)?;
-            let value = take_bytes(&mut rest).ok_or_else(bad)?;
+            let key = read_part(&mut data).map_err(malformed)?;
+            let value = read_part(&mut data).map_err(malformed)?;
             map.insert(key, value);
         }
-        self.map = Arc::new(map);
+        self.map = map;
         self.applied = index;
         Ok(())
     }
 }
 
 struct KvSnapshot {
-    map: Arc<BTreeMap<Bytes, Bytes>>,
+    map: map::ShardedMap,
 }
 
 impl SnapshotSource for KvSnapshot {
