@@ -147,42 +147,55 @@ impl Driver {
             tick(self.cfg.tick_interval)
         };
         let reason = loop {
+            let wake = select! {
+                recv(self.control) -> c => Wake::Control(c.ok()),
+                recv(self.writer_events) -> e => Wake::Writer(e.ok()),
+                recv(self.inbound) -> m => Wake::Inbound(m.ok()),
+                recv(self.proposals) -> p => Wake::Proposal(p.ok()),
+                recv(self.applier_events) -> e => Wake::Applier(e.ok()),
+                recv(ticker) -> _ => Wake::Tick,
+            };
+            // The thread may have slept in `select!` far longer than any timeout (SIGSTOP, a
+            // stalled VM): the core learns what time it is before it acts on what woke the
+            // thread, so that a lease read queued during the pause is judged by today's clock.
             if !self.cfg.manual_ticks {
                 self.catch_up_ticks(started);
             }
-            let outcome = select! {
-                recv(self.control) -> c => match c {
-                    Ok(Control::Stop) | Err(_) => Err("stopped by its owner".to_string()),
-                    Ok(c) => { self.handle_control(c); Ok(()) }
-                },
-                recv(self.writer_events) -> e => match e {
-                    Ok(e) => self.handle_writer(e),
-                    Err(_) => Err("the log writer stopped".to_string()),
-                },
-                recv(self.inbound) -> m => {
-                    if let Ok(m) = m {
+            let outcome = match wake {
+                Wake::Control(Some(Control::Stop) | None) => {
+                    Err("stopped by its owner".to_string())
+                }
+                Wake::Control(Some(c)) => {
+                    self.handle_control(c);
+                    Ok(())
+                }
+                Wake::Writer(Some(e)) => self.handle_writer(e),
+                Wake::Writer(None) => Err("the log writer stopped".to_string()),
+                Wake::Inbound(m) => {
+                    if let Some(m) = m {
                         self.handle_inbound(m);
                         // Take what else arrived meanwhile: one output for the lot.
                         for _ in 0..1024 {
-                            let Ok(m) = self.inbound.try_recv() else { break };
+                            let Ok(m) = self.inbound.try_recv() else {
+                                break;
+                            };
                             self.handle_inbound(m);
                         }
                     }
                     Ok(())
-                },
-                recv(self.proposals) -> p => {
-                    if let Ok(first) = p {
-                        let (bytes, entries) = (self.cfg.max_batch_bytes, self.cfg.max_batch_entries);
+                }
+                Wake::Proposal(p) => {
+                    if let Some(first) = p {
+                        let (bytes, entries) =
+                            (self.cfg.max_batch_bytes, self.cfg.max_batch_entries);
                         let batch = batcher::gather(first, &self.proposals, bytes, entries);
                         self.handle_batch(batch);
                     }
                     Ok(())
-                },
-                recv(self.applier_events) -> e => match e {
-                    Ok(e) => self.handle_applier(e),
-                    Err(_) => Err("the applier stopped".to_string()),
-                },
-                recv(ticker) -> _ => Ok(()),
+                }
+                Wake::Applier(Some(e)) => self.handle_applier(e),
+                Wake::Applier(None) => Err("the applier stopped".to_string()),
+                Wake::Tick => Ok(()),
             };
             if let Err(reason) = outcome.and_then(|()| self.process_output()) {
                 break reason;
@@ -781,6 +794,16 @@ impl Driver {
             reason: reason.to_string(),
         });
     }
+}
+
+/// What woke the driver; `None` where that channel's other end is gone.
+enum Wake {
+    Control(Option<Control>),
+    Writer(Option<WriterEvent>),
+    Inbound(Option<Inbound>),
+    Proposal(Option<ProposalRequest>),
+    Applier(Option<ApplierEvent>),
+    Tick,
 }
 
 /// The membership a change asks for, from the current one.
