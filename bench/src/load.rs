@@ -67,9 +67,10 @@ pub struct LoadResult {
 
 /// What a request was, to account for its answer.
 enum Op {
-    /// The write's place in the worker's `writes`.
+    /// A write of value `id` to key number `key`.
     Write {
-        slot: usize,
+        key: u64,
+        id: u64,
     },
     Read,
 }
@@ -141,8 +142,11 @@ pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> Lo
         out.latency_us.add(&r.reads_h).expect("same bounds");
         out.write_latency_us.add(&r.writes_h).expect("same bounds");
         out.read_latency_us.add(&r.reads_h).expect("same bounds");
-        for (key, id, index) in r.writes {
-            out.writes.entry(key).or_default().push((id, index));
+        for (key, mut ws) in r.writes {
+            out.writes
+                .entry(key_bytes(&spec.key_prefix, key))
+                .or_default()
+                .append(&mut ws);
         }
     }
     out
@@ -166,8 +170,10 @@ struct WorkerResult {
     errors: BTreeMap<String, u64>,
     writes_h: Histogram<u64>,
     reads_h: Histogram<u64>,
-    /// Every write issued, in order: key, value id, commit index once acknowledged.
-    writes: Vec<(Bytes, u64, Option<Index>)>,
+    /// Per key number, the writes that may still be its final value: value id, and commit
+    /// index once acknowledged. Writes older than the key's newest acknowledged one are pruned,
+    /// so this stays as small as the key space however long the run.
+    writes: HashMap<u64, Vec<(u64, Option<Index>)>>,
 }
 
 impl Worker<'_> {
@@ -178,7 +184,7 @@ impl Worker<'_> {
             errors: BTreeMap::new(),
             writes_h: new_histogram(),
             reads_h: new_histogram(),
-            writes: Vec::new(),
+            writes: HashMap::new(),
         };
         let mut idle: Vec<usize> = (0..self.clients).collect();
         let mut outstanding: VecDeque<Outstanding> = VecDeque::new();
@@ -258,11 +264,8 @@ impl Worker<'_> {
         start: Instant,
         result: &mut WorkerResult,
     ) -> Outstanding {
-        let key = Bytes::from(format!(
-            "{}-{:012}",
-            self.spec.key_prefix,
-            rng.random_range(0..self.spec.key_space.max(1))
-        ));
+        let key_no = rng.random_range(0..self.spec.key_space.max(1));
+        let key = key_bytes(&self.spec.key_prefix, key_no);
         if rng.random_bool(self.spec.read_ratio.clamp(0.0, 1.0)) {
             return Outstanding {
                 client,
@@ -277,13 +280,11 @@ impl Worker<'_> {
         let n = id_bytes.len().min(value.len());
         value[..n].copy_from_slice(&id_bytes[..n]);
         let request = self.target.put(key.clone(), Bytes::from(value));
-        // Appended here, indexed by the key only after the run: no map work while timing.
-        let slot = result.writes.len();
-        result.writes.push((key, id, None));
+        result.writes.entry(key_no).or_default().push((id, None));
         Outstanding {
             client,
             start,
-            op: Op::Write { slot },
+            op: Op::Write { key: key_no, id },
             request,
         }
     }
@@ -315,13 +316,23 @@ impl Worker<'_> {
         };
         result.ok += 1;
         match o.op {
-            Op::Write { slot } => {
+            Op::Write { key, id } => {
                 let _ = result.writes_h.record(latency_us.max(1));
-                result.writes[slot].2 = index;
+                if let (Some(ws), Some(index)) = (result.writes.get_mut(&key), index) {
+                    if let Some(w) = ws.iter_mut().find(|w| w.0 == id) {
+                        w.1 = Some(index);
+                    }
+                    // Older acknowledged writes can no longer be the key's final value.
+                    ws.retain(|w| w.1.is_none_or(|i| i >= index));
+                }
             }
             Op::Read => {
                 let _ = result.reads_h.record(latency_us.max(1));
             }
         }
     }
+}
+
+fn key_bytes(prefix: &str, key: u64) -> Bytes {
+    Bytes::from(format!("{prefix}-{key:012}"))
 }
