@@ -146,12 +146,26 @@ impl Driver {
         } else {
             tick(self.cfg.tick_interval)
         };
+        let paused = never();
         let reason = loop {
+            // Back-pressure: while the applier is far behind, proposals stay queued (callers
+            // block on the bounded proposal queue) instead of this thread blocking on the apply
+            // queue: the driver must keep heart-beating and acknowledging however slow the state
+            // machine is.
+            let lag = self
+                .core
+                .commit_index()
+                .saturating_sub(self.core.applied_index());
+            let proposals = if lag < APPLY_LAG_ENTRIES_MAX {
+                &self.proposals
+            } else {
+                &paused
+            };
             let wake = select! {
                 recv(self.control) -> c => Wake::Control(c.ok()),
                 recv(self.writer_events) -> e => Wake::Writer(e.ok()),
                 recv(self.inbound) -> m => Wake::Inbound(m.ok()),
-                recv(self.proposals) -> p => Wake::Proposal(p.ok()),
+                recv(proposals) -> p => Wake::Proposal(p.ok()),
                 recv(self.applier_events) -> e => Wake::Applier(e.ok()),
                 recv(ticker) -> _ => Wake::Tick,
             };
@@ -795,6 +809,9 @@ impl Driver {
         });
     }
 }
+
+/// Committed entries the applier may lag behind before the driver stops taking proposals.
+const APPLY_LAG_ENTRIES_MAX: u64 = 65_536;
 
 /// What woke the driver; `None` where that channel's other end is gone.
 enum Wake {

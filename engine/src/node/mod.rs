@@ -192,7 +192,9 @@ impl<S: StateMachine> Node<S> {
         let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_depth);
         let (inbound_tx, inbound_rx) = bounded(65_536);
         let (control_tx, control_rx) = bounded(4096);
-        let (apply_tx, apply_rx) = bounded(1024);
+        // Unbounded: the driver must never block on the applier. What bounds it is the driver
+        // taking no proposals while the applier lags (`APPLY_LAG_ENTRIES_MAX`).
+        let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
         let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
         let stopped = Arc::new(AtomicBool::new(false));
 
