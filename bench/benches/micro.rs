@@ -51,19 +51,23 @@ fn leader() -> Core {
     if let Some((index, term)) = out.write.as_ref().and_then(Write::last_entry) {
         core.persisted(index, term);
     }
+    from_followers(&mut core, Body::VoteResponse { granted: true });
+    commit_round(&mut core);
+    assert!(core.leader() == Some(1), "node 1 leads");
+    core
+}
+
+/// Steps `body` from both followers, in the core's current term.
+fn from_followers(core: &mut Core, body: Body) {
     let term = core.term();
     for from in [2, 3] {
         core.step(Message {
             from,
             to: 1,
             term,
-            body: Body::VoteResponse { granted: true },
+            body: body.clone(),
         });
     }
-    let mut leader = core;
-    commit_round(&mut leader);
-    assert!(leader.leader() == Some(1), "node 1 leads");
-    leader
 }
 
 /// Persists what the leader wrote and acknowledges it from both followers.
@@ -73,19 +77,14 @@ fn commit_round(core: &mut Core) -> Index {
         return core.commit_index();
     };
     core.persisted(index, term);
-    let term_now = core.term();
-    for from in [2, 3] {
-        core.step(Message {
-            from,
-            to: 1,
-            term: term_now,
-            body: Body::AppendResponse {
-                result: AppendResult::Accepted { index },
-                lease_tick: 0,
-                read_seq: 0,
-            },
-        });
-    }
+    from_followers(
+        core,
+        Body::AppendResponse {
+            result: AppendResult::Accepted { index },
+            lease_tick: 0,
+            read_seq: 0,
+        },
+    );
     let _ = core.take_output();
     core.applied(core.commit_index());
     core.commit_index()
