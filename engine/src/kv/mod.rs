@@ -150,7 +150,7 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.map.get(key).cloned()
+        self.map.get(key).map(Bytes::copy_from_slice)
     }
 
     pub fn len(&self) -> usize {
@@ -162,7 +162,7 @@ impl KvStore {
     }
 
     /// Every key and its value, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.map.iter()
     }
 
@@ -173,23 +173,23 @@ impl KvStore {
         let map = &mut self.map;
         match command {
             KvCommand::Put { key, value } => {
-                map.insert(key, value);
+                map.insert(&key, &value);
                 Bytes::from_static(&[RESPONSE_OK])
             }
             KvCommand::Delete { key } => match map.remove(&key) {
-                Some(_) => Bytes::from_static(&[RESPONSE_OK]),
-                None => Bytes::from_static(&[RESPONSE_NOT_FOUND]),
+                true => Bytes::from_static(&[RESPONSE_OK]),
+                false => Bytes::from_static(&[RESPONSE_NOT_FOUND]),
             },
             KvCommand::CompareAndSwap { key, expected, new } => {
                 let current = map.get(&key);
-                if current != expected.as_ref() {
+                if current != expected.as_deref() {
                     let mut b = BytesMut::new();
                     b.put_u8(RESPONSE_COMPARE_FAILED);
-                    put_option(&mut b, &current.cloned());
+                    put_option(&mut b, &current.map(Bytes::copy_from_slice));
                     return b.freeze();
                 }
                 match new {
-                    Some(v) => map.insert(key, v),
+                    Some(v) => map.insert(&key, &v),
                     None => {
                         map.remove(&key);
                     }
@@ -244,22 +244,24 @@ impl StateMachine for KvStore {
         data.read_exact(&mut word).map_err(malformed)?;
         let count = u64::from_le_bytes(word);
         let mut map = map::ShardedMap::default();
-        let read_part = |data: &mut io::BufReader<&mut dyn Read>| -> io::Result<Bytes> {
+        // Read into two buffers reused for every entry; the map copies each entry once.
+        let read_part = |data: &mut io::BufReader<&mut dyn Read>, part: &mut Vec<u8>| {
             let mut len = [0u8; 4];
             data.read_exact(&mut len)?;
             let len = u64::from(u32::from_le_bytes(len));
             // Grown as bytes arrive: a damaged length cannot make this allocate gigabytes.
-            let mut part = Vec::new();
-            data.by_ref().take(len).read_to_end(&mut part)?;
+            part.clear();
+            data.by_ref().take(len).read_to_end(part)?;
             if part.len() as u64 != len {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            Ok(Bytes::from(part))
+            Ok(())
         };
+        let (mut key, mut value) = (Vec::new(), Vec::new());
         for _ in 0..count {
-            let key = read_part(&mut data).map_err(malformed)?;
-            let value = read_part(&mut data).map_err(malformed)?;
-            map.insert(key, value);
+            read_part(&mut data, &mut key).map_err(malformed)?;
+            read_part(&mut data, &mut value).map_err(malformed)?;
+            map.insert(&key, &value);
         }
         self.map = map;
         self.applied = index;
@@ -426,5 +428,41 @@ mod tests {
             decode_response(&r),
             Err(KvError::CompareFailed { current: None })
         );
+    }
+
+    #[test]
+    fn stored_values_do_not_keep_the_buffer_commands_arrived_in() {
+        // Followers receive many entries in one frame and apply slices of it; the store must
+        // keep copies, or one live key pins the whole frame.
+        let put = |k: &[u8], v: &[u8]| {
+            KvCommand::Put {
+                key: Bytes::copy_from_slice(k),
+                value: Bytes::copy_from_slice(v),
+            }
+            .encode()
+        };
+        let (a, b) = (put(b"a", &[1; 100]), put(b"b", &[2; 100]));
+        let mut frame = BytesMut::new();
+        frame.put_slice(&a);
+        frame.put_slice(&b);
+        frame.put_bytes(0, 64 * 1024);
+        let frame = frame.freeze();
+        let data = [
+            frame.slice(..a.len()),
+            frame.slice(a.len()..a.len() + b.len()),
+        ];
+        let mut kv = KvStore::default();
+        let commands: Vec<_> = (0..2)
+            .map(|i| Command {
+                index: i as Index + 1,
+                term: 1,
+                data: &data[i],
+            })
+            .collect();
+        kv.apply(&commands).expect("applies");
+        drop(commands);
+        drop(data);
+        assert!(frame.is_unique(), "the store still refers to the frame");
+        assert_eq!(kv.get(b"b").as_deref(), Some(&[2; 100][..]));
     }
 }

@@ -11,6 +11,9 @@ use crate::core::{Index, Term};
 pub struct Command<'a> {
     pub index: Index,
     pub term: Term,
+    /// The command's bytes. They may be a slice of a larger buffer (a follower receives many
+    /// entries in one frame): a state machine that keeps bytes past `apply` should copy them,
+    /// or a single kept value holds the whole buffer in memory.
     pub data: &'a Bytes,
 }
 
