@@ -575,3 +575,67 @@ fn snapshots_of_a_growing_state_are_paid_for_by_the_log() {
         "{small} snapshots of a small state in 100 puts, threshold 10"
     );
 }
+
+/// Records the name of the thread that frees a command's bytes.
+struct FreedOn {
+    command: Bytes,
+    threads: Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl AsRef<[u8]> for FreedOn {
+    fn as_ref(&self) -> &[u8] {
+        &self.command
+    }
+}
+
+impl Drop for FreedOn {
+    fn drop(&mut self) {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.threads.lock().push(name);
+    }
+}
+
+#[test]
+fn compacted_entries_are_freed_off_the_driver_thread() {
+    // Freeing most of a million entries at once took the driver long enough to miss heartbeats.
+    let cluster = Cluster::with(1, |cfg| cfg.snapshot_threshold_entries = 2_000);
+    let leader = cluster.node(cluster.leader());
+    let threads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let proposals: Vec<_> = (0..5_000)
+        .map(|i| {
+            let command = keel_engine::kv::KvCommand::Put {
+                key: Bytes::from(format!("k{i}")),
+                value: Bytes::from_static(b"v"),
+            }
+            .encode();
+            leader.propose(Bytes::from_owner(FreedOn {
+                command,
+                threads: threads.clone(),
+            }))
+        })
+        .collect();
+    for p in &proposals {
+        p.wait_applied(WAIT).expect("applied");
+    }
+    drop(proposals);
+    let deadline = Instant::now() + WAIT;
+    while threads.lock().len() < 2_000 {
+        assert!(Instant::now() < deadline, "no compaction within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let threads = threads.lock().clone();
+    let on_release = threads
+        .iter()
+        .filter(|t| t.starts_with("keel-release"))
+        .count();
+    assert!(
+        on_release >= 2_000,
+        "{on_release} of {} freed on a release thread: {:?}",
+        threads.len(),
+        threads.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+    assert!(
+        !threads.iter().any(|t| t.starts_with("keel-driver")),
+        "the driver freed compacted entries"
+    );
+}

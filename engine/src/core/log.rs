@@ -166,25 +166,28 @@ impl RaftLog {
         (self.snapshot.index, &self.snapshot.membership)
     }
 
-    /// Drops entries up to `index` (which must be applied), remembering them as a snapshot.
-    pub(crate) fn compact(&mut self, index: Index) -> SnapshotMeta {
+    /// Removes entries up to `index` (which must be applied), remembering them as a snapshot;
+    /// returns the snapshot and the removed entries.
+    pub(crate) fn compact(&mut self, index: Index) -> (SnapshotMeta, VecDeque<Entry>) {
         assert!(index <= self.applying, "only applied entries are compacted");
         if index <= self.snapshot.index {
-            return self.snapshot.clone();
+            return (self.snapshot.clone(), VecDeque::new());
         }
         let term = self
             .term(index)
             .expect("index is between the snapshot and the applied index");
         let membership = self.membership_before(index).1.clone();
         let drop = usize::try_from(index - self.snapshot.index).expect("fits in memory");
-        self.entries.drain(..drop);
+        // Moves the (few) entries kept into a new deque and hands back the old one whole.
+        let kept = self.entries.split_off(drop);
+        let released = std::mem::replace(&mut self.entries, kept);
         self.membership_indexes.retain(|&i| i > index);
         self.snapshot = SnapshotMeta {
             index,
             term,
             membership,
         };
-        self.snapshot.clone()
+        (self.snapshot.clone(), released)
     }
 
     /// Replaces the whole log with a snapshot received from the leader.
@@ -257,7 +260,8 @@ mod tests {
         let mut log = log_with_terms(&[1, 2, 3, 3]);
         log.committed = 4;
         log.take_committed(10);
-        let meta = log.compact(2);
+        let (meta, released) = log.compact(2);
+        assert_eq!(released.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 2]);
         assert_eq!((meta.index, meta.term), (2, 2));
         assert_eq!(log.term(2), Some(2));
         assert_eq!(log.term(1), None);

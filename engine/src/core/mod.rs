@@ -37,7 +37,7 @@ pub use self::membership::{Membership, MembershipError};
 pub use self::message::{AppendResult, Body, Message};
 pub use self::output::{Output, ReadResult, SoftState, Write};
 pub use self::progress::{Progress, ProgressState};
-pub use self::raft::{Core, CoreError, ReadMode, Restore, Role};
+pub use self::raft::{Compaction, Core, CoreError, ReadMode, Restore, Role};
 pub use self::stats::Stats;
 
 /// A node's identity in the cluster. Zero is reserved for "no node".

@@ -1,6 +1,6 @@
 //! The Raft state machine of one node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -63,6 +63,17 @@ impl Restore {
     pub fn joining() -> Self {
         Self::default()
     }
+}
+
+/// What [`Core::compact`] did.
+#[derive(Debug)]
+pub struct Compaction {
+    /// The snapshot that now stands for the removed entries.
+    pub snapshot: SnapshotMeta,
+    /// The entries removed. Dropping many at once frees as many buffers, which takes long
+    /// enough (hundreds of milliseconds for most of a million) to delay heartbeats: the caller
+    /// chooses where that happens.
+    pub released: VecDeque<Entry>,
 }
 
 /// Why the core refused a call.
@@ -615,16 +626,18 @@ impl Core {
         self.applied = self.applied.max(index.min(self.log.applying));
     }
 
-    /// The caller made a snapshot of the state machine at `index` (applied): drop the entries it
-    /// covers. Returns the snapshot's metadata, which the caller stores with its data.
-    pub fn compact(&mut self, index: Index) -> Result<SnapshotMeta, CoreError> {
+    /// The caller made a snapshot of the state machine at `index` (applied): the log drops the
+    /// entries it covers. Returns the snapshot's metadata, which the caller stores with its
+    /// data, and the entries removed.
+    pub fn compact(&mut self, index: Index) -> Result<Compaction, CoreError> {
         if index > self.applied {
             return Err(CoreError::CompactBeyondApplied {
                 index,
                 applied: self.applied,
             });
         }
-        Ok(self.log.compact(index))
+        let (snapshot, released) = self.log.compact(index);
+        Ok(Compaction { snapshot, released })
     }
 
     /// The transport finished (or failed) sending a snapshot to `to`.

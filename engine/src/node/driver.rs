@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
 
 use crate::core::{
-    Body, Core, CoreError, Index, Membership, Message, NodeId, ReadId, ReadMode, Role, SoftState,
-    Term, Write,
+    Body, Core, CoreError, Entry, Index, Membership, Message, NodeId, ReadId, ReadMode, Role,
+    SoftState, Term, Write,
 };
 use crate::wal::{LogWriter, WriterEvent};
 
@@ -111,6 +111,7 @@ pub(crate) struct DriverState {
     /// When recent core clock values were reached, to time heartbeat round trips.
     tick_instants: VecDeque<(u64, Instant)>,
     slow_warned: HashMap<NodeId, Instant>,
+    slow_turn_warned: Option<Instant>,
     elections_seen: u64,
     soft: Option<SoftState>,
     /// Propose-to-commit latencies, flushed into the shared histogram once per commit batch.
@@ -130,6 +131,7 @@ impl Default for DriverState {
             ticks_delivered: 0,
             tick_instants: VecDeque::new(),
             slow_warned: HashMap::new(),
+            slow_turn_warned: None,
             elections_seen: 0,
             soft: None,
             commit_latency: LocalHistogram::new(DURATION_BOUNDS_NANOS),
@@ -175,6 +177,8 @@ impl Driver {
             if !self.cfg.manual_ticks {
                 self.catch_up_ticks(started);
             }
+            let turn_started = Instant::now();
+            let kind = wake.kind();
             let outcome = match wake {
                 Wake::Control(Some(Control::Stop) | None) => {
                     Err("stopped by its owner".to_string())
@@ -214,9 +218,33 @@ impl Driver {
             if let Err(reason) = outcome.and_then(|()| self.process_output()) {
                 break reason;
             }
+            self.warn_if_slow(kind, turn_started.elapsed());
         };
         self.shutdown(&reason);
         reason
+    }
+
+    /// A turn of the loop long enough to delay heartbeats toward an election is worth a
+    /// warning (at most one a second): it names what the thread was doing.
+    fn warn_if_slow(&mut self, kind: &'static str, took: Duration) {
+        if took < self.cfg.election_timeout / 4 {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .state
+            .slow_turn_warned
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.state.slow_turn_warned = Some(now);
+        tracing::warn!(
+            node = self.cfg.id,
+            handling = kind,
+            ?took,
+            "a driver turn was slow"
+        );
     }
 
     /// Delivers every tick due by the monotonic clock, so that after a pause (GC, SIGSTOP, a
@@ -400,6 +428,7 @@ impl Driver {
         if !recently {
             self.state.slow_warned.insert(peer, now);
             tracing::warn!(
+                node = self.cfg.id,
                 peer,
                 ?round_trip,
                 "heartbeat round trip nears the election timeout"
@@ -487,10 +516,11 @@ impl Driver {
         match event {
             ApplierEvent::Applied(index) => self.core.applied(index),
             ApplierEvent::SnapshotSaved(index) => match self.core.compact(index) {
-                Ok(meta) => {
+                Ok(compaction) => {
+                    release_elsewhere(self.cfg.id, compaction.released);
                     if let Some(writer) = &self.writer {
                         writer
-                            .compact(meta)
+                            .compact(compaction.snapshot)
                             .map_err(|e| format!("storage failed: {e}"))?;
                     }
                 }
@@ -821,6 +851,35 @@ enum Wake {
     Proposal(Option<ProposalRequest>),
     Applier(Option<ApplierEvent>),
     Tick,
+}
+
+impl Wake {
+    fn kind(&self) -> &'static str {
+        match self {
+            Wake::Control(_) => "control",
+            Wake::Writer(_) => "log writer event",
+            Wake::Inbound(_) => "messages",
+            Wake::Proposal(_) => "proposals",
+            Wake::Applier(_) => "applier event",
+            Wake::Tick => "tick",
+        }
+    }
+}
+
+/// Frees a compaction's entries on a thread of their own: up to 8 x the snapshot threshold of
+/// them, each holding a buffer, took the driver up to half a second to drop, long enough for
+/// its followers to call an election.
+fn release_elsewhere(node: NodeId, entries: VecDeque<Entry>) {
+    if entries.len() < 1024 {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name(format!("keel-release-{node}"))
+        .spawn(move || drop(entries));
+    if let Err(e) = spawned {
+        // The entries went with the failed closure; they were dropped here, just slower.
+        tracing::warn!(node, error = %e, "cannot start a thread to free compacted entries");
+    }
 }
 
 /// The membership a change asks for, from the current one.

@@ -518,7 +518,7 @@ impl Cluster {
 
     /// Takes a snapshot of node `id`'s state machine at `index` and compacts its log.
     pub fn compact(&mut self, id: NodeId, index: Index) -> Result<SnapshotMeta, CoreError> {
-        let meta = self.with_core(id, |c| c.compact(index))?;
+        let meta = self.with_core(id, |c| c.compact(index))?.snapshot;
         let n = self.node_mut(id);
         let data: Vec<Entry> =
             n.sm.iter()

@@ -637,7 +637,8 @@ impl World {
         }
         let meta = core
             .compact(applied)
-            .expect("applied entries can be compacted");
+            .expect("applied entries can be compacted")
+            .snapshot;
         debug_assert_eq!(meta.index, applied);
         node.snapshot_data = node.sm.clone();
         node.disk.compact(meta, node.sm.clone());
