@@ -2,7 +2,7 @@
 //! waits for its answer before the next request) or open loop at a constant rate, where latency
 //! counts from each request's intended send time so coordinated omission cannot hide the tail.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ use hdrhistogram::Histogram;
 use keel_engine::core::Index;
 use keel_engine::node::Error;
 use rand::{Rng, SeedableRng};
+
+use crate::ledger::Ledger;
 
 /// What the load runs against.
 pub trait Target: Send + Sync {
@@ -49,6 +51,8 @@ pub struct LoadSpec {
     pub key_prefix: String,
     /// Seeds the workers' choice of keys and of reads versus writes.
     pub seed: u64,
+    /// Keys in order (0, 1, 2...) instead of at random: a prefill writes each key once.
+    pub sequential_keys: bool,
 }
 
 /// What one run measured.
@@ -61,8 +65,6 @@ pub struct LoadResult {
     pub latency_us: Histogram<u64>,
     pub write_latency_us: Histogram<u64>,
     pub read_latency_us: Histogram<u64>,
-    /// Every write issued, per key: (value id, commit index if acknowledged).
-    pub writes: HashMap<Bytes, Vec<(u64, Option<Index>)>>,
 }
 
 /// What a request was, to account for its answer.
@@ -86,8 +88,14 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
 }
 
-/// Runs the load and returns what it measured. `progress` counts completed requests.
-pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> LoadResult {
+/// Runs the load and returns what it measured; what each write's client learned goes to
+/// `ledger`. `progress` counts completed requests.
+pub fn run(
+    target: Arc<dyn Target>,
+    spec: &LoadSpec,
+    ledger: &Ledger,
+    progress: &AtomicU64,
+) -> LoadResult {
     let stop = AtomicBool::new(false);
     let issued = AtomicU64::new(0);
     let next_id = AtomicU64::new(1);
@@ -106,6 +114,7 @@ pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> Lo
                     stop: &stop,
                     issued: &issued,
                     next_id: &next_id,
+                    ledger,
                     progress,
                     started,
                 };
@@ -131,7 +140,6 @@ pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> Lo
         latency_us: new_histogram(),
         write_latency_us: new_histogram(),
         read_latency_us: new_histogram(),
-        writes: HashMap::new(),
     };
     for r in results {
         out.ok += r.ok;
@@ -142,12 +150,6 @@ pub fn run(target: Arc<dyn Target>, spec: &LoadSpec, progress: &AtomicU64) -> Lo
         out.latency_us.add(&r.reads_h).expect("same bounds");
         out.write_latency_us.add(&r.writes_h).expect("same bounds");
         out.read_latency_us.add(&r.reads_h).expect("same bounds");
-        for (key, mut ws) in r.writes {
-            out.writes
-                .entry(key_bytes(&spec.key_prefix, key))
-                .or_default()
-                .append(&mut ws);
-        }
     }
     out
 }
@@ -161,6 +163,7 @@ struct Worker<'a> {
     stop: &'a AtomicBool,
     issued: &'a AtomicU64,
     next_id: &'a AtomicU64,
+    ledger: &'a Ledger,
     progress: &'a AtomicU64,
     started: Instant,
 }
@@ -170,10 +173,6 @@ struct WorkerResult {
     errors: BTreeMap<String, u64>,
     writes_h: Histogram<u64>,
     reads_h: Histogram<u64>,
-    /// Per key number, the writes that may still be its final value: value id, and commit
-    /// index once acknowledged. Writes older than the key's newest acknowledged one are pruned,
-    /// so this stays as small as the key space however long the run.
-    writes: HashMap<u64, Vec<(u64, Option<Index>)>>,
 }
 
 impl Worker<'_> {
@@ -184,7 +183,6 @@ impl Worker<'_> {
             errors: BTreeMap::new(),
             writes_h: new_histogram(),
             reads_h: new_histogram(),
-            writes: HashMap::new(),
         };
         let mut idle: Vec<usize> = (0..self.clients).collect();
         let mut outstanding: VecDeque<Outstanding> = VecDeque::new();
@@ -203,12 +201,17 @@ impl Worker<'_> {
                         due
                     }
                 };
-                if !self.claim() {
+                let Some(seq) = self.claim() else {
                     break;
-                }
+                };
                 sent += 1;
                 let client = idle.pop().expect("checked non-empty");
-                outstanding.push_back(self.issue(&mut rng, client, intended, &mut result));
+                let key_no = if self.spec.sequential_keys {
+                    seq % self.spec.key_space.max(1)
+                } else {
+                    rng.random_range(0..self.spec.key_space.max(1))
+                };
+                outstanding.push_back(self.issue(&mut rng, client, key_no, intended));
             }
             let Some(front) = outstanding.front() else {
                 if stopping || (self.rate.is_none() && idle.is_empty()) || self.exhausted() {
@@ -243,12 +246,13 @@ impl Worker<'_> {
         result
     }
 
-    /// Takes one request from the total budget, if there is one.
-    fn claim(&self) -> bool {
-        match self.spec.total {
-            None => true,
-            Some(total) => self.issued.fetch_add(1, Ordering::Relaxed) < total,
-        }
+    /// Takes one request from the total budget, if there is one; its number across all workers.
+    fn claim(&self) -> Option<u64> {
+        let seq = self.issued.fetch_add(1, Ordering::Relaxed);
+        self.spec
+            .total
+            .is_none_or(|total| seq < total)
+            .then_some(seq)
     }
 
     fn exhausted(&self) -> bool {
@@ -257,14 +261,7 @@ impl Worker<'_> {
             .is_some_and(|t| self.issued.load(Ordering::Relaxed) >= t)
     }
 
-    fn issue(
-        &self,
-        rng: &mut impl Rng,
-        client: usize,
-        start: Instant,
-        result: &mut WorkerResult,
-    ) -> Outstanding {
-        let key_no = rng.random_range(0..self.spec.key_space.max(1));
+    fn issue(&self, rng: &mut impl Rng, client: usize, key_no: u64, start: Instant) -> Outstanding {
         let key = key_bytes(&self.spec.key_prefix, key_no);
         if rng.random_bool(self.spec.read_ratio.clamp(0.0, 1.0)) {
             return Outstanding {
@@ -279,8 +276,7 @@ impl Worker<'_> {
         let id_bytes = id.to_le_bytes();
         let n = id_bytes.len().min(value.len());
         value[..n].copy_from_slice(&id_bytes[..n]);
-        let request = self.target.put(key.clone(), Bytes::from(value));
-        result.writes.entry(key_no).or_default().push((id, None));
+        let request = self.target.put(key, Bytes::from(value));
         Outstanding {
             client,
             start,
@@ -302,6 +298,9 @@ impl Worker<'_> {
         let index = match &outcome {
             Ok(index) => *index,
             Err(e) => {
+                if let Op::Write { key, id } = o.op {
+                    self.ledger.unknown(key, id);
+                }
                 let kind = match e {
                     Error::NotLeader { .. } => "not_leader",
                     Error::Timeout => "timeout",
@@ -318,12 +317,9 @@ impl Worker<'_> {
         match o.op {
             Op::Write { key, id } => {
                 let _ = result.writes_h.record(latency_us.max(1));
-                if let (Some(ws), Some(index)) = (result.writes.get_mut(&key), index) {
-                    if let Some(w) = ws.iter_mut().find(|w| w.0 == id) {
-                        w.1 = Some(index);
-                    }
-                    // Older acknowledged writes can no longer be the key's final value.
-                    ws.retain(|w| w.1.is_none_or(|i| i >= index));
+                match index {
+                    Some(index) => self.ledger.acknowledged(key, id, index),
+                    None => self.ledger.unknown(key, id),
                 }
             }
             Op::Read => {
@@ -333,6 +329,6 @@ impl Worker<'_> {
     }
 }
 
-fn key_bytes(prefix: &str, key: u64) -> Bytes {
+pub fn key_bytes(prefix: &str, key: u64) -> Bytes {
     Bytes::from(format!("{prefix}-{key:012}"))
 }

@@ -5,6 +5,7 @@
 
 mod fsync;
 mod histograms;
+mod ledger;
 mod load;
 mod local;
 mod memory;
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keel_engine::node::NodeMetrics;
 
 use crate::histograms::LoadHistograms;
+use crate::ledger::{Ledger, Verification};
 use crate::load::{LoadSpec, Target};
 use crate::report::{LatencySummary, Report, Settings};
 
@@ -160,6 +162,10 @@ struct LoadFlags {
     /// Write the latency histograms in a form `keel-bench merge` adds up.
     #[arg(long)]
     histogram: Option<std::path::PathBuf>,
+    /// Before the measured run, write every key once (not measured), so that the run starts
+    /// with the whole key space stored, like YCSB's load phase.
+    #[arg(long)]
+    prefill: bool,
     #[command(flatten)]
     output: OutputFlags,
 }
@@ -212,7 +218,20 @@ fn main() {
     }
 }
 
+/// The nodes' logs on stderr at `default` level; RUST_LOG overrides.
+fn log_to_stderr(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
 fn local(args: LocalArgs) -> Result<(), String> {
+    // Warnings only: slow heartbeats and refused peers, not every role change of a long run.
+    log_to_stderr("warn");
     let dir = tempfile::Builder::new()
         .prefix("keel-bench-")
         .tempdir()
@@ -238,9 +257,16 @@ fn local(args: LocalArgs) -> Result<(), String> {
             .join(" ")
     );
     let target: Arc<dyn Target> = cluster.clone();
-    let (result, rss) = run_load(target.clone(), &args.load);
+    let Run {
+        result,
+        ledger,
+        rss,
+    } = run_load(target.clone(), &args.load);
     // Every acknowledged write must be read back: the key holds that write or a later one.
-    let (verified_keys, verification_failures) = verify(target.as_ref(), &result.writes);
+    let Verification {
+        keys: verified_keys,
+        failures: verification_failures,
+    } = ledger.verify(target.as_ref());
 
     let m = cluster.leader().metrics();
     let syncs = NodeMetrics::get(&m.wal_syncs).max(1);
@@ -275,8 +301,11 @@ fn load_remote(args: LoadArgs) -> Result<(), String> {
         REQUEST_TIMEOUT,
     )?;
     let target: Arc<dyn Target> = Arc::new(cluster);
-    let (result, _) = run_load(target.clone(), &args.load);
-    let (verified_keys, verification_failures) = verify(target.as_ref(), &result.writes);
+    let Run { result, ledger, .. } = run_load(target.clone(), &args.load);
+    let Verification {
+        keys: verified_keys,
+        failures: verification_failures,
+    } = ledger.verify(target.as_ref());
     let histograms = LoadHistograms::of(&result, args.load.settings());
     let mut report = Report::of(&histograms);
     report.nodes = args.targets.len() as u64;
@@ -335,6 +364,7 @@ impl LoadFlags {
                 .clone()
                 .unwrap_or_else(|| format!("key-{:08x}", rand::random::<u32>())),
             seed: rand::random(),
+            sequential_keys: false,
         }
     }
 
@@ -348,10 +378,57 @@ impl LoadFlags {
     }
 }
 
-/// Runs the load with a progress bar on a terminal; samples this process's resident size once a
-/// second, as `(seconds into the run, bytes)`.
-fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> (load::LoadResult, Vec<(f64, u64)>) {
+/// What a load run measured, and what its writes' clients were told.
+struct Run {
+    result: load::LoadResult,
+    ledger: Ledger,
+    /// This process's resident size once a second, as `(seconds into the run, bytes)`.
+    rss: Vec<(f64, u64)>,
+}
+
+/// Runs the load (after the prefill, with `--prefill`) with a progress bar on a terminal.
+fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> Run {
     let spec = flags.spec();
+    let ledger = Ledger::new(&spec.key_prefix, spec.key_space);
+    if flags.prefill {
+        prefill(&target, &spec, &ledger);
+    }
+    let (result, rss) = run_measured(target, flags, &spec, &ledger);
+    Run {
+        result,
+        ledger,
+        rss,
+    }
+}
+
+/// Writes every key of the key space once, in order, at full speed.
+fn prefill(target: &Arc<dyn Target>, spec: &LoadSpec, ledger: &Ledger) {
+    let prefill = LoadSpec {
+        total: Some(spec.key_space),
+        duration: None,
+        rate: None,
+        read_ratio: 0.0,
+        sequential_keys: true,
+        ..spec.clone()
+    };
+    let result = load::run(target.clone(), &prefill, ledger, &AtomicU64::new(0));
+    let errors: u64 = result.errors.values().sum();
+    eprintln!(
+        "keel-bench: prefilled {} keys in {:.1} s ({:.0} writes/s, {errors} errors)",
+        result.ok,
+        result.elapsed.as_secs_f64(),
+        result.ok as f64 / result.elapsed.as_secs_f64().max(1e-9),
+    );
+}
+
+/// The measured run; samples this process's resident size once a second.
+fn run_measured(
+    target: Arc<dyn Target>,
+    flags: &LoadFlags,
+    spec: &LoadSpec,
+    ledger: &Ledger,
+) -> (load::LoadResult, Vec<(f64, u64)>) {
+    let spec = spec.clone();
     let mut rss = Vec::new();
     let progress = AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -366,7 +443,7 @@ fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> (load::LoadResult, Ve
             );
             bar
         });
-        let runner = s.spawn(|| load::run(target.clone(), &spec, &progress));
+        let runner = s.spawn(|| load::run(target.clone(), &spec, ledger, &progress));
         let started = Instant::now();
         let mut next_sample = started;
         while !runner.is_finished() {
@@ -451,48 +528,4 @@ fn certs(args: &CertsArgs) -> Result<(), String> {
         args.out.display()
     );
     Ok(())
-}
-
-/// Reads back every key with an acknowledged write. The value must come from a write to that
-/// key that is not older than the newest acknowledged one (a later write whose acknowledgement
-/// was lost to a timeout may have landed too).
-fn verify(
-    target: &dyn Target,
-    writes: &std::collections::HashMap<bytes::Bytes, Vec<(u64, Option<u64>)>>,
-) -> (u64, u64) {
-    // Keys with an acknowledged write, and the newest index acknowledged for each.
-    let acked: Vec<(&bytes::Bytes, u64)> = writes
-        .iter()
-        .filter_map(|(key, ws)| ws.iter().filter_map(|w| w.1).max().map(|i| (key, i)))
-        .collect();
-    let keys: Vec<bytes::Bytes> = acked.iter().map(|(k, _)| (*k).clone()).collect();
-    let values = target.read_back(&keys);
-    let mut failures = 0;
-    for ((key, newest_acked), value) in acked.iter().zip(values) {
-        let ws = &writes[*key];
-        let ok = match value {
-            Ok(Some(value)) => {
-                let mut id = [0u8; 8];
-                let n = value.len().min(8);
-                id[..n].copy_from_slice(&value[..n]);
-                let id = u64::from_le_bytes(id);
-                // With values shorter than 8 bytes the id is truncated: presence is all we check.
-                n < 8
-                    || ws
-                        .iter()
-                        .any(|w| w.0 == id && w.1.is_none_or(|index| index >= *newest_acked))
-            }
-            Ok(None) | Err(_) => false,
-        };
-        if !ok {
-            failures += 1;
-            if failures <= 5 {
-                eprintln!(
-                    "verification: key {:?} lost its acknowledged write",
-                    String::from_utf8_lossy(key)
-                );
-            }
-        }
-    }
-    (acked.len() as u64, failures)
 }

@@ -125,14 +125,8 @@ fn peer_id(key: &str) -> Result<NodeId, String> {
 
 /// Runs the node until it stops by itself; returns why it stopped.
 pub fn run(config: &Path) -> Result<String, String> {
-    // The node's own log on stderr: elections, stops, refused peers. RUST_LOG overrides.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    // The node's own log on stderr: elections, stops, refused peers.
+    crate::log_to_stderr("info");
     let file = NodeFile::load(config)?;
     let quic = file
         .quic_config()
