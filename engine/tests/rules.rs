@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{cmd, msg, restore_with_log, warm_core, Cluster, Options};
 use keel_engine::core::{
     AppendResult, Body, Config, Core, CoreError, Entry, HardState, Index, Membership, Message,
-    NodeId, Payload, ReadMode, Restore, Role, SnapshotMeta, Term,
+    NodeId, Payload, ProgressState, ReadMode, Restore, Role, SnapshotMeta, Term,
 };
 
 fn voters(ids: &[NodeId]) -> Membership {
@@ -290,6 +290,76 @@ fn a_stale_durability_report_for_overwritten_entries_is_ignored() {
     assert_eq!(second.last_entry(), Some((2, 2)));
     core.persisted(2, 2);
     assert_eq!(core.persisted_index(), 2);
+}
+
+// ---------------------------------------------------------------- replication
+
+#[test]
+fn a_probe_is_small_and_resent_only_when_the_follower_answers() {
+    let mut c = cluster_led_by_1();
+    c.partition(vec![BTreeSet::from([1, 2]), BTreeSet::from([3])]);
+    let big = "x".repeat(8 * 1024);
+    for _ in 0..40 {
+        c.propose(1, &[big.as_str()]).expect("the leader proposes");
+    }
+    c.deliver_all();
+    // Node 3 answers nothing: its pipeline stalls and the leader falls back to probing.
+    let probing = |c: &Cluster| {
+        c.core(1)
+            .progress()
+            .any(|(id, p)| id == 3 && p.state == ProgressState::Probe)
+    };
+    for _ in 0..100 {
+        if probing(&c) {
+            break;
+        }
+        c.tick_all();
+        c.deliver_all();
+    }
+    assert!(probing(&c), "the leader probes node 3");
+    c.take_trace();
+    // A follower that answers no heartbeat gets no more appends, however long that lasts.
+    for _ in 0..100 {
+        c.tick_all();
+        c.deliver_all();
+    }
+    assert_eq!(c.core(1).role(), Role::Leader);
+    let appends = c
+        .take_trace()
+        .iter()
+        .filter(|l| l.starts_with("1->3 App") && !l.ends_with("dropped (partition)"))
+        .count();
+    assert_eq!(appends, 0, "appends to a silent follower in 100 ticks");
+    // Once it answers a heartbeat, one probe goes, of at most 64 KiB of entries.
+    c.heal();
+    let mut probe = None;
+    for _ in 0..20 {
+        c.tick(1);
+        c.deliver(common::Link::new(1, 3));
+        c.deliver(common::Link::new(3, 1));
+        probe = c.in_flight().into_iter().find_map(|m| match m.body {
+            Body::Append { entries, .. } if m.to == 3 && !entries.is_empty() => Some(entries),
+            _ => None,
+        });
+        if probe.is_some() {
+            break;
+        }
+    }
+    let probe = probe.expect("a probe after the follower answered");
+    let bytes: usize = probe
+        .iter()
+        .map(|e| match &e.payload {
+            Payload::Command(data) => data.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(bytes <= 64 * 1024, "a probe of {bytes} bytes");
+    c.deliver_all();
+    assert_eq!(
+        c.core(3).last_index(),
+        c.core(1).last_index(),
+        "3 caught up"
+    );
 }
 
 // ---------------------------------------------------------------- leases

@@ -65,6 +65,10 @@ impl Restore {
     }
 }
 
+/// Entries in one probing append, at most (beyond one entry, which always goes): enough to
+/// find where the logs agree; the pipeline that follows sends full-sized appends.
+const PROBE_APPEND_BYTES_MAX: usize = 64 * 1024;
+
 /// What [`Core::compact`] did.
 #[derive(Debug)]
 pub struct Compaction {
@@ -1005,7 +1009,12 @@ impl Core {
             self.send(to, Body::Snapshot { snapshot });
             return true;
         };
-        let entries = self.log.slice(pr.next_index, self.cfg.max_append_bytes);
+        // A probe may be refused, and then its entries were sent for nothing: keep it small.
+        let max_bytes = match pr.state {
+            ProgressState::Probe => self.cfg.max_append_bytes.min(PROBE_APPEND_BYTES_MAX),
+            _ => self.cfg.max_append_bytes,
+        };
+        let entries = self.log.slice(pr.next_index, max_bytes);
         if entries.is_empty() && !allow_empty && pr.state != ProgressState::Probe {
             return false;
         }
@@ -1033,7 +1042,10 @@ impl Core {
         self.send(to, body);
     }
 
-    /// The periodic heartbeat: also retries probes and restarts stalled pipelines.
+    /// The periodic heartbeat; also falls back to probing where a pipeline stalled. A probe is
+    /// not resent here: the follower's answer to this heartbeat resends it (see
+    /// `handle_heartbeat_response`), so a follower too busy to answer is not sent another
+    /// append every heartbeat on top of the ones it has not read yet.
     fn heartbeat_all(&mut self) {
         if self.reads.round_needed {
             self.reads.start_round();
@@ -1045,12 +1057,9 @@ impl Core {
                 // Everything in flight may have been lost: fall back to probing from the match.
                 ProgressState::Replicate if pr.stalled_ticks >= self.cfg.election_ticks => {
                     pr.become_probe();
+                    self.send_append(id, true);
                 }
-                ProgressState::Probe => pr.probe_sent = false,
                 _ => {}
-            }
-            if pr.state == ProgressState::Probe {
-                self.send_append(id, true);
             }
             self.send_heartbeat(id);
         }
