@@ -362,6 +362,43 @@ fn a_probe_is_small_and_resent_only_when_the_follower_answers() {
     );
 }
 
+#[test]
+fn a_follower_is_sent_at_most_the_inflight_bytes_before_it_answers() {
+    let mut c = Cluster::new(Options {
+        max_inflight_bytes: 32 * 1024,
+        ..Options::voters(&[1, 2, 3])
+    });
+    c.campaign(1).expect("node 1 votes");
+    c.deliver_all();
+    c.tick(1);
+    c.deliver_all();
+    assert_eq!(c.core(1).role(), Role::Leader);
+    let big = "x".repeat(8 * 1024);
+    for _ in 0..40 {
+        c.propose(1, &[big.as_str()]).expect("the leader proposes");
+    }
+    let in_flight_to_3: usize = c
+        .in_flight()
+        .iter()
+        .filter(|m| m.to == 3)
+        .map(|m| match &m.body {
+            Body::Append { entries, .. } => entries.iter().map(Entry::size_bytes).sum(),
+            _ => 0,
+        })
+        .sum();
+    // The window closes once 32 KiB are out; the append that crossed the line still went.
+    assert!(
+        in_flight_to_3 <= 32 * 1024 + big.len() + 64,
+        "{in_flight_to_3} bytes in flight to a follower that has not answered"
+    );
+    c.deliver_all();
+    assert_eq!(
+        c.core(3).last_index(),
+        c.core(1).last_index(),
+        "3 caught up"
+    );
+}
+
 // ---------------------------------------------------------------- leases
 
 #[test]

@@ -22,6 +22,9 @@ pub struct Config {
     pub lease_drift_ticks: u32,
     /// Append messages in flight per follower in the replicate state (the pipeline window).
     pub max_inflight_appends: usize,
+    /// Bytes of entries in flight per follower in the replicate state: a follower that falls
+    /// behind is sent no more than it can answer for, however large the appends.
+    pub max_inflight_bytes: usize,
     /// Soft limit on the bytes of entries in one append message (at least one entry is sent).
     pub max_append_bytes: usize,
     /// Limit on the entries handed out for apply in one output.
@@ -55,6 +58,7 @@ impl Config {
             lease_reads: true,
             lease_drift_ticks: 2,
             max_inflight_appends: 64,
+            max_inflight_bytes: 16 << 20,
             max_append_bytes: 1 << 20,
             max_apply_entries: 4096,
         }
@@ -75,6 +79,9 @@ impl Config {
         }
         if self.max_inflight_appends == 0 {
             return Err(ConfigError::Zero("max_inflight_appends"));
+        }
+        if self.max_inflight_bytes == 0 {
+            return Err(ConfigError::Zero("max_inflight_bytes"));
         }
         if self.max_append_bytes == 0 {
             return Err(ConfigError::Zero("max_append_bytes"));

@@ -25,8 +25,10 @@ pub struct Progress {
     pub state: ProgressState,
     /// Probe: an append is outstanding; wait for its answer or the next heartbeat.
     pub(crate) probe_sent: bool,
-    /// Replicate: the last index of each append in flight, oldest first.
-    pub(crate) inflight: VecDeque<Index>,
+    /// Replicate: the last index and the entry bytes of each append in flight, oldest first.
+    pub(crate) inflight: VecDeque<(Index, usize)>,
+    /// Replicate: the sum of the bytes in `inflight`.
+    pub(crate) inflight_bytes: usize,
     /// Heard from since the last check-quorum round.
     pub(crate) recent_active: bool,
     /// Ticks since the follower last acknowledged new entries while some were in flight.
@@ -45,6 +47,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
             recent_active: false,
             stalled_ticks: 0,
             lease_tick_acked: 0,
@@ -61,6 +64,7 @@ impl Progress {
         self.state = ProgressState::Probe;
         self.probe_sent = false;
         self.inflight.clear();
+        self.inflight_bytes = 0;
         self.stalled_ticks = 0;
     }
 
@@ -69,6 +73,7 @@ impl Progress {
         self.next_index = self.match_index + 1;
         self.probe_sent = false;
         self.inflight.clear();
+        self.inflight_bytes = 0;
         self.stalled_ticks = 0;
     }
 
@@ -76,25 +81,30 @@ impl Progress {
         self.state = ProgressState::Snapshot { index };
         self.probe_sent = false;
         self.inflight.clear();
+        self.inflight_bytes = 0;
         self.stalled_ticks = 0;
     }
 
-    /// Whether the leader must hold further appends for now.
-    pub(crate) fn is_paused(&self, max_inflight: usize) -> bool {
+    /// Whether the leader must hold further appends for now: the window is full in messages
+    /// or in bytes.
+    pub(crate) fn is_paused(&self, max_inflight: usize, max_inflight_bytes: usize) -> bool {
         match self.state {
             ProgressState::Probe => self.probe_sent,
-            ProgressState::Replicate => self.inflight.len() >= max_inflight,
+            ProgressState::Replicate => {
+                self.inflight.len() >= max_inflight || self.inflight_bytes >= max_inflight_bytes
+            }
             ProgressState::Snapshot { .. } => true,
         }
     }
 
-    /// Records that an append ending at `last_index` was sent.
-    pub(crate) fn sent(&mut self, last_index: Index) {
+    /// Records that an append ending at `last_index`, with `bytes` of entries, was sent.
+    pub(crate) fn sent(&mut self, last_index: Index, bytes: usize) {
         match self.state {
             ProgressState::Replicate => {
                 if last_index >= self.next_index {
                     self.next_index = last_index + 1;
-                    self.inflight.push_back(last_index);
+                    self.inflight.push_back((last_index, bytes));
+                    self.inflight_bytes += bytes;
                 }
             }
             ProgressState::Probe => self.probe_sent = true,
@@ -110,8 +120,12 @@ impl Progress {
             self.stalled_ticks = 0;
         }
         self.next_index = self.next_index.max(index + 1);
-        while self.inflight.front().is_some_and(|&last| last <= index) {
+        while let Some(&(last, bytes)) = self.inflight.front() {
+            if last > index {
+                break;
+            }
             self.inflight.pop_front();
+            self.inflight_bytes -= bytes;
         }
         self.probe_sent = false;
         news
@@ -150,26 +164,44 @@ mod tests {
     fn replicate_window_pauses_when_full_and_frees_on_ack() {
         let mut p = Progress::new(1);
         p.become_replicate();
-        p.sent(5);
-        p.sent(9);
-        assert!(p.is_paused(2));
+        p.sent(5, 10);
+        p.sent(9, 10);
+        assert!(p.is_paused(2, usize::MAX));
         assert!(p.on_accepted(5));
-        assert!(!p.is_paused(2));
+        assert!(!p.is_paused(2, usize::MAX));
         assert_eq!(p.next_index, 10);
+    }
+
+    #[test]
+    fn replicate_window_pauses_when_its_bytes_are_in_flight() {
+        let mut p = Progress::new(1);
+        p.become_replicate();
+        assert!(!p.is_paused(64, 100), "an empty window always sends");
+        p.sent(5, 150);
+        assert!(p.is_paused(64, 100), "one append over the limit fills it");
+        assert!(p.on_accepted(5));
+        p.sent(6, 60);
+        assert!(!p.is_paused(64, 100));
+        p.sent(7, 40);
+        assert!(p.is_paused(64, 100));
+        assert!(p.on_accepted(6));
+        assert!(!p.is_paused(64, 100));
+        p.become_probe();
+        assert_eq!(p.inflight_bytes, 0);
     }
 
     #[test]
     fn probe_sends_one_append_at_a_time() {
         let mut p = Progress::new(10);
-        p.sent(12);
-        assert!(p.is_paused(64));
+        p.sent(12, 0);
+        assert!(p.is_paused(64, usize::MAX));
         assert_eq!(
             p.next_index, 10,
             "probe does not advance next optimistically"
         );
         assert!(p.on_rejected(9, 4));
         assert_eq!(p.next_index, 4);
-        assert!(!p.is_paused(64));
+        assert!(!p.is_paused(64, usize::MAX));
     }
 
     #[test]

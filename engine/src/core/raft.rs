@@ -997,7 +997,7 @@ impl Core {
         let Some(pr) = self.progress.get_mut(&to) else {
             return false;
         };
-        if pr.is_paused(self.cfg.max_inflight_appends) {
+        if pr.is_paused(self.cfg.max_inflight_appends, self.cfg.max_inflight_bytes) {
             return false;
         }
         let prev_index = pr.next_index - 1;
@@ -1019,7 +1019,7 @@ impl Core {
             return false;
         }
         let last = entries.last().map_or(prev_index, |e| e.index);
-        pr.sent(last);
+        pr.sent(last, entries.iter().map(Entry::size_bytes).sum());
         let body = Body::Append {
             prev_index,
             prev_term,

@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub proposal_queue_depth: usize,
     /// Append messages in flight per follower.
     pub max_inflight_appends: usize,
+    /// Bytes of entries in flight per follower: what a lagging follower can be sent before it
+    /// answers.
+    pub max_inflight_bytes: usize,
     /// Take a snapshot and compact the log after this many applied entries, once the commands
     /// applied since the last snapshot add up to its size (so snapshots cost no more than the
     /// log), and after eight times this many whatever the sizes.
@@ -101,6 +104,7 @@ impl NodeConfig {
             max_batch_entries: 8192,
             proposal_queue_depth: 65_536,
             max_inflight_appends: 64,
+            max_inflight_bytes: 16 << 20,
             snapshot_threshold_entries: 100_000,
             command_timeout: Duration::from_secs(5),
             manual_ticks: false,
@@ -131,6 +135,7 @@ impl NodeConfig {
         c.lease_reads = self.lease_reads;
         c.lease_drift_ticks = self.ticks("lease_drift", self.lease_drift)?;
         c.max_inflight_appends = self.max_inflight_appends;
+        c.max_inflight_bytes = self.max_inflight_bytes;
         c.max_append_bytes = self.max_batch_bytes;
         c.validate().map_err(|e| Error::Config(e.to_string()))?;
         if self.max_batch_entries == 0 || self.proposal_queue_depth == 0 {

@@ -39,6 +39,7 @@ pub struct Options {
     pub election_ticks: u32,
     pub lease_drift_ticks: u32,
     pub max_inflight_appends: usize,
+    pub max_inflight_bytes: usize,
     pub max_append_bytes: usize,
     pub max_apply_entries: usize,
     /// Seeds are searched from here (see [`Cluster::add_node`]).
@@ -58,6 +59,7 @@ impl Default for Options {
             election_ticks: c.election_ticks,
             lease_drift_ticks: c.lease_drift_ticks,
             max_inflight_appends: c.max_inflight_appends,
+            max_inflight_bytes: c.max_inflight_bytes,
             max_append_bytes: c.max_append_bytes,
             max_apply_entries: c.max_apply_entries,
             seed: 0,
@@ -83,6 +85,7 @@ impl Options {
             lease_reads: self.lease_reads,
             lease_drift_ticks: self.lease_drift_ticks,
             max_inflight_appends: self.max_inflight_appends,
+            max_inflight_bytes: self.max_inflight_bytes,
             max_append_bytes: self.max_append_bytes,
             max_apply_entries: self.max_apply_entries,
         }

@@ -239,6 +239,8 @@ impl World {
         cfg.lease_drift_ticks = opts.lease_drift_ticks;
         cfg.max_inflight_appends = rng.random_range(1..=8);
         cfg.max_append_bytes = rng.random_range(256..=2048);
+        // A few appends' worth, so that the byte window, not only the count, closes at times.
+        cfg.max_inflight_bytes = cfg.max_append_bytes * 3;
         cfg.max_apply_entries = 16;
 
         let mut nodes = BTreeMap::new();
