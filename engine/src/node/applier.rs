@@ -249,19 +249,36 @@ impl<S: StateMachine> Applier<S> {
         );
         let spawned = std::thread::Builder::new()
             .name("keel-snapshot".into())
-            .spawn(move || match store.save(index, &mut source) {
-                Ok(()) => {
-                    last_snapshot_bytes.store(source.bytes, Ordering::Relaxed);
-                    NodeMetrics::add(&metrics.snapshots_taken, 1);
-                    subscribers.publish(Event::SnapshotTaken { index });
-                    let _ = events.send(ApplierEvent::SnapshotSaved(index));
+            .spawn(move || {
+                yield_to_other_threads();
+                match store.save(index, &mut source) {
+                    Ok(()) => {
+                        last_snapshot_bytes.store(source.bytes, Ordering::Relaxed);
+                        NodeMetrics::add(&metrics.snapshots_taken, 1);
+                        subscribers.publish(Event::SnapshotTaken { index });
+                        let _ = events.send(ApplierEvent::SnapshotSaved(index));
+                    }
+                    Err(e) => {
+                        tracing::warn!(index, error = %e, "snapshot not saved; will retry later")
+                    }
                 }
-                Err(e) => tracing::warn!(index, error = %e, "snapshot not saved; will retry later"),
             });
         match spawned {
             Ok(handle) => *in_flight = Some(handle),
             Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
         }
+    }
+}
+
+/// Lowers this thread's scheduling priority. Serializing a large state takes seconds of CPU,
+/// and on a small machine every node of a cluster may do it at once (they reach the same index
+/// together): at normal priority that delayed drivers and log writers by hundreds of
+/// milliseconds. On Linux a nice value is per thread; elsewhere this does nothing.
+fn yield_to_other_threads() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        // Not being allowed to is no reason to skip the snapshot.
+        tracing::debug!(error = %e, "the snapshot thread keeps its priority");
     }
 }
 

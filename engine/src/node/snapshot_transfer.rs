@@ -14,13 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::core::{Body, Index, Message};
 
-use super::snapshots::SnapshotStore;
+use super::snapshots::{SnapshotStore, SYNC_INTERVAL_BYTES};
 use super::transport::{Inbound, Inbox};
-
-/// While receiving, the sink makes the file durable every this many bytes, so the final sync
-/// (which the sender waits for) never has more than this to flush, and a large transfer never
-/// fills the page cache with dirty data.
-const SYNC_INTERVAL_BYTES: u64 = 64 << 20;
 
 /// Why a snapshot could not be received.
 #[derive(Debug, thiserror::Error)]
