@@ -428,7 +428,6 @@ fn run_measured(
     spec: &LoadSpec,
     ledger: &Ledger,
 ) -> (load::LoadResult, Vec<(f64, u64)>) {
-    let spec = spec.clone();
     let mut rss = Vec::new();
     let progress = AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -443,7 +442,7 @@ fn run_measured(
             );
             bar
         });
-        let runner = s.spawn(|| load::run(target.clone(), &spec, ledger, &progress));
+        let runner = s.spawn(|| load::run(target.clone(), spec, ledger, &progress));
         let started = Instant::now();
         let mut next_sample = started;
         while !runner.is_finished() {

@@ -75,6 +75,45 @@ fn local_run_reports_no_errors_and_reads_back_every_write() {
 }
 
 #[test]
+fn prefill_writes_every_key_before_the_measured_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_keel-bench"))
+        .args([
+            "local",
+            "--transport",
+            "mem",
+            "--total",
+            "100",
+            "--clients",
+            "16",
+            "--key-space",
+            "3000",
+            "--prefill",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("keel-bench runs");
+    assert!(
+        out.status.success(),
+        "keel-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("json parses");
+    // The measured run is its 100 requests; every key was written before it, and is checked.
+    assert_eq!(report["ok"].as_u64(), Some(100), "{report}");
+    assert_eq!(report["verified_keys"].as_u64(), Some(3000), "{report}");
+    assert_eq!(
+        report["verification_failures"].as_u64(),
+        Some(0),
+        "{report}"
+    );
+}
+
+#[test]
 fn bad_arguments_are_named() {
     let out = Command::new(env!("CARGO_BIN_EXE_keel-bench"))
         .args(["local", "--duration", "soon"])

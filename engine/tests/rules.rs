@@ -337,28 +337,38 @@ fn a_probe_is_small_and_resent_only_when_the_follower_answers() {
         c.tick(1);
         c.deliver(common::Link::new(1, 3));
         c.deliver(common::Link::new(3, 1));
-        probe = c.in_flight().into_iter().find_map(|m| match m.body {
-            Body::Append { entries, .. } if m.to == 3 && !entries.is_empty() => Some(entries),
-            _ => None,
-        });
+        probe = c
+            .in_flight()
+            .into_iter()
+            .find(|m| m.to == 3 && entry_bytes(m) > 0);
         if probe.is_some() {
             break;
         }
     }
     let probe = probe.expect("a probe after the follower answered");
-    let bytes: usize = probe
-        .iter()
-        .map(|e| match &e.payload {
-            Payload::Command(data) => data.len(),
-            _ => 0,
-        })
-        .sum();
-    assert!(bytes <= 64 * 1024, "a probe of {bytes} bytes");
+    let bytes = entry_bytes(&probe);
+    assert!(
+        bytes <= 64 * 1024 + big.len() + 24,
+        "a probe of {bytes} bytes"
+    );
     c.deliver_all();
+    assert_caught_up(&c, 3);
+}
+
+/// The bytes of entries `m` carries (none unless it is an append).
+fn entry_bytes(m: &Message) -> usize {
+    match &m.body {
+        Body::Append { entries, .. } => entries.iter().map(Entry::size_bytes).sum(),
+        _ => 0,
+    }
+}
+
+fn assert_caught_up(c: &Cluster, id: NodeId) {
+    let leader = c.leader().expect("a leader");
     assert_eq!(
-        c.core(3).last_index(),
-        c.core(1).last_index(),
-        "3 caught up"
+        c.core(id).last_index(),
+        c.core(leader).last_index(),
+        "{id} caught up"
     );
 }
 
@@ -381,10 +391,7 @@ fn a_follower_is_sent_at_most_the_inflight_bytes_before_it_answers() {
         .in_flight()
         .iter()
         .filter(|m| m.to == 3)
-        .map(|m| match &m.body {
-            Body::Append { entries, .. } => entries.iter().map(Entry::size_bytes).sum(),
-            _ => 0,
-        })
+        .map(entry_bytes)
         .sum();
     // The window closes once 32 KiB are out; the append that crossed the line still went.
     assert!(
@@ -392,11 +399,7 @@ fn a_follower_is_sent_at_most_the_inflight_bytes_before_it_answers() {
         "{in_flight_to_3} bytes in flight to a follower that has not answered"
     );
     c.deliver_all();
-    assert_eq!(
-        c.core(3).last_index(),
-        c.core(1).last_index(),
-        "3 caught up"
-    );
+    assert_caught_up(&c, 3);
 }
 
 // ---------------------------------------------------------------- leases
