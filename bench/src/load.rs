@@ -84,6 +84,10 @@ struct Outstanding {
     request: Box<dyn Request>,
 }
 
+/// How late a request that finishes behind a slower, older one may be timed (it was timed when
+/// the oldest finished, which could add the oldest's whole delay to every request behind it).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(1);
+
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
 }
@@ -224,26 +228,46 @@ impl Worker<'_> {
                 }
                 continue;
             };
-            // Wait for the oldest request, but not past the next scheduled send.
-            let wait = match self.rate {
-                None => self.spec.request_timeout,
-                Some(rate) => {
-                    let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
-                    due.saturating_duration_since(Instant::now())
-                        .min(self.spec.request_timeout)
-                }
-            };
-            let done = front.request.wait_for(wait);
-            let timed_out = done.is_none() && front.start.elapsed() >= self.spec.request_timeout;
-            if done.is_none() && !timed_out {
+            // Wait for the oldest request, but not past the next scheduled send, and not past
+            // a sweep interval: newer requests may finish first, and each is timed when it does.
+            let mut wait = SWEEP_INTERVAL;
+            if let Some(rate) = self.rate {
+                let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            if let Some(outcome) = front.request.wait_for(wait) {
+                let o = outstanding.pop_front().expect("front exists");
+                self.finish(o, outcome, &mut result, &mut idle);
                 continue;
             }
-            let o = outstanding.pop_front().expect("front exists");
-            let latency_us = u64::try_from(o.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let outcome = done.unwrap_or(Err(Error::Timeout));
-            self.record(o, outcome, latency_us, &mut result, &mut idle);
+            // The oldest is still pending: take whatever else finished, and what timed out.
+            let mut i = 0;
+            while i < outstanding.len() {
+                let o = &outstanding[i];
+                let outcome = o.request.wait_for(Duration::ZERO).or_else(|| {
+                    (o.start.elapsed() >= self.spec.request_timeout).then_some(Err(Error::Timeout))
+                });
+                match outcome {
+                    Some(outcome) => {
+                        let o = outstanding.remove(i).expect("index in range");
+                        self.finish(o, outcome, &mut result, &mut idle);
+                    }
+                    None => i += 1,
+                }
+            }
         }
         result
+    }
+
+    fn finish(
+        &self,
+        o: Outstanding,
+        outcome: Result<Option<Index>, Error>,
+        result: &mut WorkerResult,
+        idle: &mut Vec<usize>,
+    ) {
+        let latency_us = u64::try_from(o.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.record(o, outcome, latency_us, result, idle);
     }
 
     /// Takes one request from the total budget, if there is one; its number across all workers.
