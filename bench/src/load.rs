@@ -356,3 +356,74 @@ impl Worker<'_> {
 pub fn key_bytes(prefix: &str, key: u64) -> Bytes {
     Bytes::from(format!("{prefix}-{key:012}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes that finish a fixed time after they start: the first slowly, the rest at once.
+    struct Delayed {
+        started: AtomicU64,
+    }
+
+    struct DelayedRequest {
+        ready: Instant,
+    }
+
+    impl Request for DelayedRequest {
+        fn wait_for(&self, timeout: Duration) -> Option<Result<Option<Index>, Error>> {
+            let left = self.ready.saturating_duration_since(Instant::now());
+            std::thread::sleep(left.min(timeout));
+            (Instant::now() >= self.ready).then_some(Ok(Some(1)))
+        }
+    }
+
+    impl Target for Delayed {
+        fn put(&self, _key: Bytes, _value: Bytes) -> Box<dyn Request> {
+            let n = self.started.fetch_add(1, Ordering::Relaxed);
+            let delay = if n == 0 { 300 } else { 0 };
+            Box::new(DelayedRequest {
+                ready: Instant::now() + Duration::from_millis(delay),
+            })
+        }
+
+        fn get(&self, _key: Bytes, _lease: bool) -> Box<dyn Request> {
+            unreachable!("the test only writes")
+        }
+
+        fn read_back(&self, keys: &[Bytes]) -> Vec<Result<Option<Bytes>, Error>> {
+            keys.iter().map(|_| Ok(None)).collect()
+        }
+    }
+
+    #[test]
+    fn a_request_behind_a_slow_one_is_timed_when_it_finishes() {
+        let spec = LoadSpec {
+            clients: 2,
+            workers: 1,
+            duration: None,
+            total: Some(2),
+            value_size: 8,
+            key_space: 10,
+            read_ratio: 0.0,
+            rate: None,
+            lease_reads: false,
+            request_timeout: Duration::from_secs(5),
+            key_prefix: "t".into(),
+            seed: 1,
+            sequential_keys: false,
+        };
+        let target = Arc::new(Delayed {
+            started: AtomicU64::new(0),
+        });
+        let result = run(target, &spec, &Ledger::new("t", 10), &AtomicU64::new(0));
+        let h = &result.write_latency_us;
+        assert_eq!(h.len(), 2);
+        assert!(h.max() >= 300_000, "the slow write: {} us", h.max());
+        assert!(
+            h.min() < 100_000,
+            "the fast write was timed at {} us",
+            h.min()
+        );
+    }
+}
