@@ -204,6 +204,7 @@ impl<S: StateMachine> Node<S> {
             events: applier_events_tx,
             store: store.clone(),
             snapshot_threshold_entries: config.snapshot_threshold_entries,
+            snapshot_spacing_percent: applier::snapshot_spacing_percent(config.id),
             applied_bytes_since_snapshot: 0,
             // After a restart the snapshot on disk is the one the next must be paid for against.
             last_snapshot_bytes: Arc::new(AtomicU64::new(
