@@ -56,20 +56,23 @@ fn a_snapshot_of_hundreds_of_chunks_streams_with_a_few_in_memory() {
             .put(format!("key-{i:03}"), value(i), WAIT)
             .expect("put");
     }
-    eventually("the leader snapshots most of the keys", || {
+    // Snapshots come at 85-100% of 16 entries, then once the entries since the last one are
+    // about as large as it was: by the 48th put the leader has taken its second, at index 24
+    // or later, whatever its id.
+    eventually("the leader snapshots half of the keys", || {
         cluster
             .node(leader)
             .status()
             .expect("status")
             .snapshot_index
-            >= 32
+            >= 24
     });
     cluster.restart(follower);
     cluster.converge(last);
 
     let status = cluster.node(follower).status().expect("status");
     assert!(
-        status.snapshot_index >= 32,
+        status.snapshot_index >= 24,
         "the follower installed the leader's snapshot: {status:?}"
     );
     {
@@ -81,9 +84,9 @@ fn a_snapshot_of_hundreds_of_chunks_streams_with_a_few_in_memory() {
     }
     let received = cluster.transport(follower).metrics().snapshot();
     assert!(
-        // At least 32 entries' worth (the snapshot at index 32 or later): 16 MiB in 64 KiB chunks,
+        // At least 24 entries' worth (the snapshot at index 24 or later): 12 MiB in 64 KiB chunks,
         // less the leader's few entries that are not puts.
-        received.peers[&leader].snapshot_chunks_received >= 240,
+        received.peers[&leader].snapshot_chunks_received >= 160,
         "the snapshot came in many chunks: {:?}",
         received.peers[&leader]
     );
