@@ -639,3 +639,42 @@ fn compacted_entries_are_freed_off_the_driver_thread() {
         "the driver freed compacted entries"
     );
 }
+
+#[test]
+fn the_leader_takes_proposals_once_per_log_sync() {
+    // While its last write is being synced the leader leaves proposals queued, then takes them
+    // all as one batch: one append to each follower per sync, not one per arrival.
+    let cluster = Cluster::new(3);
+    let leader = cluster.node(cluster.leader()).clone();
+    let metrics = leader.metrics();
+    let syncs_before = NodeMetrics::get(&metrics.wal_syncs);
+    let batches_before = metrics.proposal_batch_entries.snapshot().count;
+    // Closed-loop clients: proposals arrive one by one, spread over each sync.
+    let threads: Vec<_> = (0..32)
+        .map(|t| {
+            let leader = leader.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let command = keel_engine::kv::KvCommand::Put {
+                        key: Bytes::from(format!("k{t}-{i}")),
+                        value: Bytes::from_static(b"v"),
+                    };
+                    leader
+                        .propose(command.encode())
+                        .wait(WAIT)
+                        .expect("committed");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("proposer");
+    }
+    let syncs = NodeMetrics::get(&metrics.wal_syncs) - syncs_before;
+    let batches = metrics.proposal_batch_entries.snapshot();
+    let batch_count = batches.count - batches_before;
+    assert!(
+        batch_count <= syncs,
+        "{batch_count} proposal batches in {syncs} log syncs"
+    );
+}

@@ -197,6 +197,7 @@ impl<S: StateMachine> Node<S> {
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
         let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
         let stopped = Arc::new(AtomicBool::new(false));
+        let applied_progress = Arc::new(AtomicU64::new(applied));
 
         let applier = Applier {
             sm: sm.clone(),
@@ -214,6 +215,7 @@ impl<S: StateMachine> Node<S> {
                     .map_or(0, |m| m.len()),
             )),
             applied,
+            progress: applied_progress.clone(),
             last_snapshot: snapshot_index,
             metrics: metrics.clone(),
             subscribers: subscribers.clone(),
@@ -228,6 +230,7 @@ impl<S: StateMachine> Node<S> {
             proposals: proposals_rx,
             control: control_rx,
             applier_events: applier_events_rx,
+            applied: applied_progress,
             apply: apply_tx,
             store: store.clone(),
             metrics: metrics.clone(),
