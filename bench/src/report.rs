@@ -161,7 +161,7 @@ impl Report {
             let _ = writeln!(o, "\nStorage:");
             let _ = writeln!(
                 o,
-                "  raw fdatasync (4 KiB append, same directory): p50 {}  p99 {}",
+                "  raw fdatasync (4 KiB write into a zero-filled file, same directory): p50 {}  p99 {}",
                 ms(f.p50_us as f64),
                 ms(f.p99_us as f64)
             );

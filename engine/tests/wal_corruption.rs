@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use keel_engine::core::{Entry, HardState, Index, Payload, Write};
 use keel_engine::wal::record::{self, Record};
-use keel_engine::wal::segment::SegmentHeader;
+use keel_engine::wal::segment::{self, SegmentHeader};
 use keel_engine::wal::{IndexRange, Recovered, Wal, WalError, WalOptions};
 
 const SEGMENT_BYTES_MAX: u64 = 2048;
@@ -79,7 +79,7 @@ impl Fixture {
         let (last_write_offset, entries_before_last_write) = loop {
             let segments_before = wal.segment_paths().len();
             let last = wal.segment_paths().pop().unwrap();
-            let offset = fs::metadata(&last).unwrap().len();
+            let offset = written_len(&last);
             let before = entries.len();
             write_group(&mut wal, &mut entries, 1);
             if wal.segment_paths().len() == segments_before {
@@ -89,6 +89,15 @@ impl Fixture {
         let segments = wal.segment_paths();
         assert!(segments.len() >= 5, "the fixture needs several segments");
         drop(wal);
+        // The damage below is to what was written: the zeros the last segment was filled with
+        // ahead of use go (`a_zero_filled_tail_is_space_not_yet_used` covers them).
+        let last = segments.last().unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(last)
+            .unwrap()
+            .set_len(written_len(last))
+            .unwrap();
         let originals = segments.iter().map(|p| fs::read(p).unwrap()).collect();
         Fixture {
             _tmp: tmp,
@@ -148,6 +157,14 @@ impl Fixture {
         assert!(rec.entries.len() as u64 >= rec.hard_state.commit);
         rec
     }
+}
+
+/// Where a segment's records end: its length, less any zeros it was filled with ahead of use.
+fn written_len(path: &Path) -> u64 {
+    let bytes = fs::read(path).unwrap();
+    segment::scan(&bytes)
+        .unwritten_from
+        .unwrap_or(bytes.len() as u64)
 }
 
 fn damage(path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {

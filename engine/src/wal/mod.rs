@@ -4,11 +4,13 @@
 //! [`WalOptions::segment_bytes_max`] (a single larger record gets a segment to itself). Every
 //! change the core asks for in a [`Write`] becomes one checksummed record — snapshot, truncation,
 //! entries, then hard state, in that order — appended to the last segment. See [`record`] and
-//! [`segment`] for the byte layouts.
+//! [`segment`] for the byte layouts. Segments after the first are zero-filled ahead of use by a
+//! background thread (see `spare`), so that a sync flushes data without committing a new file
+//! size; a segment is trimmed to its last record when it is sealed.
 //!
 //! Guarantees:
-//! - [`Wal::sync`] returns only after `fdatasync` (and, when a segment was created or removed, an
-//!   `fsync` of the directory) returned: what it covers survives a crash. The [`LogWriter`]
+//! - [`Wal::sync`] returns only after `fdatasync` (and, when a segment was created, renamed into
+//!   place or removed, an `fsync` of the directory) returned: what it covers survives a crash. The [`LogWriter`]
 //!   reports a write durable only after that.
 //! - Recovery ([`Wal::open`]) returns exactly the log the durable writes describe. A torn tail
 //!   (damage in the last segment with nothing valid after it) is cut and reported in
@@ -31,6 +33,7 @@ pub mod record;
 mod recovery;
 #[doc(hidden)]
 pub mod segment;
+mod spare;
 mod state;
 mod writer;
 
@@ -42,6 +45,7 @@ use std::time::{Duration, Instant};
 use self::ledger::{DurablePoint, SyncLedger};
 use self::record::{Record, INDEX_MAX, PREFIX_BYTES, RECORD_BODY_BYTES_MAX};
 use self::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
+use self::spare::Spare;
 use self::state::{LogState, Slot};
 use crate::core::{Entry, HardState, Index, SnapshotMeta, Term, Write};
 
@@ -238,6 +242,11 @@ pub struct Wal {
     active: File,
     /// Bytes of the active segment already handed to `write`.
     active_written_bytes: u64,
+    /// The active segment's length on disk: up to there it was zero-filled ahead of use, and
+    /// writing changes no metadata (see [`spare`]).
+    active_file_bytes: u64,
+    /// The next segment, being zero-filled (none when nothing is synced anyway).
+    spare: Option<Spare>,
     /// Where the active segment's own records begin (after header and checkpoint): a segment
     /// holding nothing else is never sealed, so every record fits somewhere.
     active_payload_start: u64,
@@ -302,6 +311,11 @@ impl Wal {
             .write(true)
             .open(&path)
             .map_err(io_error("open the active segment", &path))?;
+        let spare = Spare::start_unless_unsynced(dir, &opts)?;
+        let active_file_bytes = active
+            .metadata()
+            .map_err(io_error("read the active segment's length", &path))?
+            .len();
         let (state, slots) = split_state(found.state);
         let recovered = Recovered {
             hard_state: state.hard_state,
@@ -320,6 +334,8 @@ impl Wal {
             segments: found.segments,
             active,
             active_written_bytes: found.active_len_bytes,
+            active_file_bytes,
+            spare,
             active_payload_start: SEGMENT_HEADER_BYTES as u64,
             buf: Vec::new(),
             data_unsynced: false,
@@ -343,6 +359,7 @@ impl Wal {
             .sync_ledger
             .then(|| SyncLedger::open(dir))
             .transpose()?;
+        let spare = Spare::start_unless_unsynced(dir, &opts)?;
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
@@ -353,6 +370,8 @@ impl Wal {
             }],
             active,
             active_written_bytes: 0,
+            active_file_bytes: 0,
+            spare,
             active_payload_start: 0,
             buf: Vec::new(),
             data_unsynced: false,
@@ -470,8 +489,15 @@ impl Wal {
             return Err(WalError::RecordTooLarge { body_bytes });
         }
         let end = self.active_end_bytes();
-        if end + record_bytes as u64 > self.opts.segment_bytes_max
-            && end > self.active_payload_start
+        let past_end = end + record_bytes as u64;
+        // Past the zero-filled part, a ready spare is worth a new segment: every write in it is
+        // cheaper to sync than one that grows a file. Taken only between groups, when all before
+        // is synced: a group still costs one write and one fdatasync.
+        let spare_due = past_end > self.active_file_bytes
+            && self.buf.is_empty()
+            && !self.data_unsynced
+            && self.spare.as_ref().is_some_and(Spare::ready);
+        if (past_end > self.opts.segment_bytes_max || spare_due) && end > self.active_payload_start
         {
             self.roll()?;
         }
@@ -519,14 +545,48 @@ impl Wal {
     fn roll(&mut self) -> Result<(), WalError> {
         self.write_buf()?;
         self.sync_data()?;
+        self.trim_active()?;
         let seq = self.active_seq() + 1;
         let first_index = self.state.next_index();
         let path = segment_path(&self.dir, seq);
-        self.active = create_segment_file(&path)?;
+        let taken = match &mut self.spare {
+            Some(spare) => spare.take(&path)?,
+            None => None,
+        };
+        (self.active, self.active_file_bytes) = match taken {
+            Some(prepared) => prepared,
+            None => (create_segment_file(&path)?, 0),
+        };
         self.active_written_bytes = 0;
         self.segments.push(SegmentMeta { seq, first_index });
         self.dir_unsynced = true;
         self.begin_segment(seq, first_index)
+    }
+
+    /// Cuts the unused zeros off the segment being sealed, durably, before the next segment
+    /// exists: a sealed segment ends with its last record, so anything else there is damage.
+    fn trim_active(&mut self) -> Result<(), WalError> {
+        if self.active_file_bytes <= self.active_written_bytes {
+            return Ok(());
+        }
+        let path = self.active_path();
+        let trimmed = self
+            .active
+            .set_len(self.active_written_bytes)
+            .and_then(|()| match self.opts.sync {
+                SyncMode::Fdatasync => self.active.sync_all(),
+                SyncMode::UnsafeNoFsync => Ok(()),
+            });
+        if let Err(source) = trimmed {
+            self.stopped = true;
+            return Err(WalError::Io {
+                op: "trim a sealed segment",
+                path,
+                source,
+            });
+        }
+        self.active_file_bytes = self.active_written_bytes;
+        Ok(())
     }
 
     /// Buffers a new segment's header and checkpoint: the current hard state and snapshot, so the
@@ -587,6 +647,7 @@ impl Wal {
         self.stats.write_calls += 1;
         self.stats.bytes_written += self.buf.len() as u64;
         self.active_written_bytes += self.buf.len() as u64;
+        self.active_file_bytes = self.active_file_bytes.max(self.active_written_bytes);
         self.buf.clear();
         self.data_unsynced = true;
         Ok(())

@@ -5,7 +5,8 @@
 //! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
 //!   so any damage in it is corruption;
 //! - in the last segment, damage followed by nothing valid is a torn tail (the last, unsynced
-//!   group); damage followed by a valid record is corruption;
+//!   group); damage followed by a valid record is corruption; zeros to the end are space
+//!   zero-filled ahead of use, where appends continue;
 //! - every record obeys the log's rules ([`LogState`]);
 //! - the log covers everything up to the recovered commit index, and has no hole after its
 //!   snapshot.
@@ -166,6 +167,17 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
             first_index: header.first_index,
         });
         active_len_bytes = bytes.len() as u64;
+        if let Some(from) = scan.unwritten_from {
+            if !is_last {
+                return Err(corrupt(
+                    from,
+                    IndexRange::starting_at(log.next_index()),
+                    "zeros at the end of a sealed segment (sealing cuts what was never written)"
+                        .into(),
+                ));
+            }
+            active_len_bytes = from;
+        }
 
         if let Some(damage) = scan.damage {
             let from = log.next_index();

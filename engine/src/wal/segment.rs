@@ -12,6 +12,7 @@
 //! ```
 //!
 //! Segments are named `{seq:020}.wal` so that they sort by name; sequence numbers have no gaps.
+//! The last segment may run on in zeros after its last record: space filled ahead of use.
 
 use std::path::{Path, PathBuf};
 
@@ -102,6 +103,9 @@ pub struct Scan {
     pub records: Vec<(u64, Record)>,
     /// `None` when every byte was accounted for.
     pub damage: Option<Damage>,
+    /// Where a run of zeros that ends the segment begins: space zero-filled ahead of use and not
+    /// written yet (no record starts with a zero length).
+    pub unwritten_from: Option<u64>,
 }
 
 /// Where a segment stopped being valid.
@@ -127,16 +131,22 @@ pub fn scan(bytes: &[u8]) -> Scan {
                 reason: reason.clone(),
                 valid_after: find_valid_record(bytes, 1),
             }),
+            unwritten_from: None,
         };
     }
     let mut records = Vec::new();
     let mut at = SEGMENT_HEADER_BYTES;
     let mut damage = None;
+    let mut unwritten_from = None;
     while at < bytes.len() {
         match record::decode(&bytes[at..]) {
             Ok((r, n)) => {
                 records.push((at as u64, r));
                 at += n;
+            }
+            Err(_) if all_zero(&bytes[at..]) => {
+                unwritten_from = Some(at as u64);
+                break;
             }
             Err(e) => {
                 damage = Some(Damage {
@@ -152,7 +162,12 @@ pub fn scan(bytes: &[u8]) -> Scan {
         header,
         records,
         damage,
+        unwritten_from,
     }
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
 }
 
 fn describe(e: DecodeError) -> String {
@@ -168,6 +183,10 @@ fn describe(e: DecodeError) -> String {
 /// record after the damage means the damage is inside the log, not at its end. This tries every
 /// offset: most are refused by the length check before any checksum is computed.
 pub fn find_valid_record(bytes: &[u8], from: usize) -> Option<(u64, Record)> {
+    // A segment zero-filled ahead of use and torn at its header: nothing to try.
+    if bytes.get(from..).is_none_or(all_zero) {
+        return None;
+    }
     (from..bytes.len()).find_map(|at| {
         record::decode(&bytes[at..])
             .ok()
