@@ -14,8 +14,17 @@ use hdrhistogram::Histogram;
 
 const BLOCK_BYTES: u64 = 4096;
 
+/// How the probe writes before each fdatasync.
+#[derive(Clone, Copy, Debug)]
+pub enum Method {
+    /// Into a file zero-filled beforehand: the log's way, and the limit its ratios use.
+    IntoZeroFilled,
+    /// At the end of the file, growing it: for comparison.
+    Append,
+}
+
 /// Microseconds per 4 KiB write + fdatasync, over `rounds` rounds.
-pub fn probe(dir: &Path, rounds: u32) -> std::io::Result<Histogram<u64>> {
+pub fn probe(dir: &Path, rounds: u32, method: Method) -> std::io::Result<Histogram<u64>> {
     let path = dir.join("fdatasync-probe");
     let file = OpenOptions::new()
         .create(true)
@@ -23,10 +32,12 @@ pub fn probe(dir: &Path, rounds: u32) -> std::io::Result<Histogram<u64>> {
         .read(true)
         .write(true)
         .open(&path)?;
-    let len = BLOCK_BYTES * u64::from(rounds);
-    let zeros = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-    file.write_all_at(&zeros, 0)?;
-    file.sync_all()?;
+    if let Method::IntoZeroFilled = method {
+        let len = BLOCK_BYTES * u64::from(rounds);
+        let zeros = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        file.write_all_at(&zeros, 0)?;
+        file.sync_all()?;
+    }
     let block = vec![0x5au8; BLOCK_BYTES as usize];
     let mut h = Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
     for round in 0..u64::from(rounds) {
