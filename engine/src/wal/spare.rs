@@ -24,11 +24,12 @@ use super::{io_error, SyncMode, WalError, WalOptions};
 const SPARE_FILE_NAME: &str = "spare.wal.tmp";
 /// The first spare's size.
 const FIRST_SPARE_BYTES: u64 = 4 << 20;
-const ZEROS_BYTES: usize = 1 << 20;
-/// A pause after each MiB of zeros is synced. Written at full speed, tens of MiB of zeros filled
-/// the disk's queue and the log's own syncs behind them took up to 40 ms; paced, a whole
-/// segment still takes under a second, well before the log (at most a few tens of MiB/s) needs it.
-const PACE: Duration = Duration::from_millis(10);
+/// Zeros are written and synced this much at a time, then the thread pauses for `PACE`. At full
+/// speed, tens of MiB of zeros filled the disk's queue and the log's own syncs behind them took
+/// up to 40 ms; in small paced steps a whole segment still takes about a second, well before the
+/// log (at most a few tens of MiB/s) needs it.
+const ZEROS_BYTES: usize = 256 << 10;
+const PACE: Duration = Duration::from_micros(2500);
 
 #[derive(Debug)]
 pub(super) struct Spare {
