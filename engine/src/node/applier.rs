@@ -279,11 +279,11 @@ impl<S: StateMachine> Applier<S> {
     }
 }
 
-/// Lowers this thread's scheduling priority. Serializing a large state takes seconds of CPU,
-/// and on a small machine every node of a cluster may do it at once (they reach the same index
-/// together): at normal priority that delayed drivers and log writers by hundreds of
-/// milliseconds. On Linux a nice value is per thread; elsewhere this does nothing.
-fn yield_to_other_threads() {
+/// Lowers this thread's scheduling priority, for background work: serializing a large state
+/// takes seconds of CPU, and on a small machine every node of a cluster may do it at once (they
+/// reach the same index together): at normal priority that delayed drivers and log writers by
+/// hundreds of milliseconds. On Linux a nice value is per thread; elsewhere this does nothing.
+pub(crate) fn yield_to_other_threads() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
         // Not being allowed to is no reason to skip the snapshot.

@@ -889,7 +889,11 @@ fn release_elsewhere(node: NodeId, entries: VecDeque<Entry>) {
     }
     let spawned = std::thread::Builder::new()
         .name(format!("keel-release-{node}"))
-        .spawn(move || drop(entries));
+        .spawn(move || {
+            // Freeing up to a million buffers is seconds of CPU nobody waits for.
+            super::applier::yield_to_other_threads();
+            drop(entries);
+        });
     if let Err(e) = spawned {
         // The entries went with the failed closure; they were dropped here, just slower.
         tracing::warn!(node, error = %e, "cannot start a thread to free compacted entries");
