@@ -10,8 +10,8 @@
 //!
 //! Guarantees:
 //! - [`Wal::sync`] returns only after `fdatasync` (and, when a segment was created, renamed into
-//!   place or removed, an `fsync` of the directory) returned: what it covers survives a crash. The [`LogWriter`]
-//!   reports a write durable only after that.
+//!   place or removed, an `fsync` of the directory) returned: what it covers survives a crash.
+//!   The [`LogWriter`] reports a write durable only after that.
 //! - Recovery ([`Wal::open`]) returns exactly the log the durable writes describe. A torn tail
 //!   (damage in the last segment with nothing valid after it) is cut and reported in
 //!   [`Recovered::torn_tail`]. Any other damage — a bad record before valid ones, damage in a

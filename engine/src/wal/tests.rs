@@ -589,6 +589,14 @@ fn a_log_without_a_ledger_refuses_a_simulated_power_loss() {
     assert!(ledger::cut_to_durable(dir.path()).is_err());
 }
 
+/// A log that has moved into a zero-filled segment, and the next index to append.
+fn log_in_a_spare(dir: &std::path::Path) -> (Wal, Index) {
+    let (mut wal, _) = Wal::open(dir, WalOptions::default()).unwrap();
+    let mut next = 1;
+    append_until_in_a_spare(&mut wal, &mut next);
+    (wal, next)
+}
+
 /// Appends one-entry groups until the log has moved into a zero-filled spare segment.
 fn append_until_in_a_spare(wal: &mut Wal, next: &mut Index) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -604,9 +612,7 @@ fn append_until_in_a_spare(wal: &mut Wal, next: &mut Index) {
 #[test]
 fn appends_go_into_a_zero_filled_segment_and_its_zeros_are_not_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let mut next = 1;
-    append_until_in_a_spare(&mut wal, &mut next);
+    let (mut wal, mut next) = log_in_a_spare(dir.path());
     // Writing into the spare does not grow the file: a sync then flushes data alone.
     let path = wal.segment_paths().pop().unwrap();
     let file_len = std::fs::metadata(&path).unwrap().len();
@@ -632,9 +638,7 @@ fn appends_go_into_a_zero_filled_segment_and_its_zeros_are_not_damage() {
 #[test]
 fn a_torn_write_in_zero_filled_space_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    let mut next = 1;
-    append_until_in_a_spare(&mut wal, &mut next);
+    let (wal, next) = log_in_a_spare(dir.path());
     let (path, end) = (wal.segment_paths().pop().unwrap(), wal.active_written_bytes);
     drop(wal);
     // Half a record's worth of bytes reached the disk after the last synced write.
