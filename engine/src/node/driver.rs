@@ -165,7 +165,6 @@ impl Driver {
             // time they cost an append to each follower, a follower write and an
             // acknowledgement each. At 40,000 writes/s that was 7,600 batches a second of about
             // five; one per sync made them ~30, and halved the latency on a busy machine.
-            self.core.applied(self.applied.load(Ordering::Acquire));
             let lag = self
                 .core
                 .commit_index()
@@ -189,6 +188,8 @@ impl Driver {
             if !self.cfg.manual_ticks {
                 self.catch_up_ticks(started);
             }
+            // Before acting on the wake: a snapshot saved at an index must find it applied.
+            // (The throttle above sees it on the next turn; ticks keep turns coming.)
             self.core.applied(self.applied.load(Ordering::Acquire));
             let turn_started = Instant::now();
             let kind = wake.kind();
