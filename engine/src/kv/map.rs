@@ -10,7 +10,9 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::DefaultHashBuilder;
+
+use super::table::{prefetch, Entry, Table};
 
 /// Shards per map. With uniform keys the writes after a snapshot copy the whole map, shard by
 /// shard as each is first written: with many small shards (about 60 entries each at 1 M keys)
@@ -19,37 +21,31 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 /// applier of every node fell ~10,000 entries behind at each snapshot. Cloning the shard list
 /// for a snapshot costs one reference count per shard, well under a millisecond.
 const SHARDS: usize = 16 * 1024;
-/// Where in the hash the shard's bits start: above any table's bucket bits, below the tag's.
+/// Where in the hash the shard's bits start: above any table's slot bits.
 const SHARD_SHIFT: u32 = 32;
 
-/// A key and its value, in one allocation.
-#[derive(Clone, Debug)]
-struct Entry {
-    bytes: Arc<[u8]>,
-    key_len: usize,
+/// A key and its hash, computed once for the prefetches ahead of its command and its execution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Key<'a> {
+    bytes: &'a [u8],
+    hash: u64,
 }
 
-impl Entry {
-    fn new(key: &[u8], value: &[u8]) -> Self {
-        Self {
-            // A chain of slice iterators has an exact length: one allocation, no Vec first.
-            bytes: key.iter().chain(value).copied().collect(),
-            key_len: key.len(),
-        }
-    }
-
-    fn key(&self) -> &[u8] {
-        &self.bytes[..self.key_len]
-    }
-
-    fn value(&self) -> &[u8] {
-        &self.bytes[self.key_len..]
-    }
+/// What [`ShardedMap::prefetch`] asks the cache for: each stage reads what the one before
+/// brought in, so a command's stages are issued a few commands apart.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Prefetch {
+    /// The shard's header: its reference count and where its slots are.
+    Shard,
+    /// The slot where the key's probe starts.
+    Slot,
+    /// The entry the probe will compare the key with.
+    Entry,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct ShardedMap {
-    shards: Vec<Arc<HashTable<Entry>>>,
+    shards: Vec<Arc<Table>>,
     /// Seeded at random per process: clients choose keys, and must not choose collisions.
     hasher: DefaultHashBuilder,
     len: usize,
@@ -58,7 +54,7 @@ pub(crate) struct ShardedMap {
 impl Default for ShardedMap {
     fn default() -> Self {
         // One shared empty table: a shard gets its own on its first write.
-        let empty = Arc::new(HashTable::new());
+        let empty = Arc::new(Table::default());
         Self {
             shards: vec![empty; SHARDS],
             hasher: DefaultHashBuilder::default(),
@@ -68,62 +64,77 @@ impl Default for ShardedMap {
 }
 
 impl ShardedMap {
-    /// The key's hash, and the shard that bits from its middle pick. The table inside the
-    /// shard uses the low bits for the bucket and the top seven as each slot's tag: taking the
-    /// shard from the top bits gave every key of a shard the same tag, so each probe compared
-    /// keys byte by byte along the whole group.
-    fn locate(&self, key: &[u8]) -> (u64, usize) {
-        let hash = self.hasher.hash_one(key);
-        (hash, (hash >> SHARD_SHIFT) as usize & (SHARDS - 1))
+    pub(crate) fn key<'a>(&self, bytes: &'a [u8]) -> Key<'a> {
+        Key {
+            bytes,
+            hash: self.hasher.hash_one(bytes),
+        }
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let (hash, shard) = self.locate(key);
-        self.shards[shard]
-            .find(hash, |e| e.key() == key)
-            .map(Entry::value)
+    /// The shard that bits from the middle of the hash pick; the table uses the low bits.
+    fn shard(&self, key: Key<'_>) -> &Arc<Table> {
+        &self.shards[(key.hash >> SHARD_SHIFT) as usize & (SHARDS - 1)]
     }
 
-    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) {
-        let (hash, shard) = self.locate(key);
-        let hasher = &self.hasher;
-        let table = Arc::make_mut(&mut self.shards[shard]);
-        let entry = Entry::new(key, value);
-        match table.entry(hash, |e| e.key() == key, |e| hasher.hash_one(e.key())) {
-            // Replaced whole: the old allocation (old key and value) goes at once.
-            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = entry,
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(entry);
-                self.len += 1;
-            }
+    fn shard_mut(&mut self, key: Key<'_>) -> &mut Table {
+        Arc::make_mut(&mut self.shards[(key.hash >> SHARD_SHIFT) as usize & (SHARDS - 1)])
+    }
+
+    pub(crate) fn get(&self, key: Key<'_>) -> Option<&[u8]> {
+        self.shard(key).get(key.hash, key.bytes).map(Entry::value)
+    }
+
+    pub(crate) fn insert(&mut self, key: Key<'_>, value: &[u8]) {
+        let entry = Entry::new(key.bytes, value);
+        if self.shard_mut(key).insert(key.hash, entry) {
+            self.len += 1;
         }
     }
 
     /// Removes `key`; whether it was there.
-    pub(crate) fn remove(&mut self, key: &[u8]) -> bool {
-        let (hash, shard) = self.locate(key);
+    pub(crate) fn remove(&mut self, key: Key<'_>) -> bool {
         // Look before writing: a miss must not copy a shared shard.
-        if self.shards[shard].find(hash, |e| e.key() == key).is_none() {
+        if self.shard(key).get(key.hash, key.bytes).is_none() {
             return false;
         }
-        let table = Arc::make_mut(&mut self.shards[shard]);
-        let Ok(entry) = table.find_entry(hash, |e| e.key() == key) else {
-            return false;
-        };
-        entry.remove();
-        self.len -= 1;
-        true
+        let removed = self.shard_mut(key).remove(key.hash, key.bytes);
+        self.len -= usize::from(removed);
+        removed
+    }
+
+    /// Asks the cache for one stage of `key`'s next access, without waiting for it.
+    pub(crate) fn prefetch(&self, key: Key<'_>, stage: Prefetch) {
+        let shard = self.shard(key);
+        match stage {
+            Prefetch::Shard => {
+                // The reference count sits just before the table; the two may straddle a line.
+                let table = Arc::as_ptr(shard).cast::<u8>();
+                prefetch(table.wrapping_sub(16));
+                prefetch(table.wrapping_add(size_of::<Table>() - 1));
+            }
+            Prefetch::Slot => shard.prefetch_slot(key.hash),
+            Prefetch::Entry => shard.prefetch_entry(key.hash),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Every key and its value, in no particular order.
+    /// Every key and its value, in no particular order. Entries live wherever they were
+    /// allocated: the iterator asks for each a few entries before it yields it, so that a
+    /// full scan (a snapshot) waits on memory a few times less.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.shards
-            .iter()
-            .flat_map(|shard| shard.iter().map(|e| (e.key(), e.value())))
+        const AHEAD: usize = 8;
+        let entries = || self.shards.iter().flat_map(|shard| shard.entries());
+        let mut lead = entries();
+        lead.by_ref().take(AHEAD).for_each(Entry::prefetch);
+        entries().map(move |e| {
+            if let Some(next) = lead.next() {
+                next.prefetch();
+            }
+            (e.key(), e.value())
+        })
     }
 }
 
@@ -138,38 +149,38 @@ mod tests {
         for i in 0..5_000u32 {
             let key = format!("k{}", i % 1_700).into_bytes();
             match i % 5 {
-                0 => assert_eq!(m.remove(&key), model.remove(&key).is_some()),
+                0 => assert_eq!(m.remove(m.key(&key)), model.remove(&key).is_some()),
                 _ => {
-                    m.insert(&key, i.to_string().as_bytes());
+                    m.insert(m.key(&key), i.to_string().as_bytes());
                     model.insert(key, i.to_string().into_bytes());
                 }
             }
             assert_eq!(m.len(), model.len());
         }
         for (k, v) in &model {
-            assert_eq!(m.get(k), Some(&v[..]));
+            assert_eq!(m.get(m.key(k)), Some(&v[..]));
         }
         let mut all: Vec<_> = m.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         all.sort();
         assert_eq!(all, model.into_iter().collect::<Vec<_>>());
         // Empty keys and values are keys and values too.
-        m.insert(b"", b"");
-        assert_eq!(m.get(b""), Some(&b""[..]));
+        m.insert(m.key(b""), b"");
+        assert_eq!(m.get(m.key(b"")), Some(&b""[..]));
     }
 
     #[test]
     fn a_frozen_copy_does_not_see_later_writes() {
         let mut m = ShardedMap::default();
         for i in 0..1_000 {
-            m.insert(format!("k{i}").as_bytes(), b"old");
+            m.insert(m.key(format!("k{i}").as_bytes()), b"old");
         }
         let frozen = m.clone();
-        m.insert(b"k1", b"new");
-        assert!(m.remove(b"k2"));
-        assert!(!m.remove(b"k2"));
-        assert_eq!(frozen.get(b"k1"), Some(&b"old"[..]));
-        assert_eq!(m.get(b"k1"), Some(&b"new"[..]));
-        assert_eq!(frozen.get(b"k2"), Some(&b"old"[..]));
+        m.insert(m.key(b"k1"), b"new");
+        assert!(m.remove(m.key(b"k2")));
+        assert!(!m.remove(m.key(b"k2")));
+        assert_eq!(frozen.get(frozen.key(b"k1")), Some(&b"old"[..]));
+        assert_eq!(m.get(m.key(b"k1")), Some(&b"new"[..]));
+        assert_eq!(frozen.get(frozen.key(b"k2")), Some(&b"old"[..]));
         assert_eq!((frozen.len(), m.len()), (1_000, 999));
         // Only the written shards were copied.
         let shared = frozen
@@ -182,21 +193,39 @@ mod tests {
     }
 
     #[test]
-    fn keys_of_one_shard_have_varied_tags() {
-        // hashbrown tags each slot with the hash's top seven bits and compares keys only where
-        // the tag matches: if the shard choice fixed those bits, every probe would compare keys.
+    fn keys_of_one_shard_start_their_probes_all_over_its_slots() {
+        // A table probes from the hash's low bits: if the shard choice fixed those bits too,
+        // every key of a shard would start at the same slot and probe through all the others.
         let m = ShardedMap::default();
-        let mut tags = std::collections::HashSet::new();
+        let mut homes = std::collections::HashSet::new();
         for i in 0..1_000_000u32 {
-            let (hash, shard) = m.locate(&i.to_le_bytes());
-            if shard < 8 {
-                tags.insert(hash >> 57);
+            let bytes = i.to_le_bytes();
+            let key = m.key(&bytes);
+            if (key.hash >> SHARD_SHIFT) as usize % SHARDS < 8 {
+                homes.insert(key.hash & 127);
             }
         }
         assert!(
-            tags.len() > 64,
-            "only {} of 128 tags in 8 shards",
-            tags.len()
+            homes.len() > 100,
+            "only {} of 128 homes in 8 shards",
+            homes.len()
         );
+    }
+
+    #[test]
+    fn the_prefetching_scan_yields_every_entry_once() {
+        let mut m = ShardedMap::default();
+        // Fewer entries than the scan looks ahead, and many more.
+        for n in [0u32, 3, 5_000] {
+            for i in 0..n {
+                m.insert(m.key(&i.to_le_bytes()), b"v");
+            }
+            let mut seen: Vec<u32> = m
+                .iter()
+                .map(|(k, _)| u32::from_le_bytes(k.try_into().expect("4 bytes")))
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        }
     }
 }

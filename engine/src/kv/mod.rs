@@ -6,11 +6,12 @@
 //! taken in constant time on the apply path and serialized on the snapshot thread.
 
 mod map;
+mod table;
 
 use std::io::{self, Read};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::core::Index;
 use crate::node::{Command, Error, Node, SnapshotSource, StateMachine, StateMachineError};
@@ -73,8 +74,8 @@ impl KvCommand {
             KvCommand::CompareAndSwap { key, expected, new } => {
                 b.put_u8(TAG_CAS);
                 put_bytes(&mut b, key);
-                put_option(&mut b, expected);
-                put_option(&mut b, new);
+                put_option(&mut b, expected.as_deref());
+                put_option(&mut b, new.as_deref());
             }
         }
         b.freeze()
@@ -82,28 +83,69 @@ impl KvCommand {
 
     /// Decodes a command; `None` when the bytes are not one. Slices share `data`'s buffer.
     pub fn decode(data: &Bytes) -> Option<Self> {
-        let mut rest = data.clone();
-        if !rest.has_remaining() {
-            return None;
-        }
-        let command = match rest.get_u8() {
+        let some = |part: Option<&[u8]>| part.map(|p| data.slice_ref(p));
+        Some(match CommandRef::parse(data)? {
+            CommandRef::Put { key, value } => KvCommand::Put {
+                key: data.slice_ref(key),
+                value: data.slice_ref(value),
+            },
+            CommandRef::Delete { key } => KvCommand::Delete {
+                key: data.slice_ref(key),
+            },
+            CommandRef::CompareAndSwap { key, expected, new } => KvCommand::CompareAndSwap {
+                key: data.slice_ref(key),
+                expected: some(expected),
+                new: some(new),
+            },
+        })
+    }
+}
+
+/// A command read in place: what the store executes, without a reference count per part.
+#[derive(Clone, Copy, Debug)]
+enum CommandRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    CompareAndSwap {
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<&'a [u8]>,
+    },
+}
+
+impl<'a> CommandRef<'a> {
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        let (&tag, mut rest) = data.split_first()?;
+        Some(match tag {
             TAG_PUT => {
                 let key = take_bytes(&mut rest)?;
-                KvCommand::Put { key, value: rest }
+                CommandRef::Put { key, value: rest }
             }
-            TAG_DELETE => KvCommand::Delete { key: rest },
+            TAG_DELETE => CommandRef::Delete { key: rest },
             TAG_CAS => {
                 let key = take_bytes(&mut rest)?;
                 let expected = take_option(&mut rest)?;
                 let new = take_option(&mut rest)?;
-                if rest.has_remaining() {
+                if !rest.is_empty() {
                     return None;
                 }
-                KvCommand::CompareAndSwap { key, expected, new }
+                CommandRef::CompareAndSwap { key, expected, new }
             }
             _ => return None,
-        };
-        Some(command)
+        })
+    }
+
+    fn key(&self) -> &'a [u8] {
+        match *self {
+            CommandRef::Put { key, .. }
+            | CommandRef::Delete { key }
+            | CommandRef::CompareAndSwap { key, .. } => key,
+        }
     }
 }
 
@@ -112,7 +154,7 @@ fn put_bytes(b: &mut BytesMut, data: &[u8]) {
     b.put_slice(data);
 }
 
-fn put_option(b: &mut BytesMut, data: &Option<Bytes>) {
+fn put_option(b: &mut BytesMut, data: Option<&[u8]>) {
     match data {
         Some(d) => {
             b.put_u8(1);
@@ -122,19 +164,21 @@ fn put_option(b: &mut BytesMut, data: &Option<Bytes>) {
     }
 }
 
-fn take_bytes(rest: &mut Bytes) -> Option<Bytes> {
-    if rest.remaining() < 4 {
+fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if tail.len() < len {
         return None;
     }
-    let len = rest.get_u32_le() as usize;
-    (rest.remaining() >= len).then(|| rest.split_to(len))
+    let (part, tail) = tail.split_at(len);
+    *rest = tail;
+    Some(part)
 }
 
-fn take_option(rest: &mut Bytes) -> Option<Option<Bytes>> {
-    if !rest.has_remaining() {
-        return None;
-    }
-    match rest.get_u8() {
+fn take_option<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let (&flag, tail) = rest.split_first()?;
+    *rest = tail;
+    match flag {
         0 => Some(None),
         1 => take_bytes(rest).map(Some),
         _ => None,
@@ -150,7 +194,7 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.map.get(key).map(Bytes::copy_from_slice)
+        self.map.get(self.map.key(key)).map(Bytes::copy_from_slice)
     }
 
     pub fn len(&self) -> usize {
@@ -166,32 +210,30 @@ impl KvStore {
         self.map.iter()
     }
 
-    fn execute(&mut self, command: &Bytes) -> Bytes {
-        let Some(command) = KvCommand::decode(command) else {
-            return Bytes::from_static(&[RESPONSE_MALFORMED]);
-        };
+    /// Executes a command read with [`CommandRef::parse`]; `key` is its key, hashed.
+    fn execute(&mut self, command: CommandRef<'_>, key: map::Key<'_>) -> Bytes {
         let map = &mut self.map;
         match command {
-            KvCommand::Put { key, value } => {
-                map.insert(&key, &value);
+            CommandRef::Put { value, .. } => {
+                map.insert(key, value);
                 Bytes::from_static(&[RESPONSE_OK])
             }
-            KvCommand::Delete { key } => match map.remove(&key) {
+            CommandRef::Delete { .. } => match map.remove(key) {
                 true => Bytes::from_static(&[RESPONSE_OK]),
                 false => Bytes::from_static(&[RESPONSE_NOT_FOUND]),
             },
-            KvCommand::CompareAndSwap { key, expected, new } => {
-                let current = map.get(&key);
-                if current != expected.as_deref() {
+            CommandRef::CompareAndSwap { expected, new, .. } => {
+                let current = map.get(key);
+                if current != expected {
                     let mut b = BytesMut::new();
                     b.put_u8(RESPONSE_COMPARE_FAILED);
-                    put_option(&mut b, &current.map(Bytes::copy_from_slice));
+                    put_option(&mut b, current);
                     return b.freeze();
                 }
                 match new {
-                    Some(v) => map.insert(&key, &v),
+                    Some(v) => map.insert(key, v),
                     None => {
-                        map.remove(&key);
+                        map.remove(key);
                     }
                 }
                 Bytes::from_static(&[RESPONSE_OK])
@@ -202,15 +244,14 @@ impl KvStore {
 
 /// Reads a response of [`KvStore`] back into a result.
 pub fn decode_response(response: &Bytes) -> Result<(), KvError> {
-    let mut rest = response.clone();
-    if !rest.has_remaining() {
-        return Err(KvError::Malformed);
-    }
-    match rest.get_u8() {
+    let (&tag, mut rest) = response.split_first().ok_or(KvError::Malformed)?;
+    match tag {
         RESPONSE_OK => Ok(()),
         RESPONSE_NOT_FOUND => Err(KvError::NotFound),
         RESPONSE_COMPARE_FAILED => Err(KvError::CompareFailed {
-            current: take_option(&mut rest).ok_or(KvError::Malformed)?,
+            current: take_option(&mut rest)
+                .ok_or(KvError::Malformed)?
+                .map(|c| response.slice_ref(c)),
         }),
         _ => Err(KvError::Malformed),
     }
@@ -218,7 +259,31 @@ pub fn decode_response(response: &Bytes) -> Result<(), KvError> {
 
 impl StateMachine for KvStore {
     fn apply(&mut self, commands: &[Command<'_>]) -> Result<Vec<Bytes>, StateMachineError> {
-        let responses = commands.iter().map(|c| self.execute(c.data)).collect();
+        // Each command's key hashed up front, so that the loop below can ask the memory for the
+        // shard, slot and entry of commands ahead of the one it executes: with a large map
+        // nearly each of those is a cache miss, and a miss waited for alone costs as much as
+        // executing a command whose data is at hand.
+        const STAGE_DISTANCE: usize = 4;
+        let parsed: Vec<Option<(CommandRef<'_>, map::Key<'_>)>> = commands
+            .iter()
+            .map(|c| CommandRef::parse(c.data).map(|cmd| (cmd, self.map.key(cmd.key()))))
+            .collect();
+        let mut responses = Vec::with_capacity(commands.len());
+        for (i, command) in parsed.iter().enumerate() {
+            for (ahead, stage) in [
+                (3 * STAGE_DISTANCE, map::Prefetch::Shard),
+                (2 * STAGE_DISTANCE, map::Prefetch::Slot),
+                (STAGE_DISTANCE, map::Prefetch::Entry),
+            ] {
+                if let Some(Some((_, key))) = parsed.get(i + ahead) {
+                    self.map.prefetch(*key, stage);
+                }
+            }
+            responses.push(match *command {
+                Some((command, key)) => self.execute(command, key),
+                None => Bytes::from_static(&[RESPONSE_MALFORMED]),
+            });
+        }
         if let Some(last) = commands.last() {
             self.applied = last.index;
         }
@@ -261,7 +326,7 @@ impl StateMachine for KvStore {
         for _ in 0..count {
             read_part(&mut data, &mut key).map_err(malformed)?;
             read_part(&mut data, &mut value).map_err(malformed)?;
-            map.insert(&key, &value);
+            map.insert(map.key(&key), &value);
         }
         self.map = map;
         self.applied = index;
@@ -423,7 +488,14 @@ mod tests {
             new: None,
         }
         .encode();
-        let r = kv.execute(&cas);
+        let r = kv
+            .apply(&[Command {
+                index: 1,
+                term: 1,
+                data: &cas,
+            }])
+            .expect("applies")
+            .remove(0);
         assert_eq!(
             decode_response(&r),
             Err(KvError::CompareFailed { current: None })
