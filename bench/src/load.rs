@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -65,7 +65,19 @@ pub struct LoadResult {
     pub latency_us: Histogram<u64>,
     pub write_latency_us: Histogram<u64>,
     pub read_latency_us: Histogram<u64>,
+    /// When the run started, and the latencies of the requests that completed in each
+    /// [`TIMELINE_INTERVAL`] of it: where a tail comes from, in time.
+    pub started_at: SystemTime,
+    pub timeline: Vec<Histogram<u32>>,
+    /// Open loop: requests sent more than [`LATE_SEND`] after their scheduled time (every client
+    /// busy, or the loader short of CPU). Their latency still counts from the schedule.
+    pub late_sends: u64,
 }
+
+/// The width of one step of [`LoadResult::timeline`].
+pub const TIMELINE_INTERVAL: Duration = Duration::from_millis(100);
+/// How late an open-loop send may be before it counts in [`LoadResult::late_sends`].
+pub const LATE_SEND: Duration = Duration::from_millis(1);
 
 /// What a request was, to account for its answer.
 enum Op {
@@ -92,6 +104,11 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
 }
 
+/// One step of the timeline: two significant digits, 32-bit counts, to stay small over long runs.
+fn new_step_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("static bounds are valid")
+}
+
 /// Runs the load and returns what it measured; what each write's client learned goes to
 /// `ledger`. `progress` counts completed requests.
 pub fn run(
@@ -103,6 +120,7 @@ pub fn run(
     let stop = AtomicBool::new(false);
     let issued = AtomicU64::new(0);
     let next_id = AtomicU64::new(1);
+    let started_at = SystemTime::now();
     let started = Instant::now();
     let workers = spec.workers.clamp(1, spec.clients.max(1));
     let results: Vec<WorkerResult> = std::thread::scope(|s| {
@@ -144,9 +162,20 @@ pub fn run(
         latency_us: new_histogram(),
         write_latency_us: new_histogram(),
         read_latency_us: new_histogram(),
+        started_at,
+        timeline: Vec::new(),
+        late_sends: 0,
     };
     for r in results {
         out.ok += r.ok;
+        out.late_sends += r.late_sends;
+        if out.timeline.len() < r.timeline.len() {
+            out.timeline
+                .resize_with(r.timeline.len(), new_step_histogram);
+        }
+        for (step, h) in out.timeline.iter_mut().zip(&r.timeline) {
+            step.add(h).expect("same bounds");
+        }
         for (k, v) in r.errors {
             *out.errors.entry(k).or_default() += v;
         }
@@ -177,6 +206,8 @@ struct WorkerResult {
     errors: BTreeMap<String, u64>,
     writes_h: Histogram<u64>,
     reads_h: Histogram<u64>,
+    timeline: Vec<Histogram<u32>>,
+    late_sends: u64,
 }
 
 impl Worker<'_> {
@@ -187,6 +218,8 @@ impl Worker<'_> {
             errors: BTreeMap::new(),
             writes_h: new_histogram(),
             reads_h: new_histogram(),
+            timeline: Vec::new(),
+            late_sends: 0,
         };
         let mut idle: Vec<usize> = (0..self.clients).collect();
         let mut outstanding: VecDeque<Outstanding> = VecDeque::new();
@@ -209,6 +242,9 @@ impl Worker<'_> {
                     break;
                 };
                 sent += 1;
+                if self.rate.is_some() && intended.elapsed() > LATE_SEND {
+                    result.late_sends += 1;
+                }
                 let client = idle.pop().expect("checked non-empty");
                 let key_no = if self.spec.sequential_keys {
                     seq % self.spec.key_space.max(1)
@@ -338,6 +374,11 @@ impl Worker<'_> {
             }
         };
         result.ok += 1;
+        let step = (self.started.elapsed().as_nanos() / TIMELINE_INTERVAL.as_nanos()) as usize;
+        if result.timeline.len() <= step {
+            result.timeline.resize_with(step + 1, new_step_histogram);
+        }
+        let _ = result.timeline[step].record(latency_us.max(1));
         match o.op {
             Op::Write { key, id } => {
                 let _ = result.writes_h.record(latency_us.max(1));

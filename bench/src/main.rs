@@ -164,6 +164,10 @@ struct LoadFlags {
     /// Write the latency histograms in a form `keel-bench merge` adds up.
     #[arg(long)]
     histogram: Option<std::path::PathBuf>,
+    /// Write latency over time as CSV: per 100 ms of the run, the requests that completed and
+    /// their p50, p99 and max.
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
     /// Before the measured run, write every key once (not measured), so that the run starts
     /// with the whole key space stored, like YCSB's load phase.
     #[arg(long)]
@@ -288,7 +292,8 @@ fn local(args: LocalArgs) -> Result<(), String> {
     report.verified_keys = verified_keys;
     report.verification_failures = verification_failures;
     report.memory = memory::summarize(&rss, result.elapsed.as_secs_f64());
-    let written = finish(&report, &histograms, &args.load);
+    let written = add_timeline(&mut report, &result, &args.load)
+        .and_then(|()| finish(&report, &histograms, &args.load));
     cluster.stop();
     written?;
     if verification_failures > 0 {
@@ -317,6 +322,7 @@ fn load_remote(args: LoadArgs) -> Result<(), String> {
     report.nodes = args.targets.len() as u64;
     report.verified_keys = verified_keys;
     report.verification_failures = verification_failures;
+    add_timeline(&mut report, &result, &args.load)?;
     finish(&report, &histograms, &args.load)?;
     if verification_failures > 0 {
         return Err(format!(
@@ -471,6 +477,22 @@ fn run_measured(
         }
         (runner.join().expect("the load thread"), rss)
     })
+}
+
+/// Adds what the run's timeline tells to the report (late sends, worst steps), and writes it
+/// out with `--timeline`.
+fn add_timeline(
+    report: &mut Report,
+    result: &load::LoadResult,
+    flags: &LoadFlags,
+) -> Result<(), String> {
+    report.late_sends = flags.rate.map(|_| result.late_sends);
+    report.worst_steps = report::Step::worst(result, 3);
+    match &flags.timeline {
+        Some(path) => std::fs::write(path, report::timeline_csv(result))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => Ok(()),
+    }
 }
 
 /// Prints the report and writes the files the flags ask for.

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::UNIX_EPOCH;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::histograms::LoadHistograms;
+use crate::load::{LoadResult, TIMELINE_INTERVAL};
 use crate::memory::MemorySummary;
 
 /// Everything a run measured, machine-readable. What only a local cluster can tell (the disk,
@@ -39,6 +41,70 @@ pub struct Report {
     pub verification_failures: u64,
     /// Resident size of the process running the nodes (`local` only).
     pub memory: Option<MemorySummary>,
+    /// Open loop: sends that went out more than 1 ms after their schedule.
+    pub late_sends: Option<u64>,
+    /// The steps of the run's timeline with the highest p99, worst first.
+    pub worst_steps: Vec<Step>,
+}
+
+/// One step of a run's timeline (see `load::TIMELINE_INTERVAL`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// Seconds into the run at which the step starts.
+    pub t_s: f64,
+    pub completed: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl Step {
+    fn of(i: usize, h: &Histogram<u32>) -> Self {
+        Self {
+            t_s: i as f64 * TIMELINE_INTERVAL.as_secs_f64(),
+            completed: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        }
+    }
+
+    /// The `n` steps with the highest p99, worst first.
+    pub fn worst(result: &LoadResult, n: usize) -> Vec<Step> {
+        let mut steps: Vec<Step> = (result.timeline.iter().enumerate())
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(i, h)| Step::of(i, h))
+            .collect();
+        steps.sort_by_key(|s| std::cmp::Reverse(s.p99_us));
+        steps.truncate(n);
+        steps
+    }
+}
+
+/// The run's timeline as CSV, one row per step; latencies in milliseconds.
+pub fn timeline_csv(result: &LoadResult) -> String {
+    let started_ms = (result.started_at.duration_since(UNIX_EPOCH))
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut o = format!(
+        "# run started {started_ms} ms after the Unix epoch; steps of {} ms\nt_s,completed,p50_ms,p99_ms,max_ms\n",
+        TIMELINE_INTERVAL.as_millis()
+    );
+    for (i, h) in result.timeline.iter().enumerate() {
+        let s = Step::of(i, h);
+        let _ = match s.completed {
+            0 => writeln!(o, "{:.1},0,,,", s.t_s),
+            n => writeln!(
+                o,
+                "{:.1},{n},{:.3},{:.3},{:.3}",
+                s.t_s,
+                s.p50_us as f64 / 1e3,
+                s.p99_us as f64 / 1e3,
+                s.max_us as f64 / 1e3
+            ),
+        };
+    }
+    o
 }
 
 /// How the load was shaped.
@@ -77,6 +143,8 @@ impl Report {
             verified_keys: 0,
             verification_failures: 0,
             memory: None,
+            late_sends: None,
+            worst_steps: Vec::new(),
         }
     }
 }
@@ -142,6 +210,12 @@ impl Report {
                 format!("{:?}", self.errors)
             }
         );
+        if let Some(late) = self.late_sends.filter(|&n| n > 0) {
+            let _ = writeln!(
+                o,
+                "  Late sends:   {late} sent over 1 ms after schedule (all clients busy or the loader short of CPU; raise --clients); timed from the schedule"
+            );
+        }
         let _ = writeln!(
             o,
             "  Latency:      min {}  mean {}  stddev {}  max {}",
@@ -161,6 +235,24 @@ impl Report {
             let _ = writeln!(o, "  {p:>6}% in {}", ms(v as f64));
         }
         o += &histogram_bars(latency);
+        if !self.worst_steps.is_empty() {
+            let _ = writeln!(
+                o,
+                "\nWorst {} ms of the run, by p99 (--timeline writes them all):",
+                TIMELINE_INTERVAL.as_millis()
+            );
+            for s in &self.worst_steps {
+                let _ = writeln!(
+                    o,
+                    "  at {:6.1} s: {:6} done, p50 {}  p99 {}  max {}",
+                    s.t_s,
+                    s.completed,
+                    ms(s.p50_us as f64),
+                    ms(s.p99_us as f64),
+                    ms(s.max_us as f64)
+                );
+            }
+        }
         if let Some(f) = &self.fdatasync {
             let _ = writeln!(o, "\nStorage:");
             let _ = writeln!(

@@ -9,6 +9,7 @@ fn local_run_reports_no_errors_and_reads_back_every_write() {
     let json = dir.path().join("report.json");
     let hgrm = dir.path().join("latency.hgrm");
     let plot = dir.path().join("latency.svg");
+    let timeline = dir.path().join("timeline.csv");
     let out = Command::new(env!("CARGO_BIN_EXE_keel-bench"))
         .args([
             "local",
@@ -25,6 +26,8 @@ fn local_run_reports_no_errors_and_reads_back_every_write() {
         .arg(&hgrm)
         .arg("--plot")
         .arg(&plot)
+        .arg("--timeline")
+        .arg(&timeline)
         .output()
         .expect("keel-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -68,6 +71,23 @@ fn local_run_reports_no_errors_and_reads_back_every_write() {
             .expect("memory sampled")
             >= 1
             && report["memory"]["rss_max_mib"].as_f64().expect("rss") > 0.0,
+        "{report}"
+    );
+    // The timeline accounts for every successful request, step by step.
+    let timeline = std::fs::read_to_string(&timeline).expect("timeline written");
+    let completed: u64 = timeline
+        .lines()
+        .skip_while(|l| !l.starts_with("t_s,"))
+        .skip(1)
+        .map(|l| l.split(',').nth(1).expect("a completed column"))
+        .map(|n| n.parse::<u64>().expect("a count"))
+        .sum();
+    assert_eq!(Some(completed), report["ok"].as_u64(), "{timeline}");
+    assert!(
+        !report["worst_steps"]
+            .as_array()
+            .expect("worst steps")
+            .is_empty(),
         "{report}"
     );
     let hgrm = std::fs::read_to_string(&hgrm).expect("hgrm written");
