@@ -1,15 +1,18 @@
 //! A local cluster on this machine: nodes with real logs (fsync on unless told otherwise) in a
 //! temporary directory, each serving its own `/metrics`.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use keel_engine::core::{Index, NodeId};
 use keel_engine::kv::{KvCommand, KvStore};
-use keel_engine::node::{Error, MemNetwork, Node, NodeConfig, Pending, Proposal, Transport};
+use keel_engine::node::{Committed, Error, MemNetwork, Node, NodeConfig, Pending, Transport};
 use keel_metrics::{MetricsServer, NodeCollector, NodeSource};
 use keel_transport_quic::certs::DevCa;
 use keel_transport_quic::{QuicConfig, QuicTransport};
@@ -133,7 +136,8 @@ impl Target for LocalCluster {
         {
             self.leader.store(l, Ordering::Relaxed);
         }
-        Box::new(PutRequest(proposal))
+        let (committed, _applied) = proposal.into_parts();
+        Box::new(PutRequest(committed))
     }
 
     fn get(&self, _key: Bytes, lease: bool) -> Box<dyn Request> {
@@ -159,13 +163,13 @@ impl Target for LocalCluster {
     }
 }
 
-struct PutRequest(Proposal);
+/// A write, done once committed.
+struct PutRequest(Pending<Committed>);
 
 impl Request for PutRequest {
-    fn wait_for(&self, timeout: Duration) -> Option<Result<Option<Index>, Error>> {
-        self.0
-            .committed()
-            .wait_for(timeout)
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Index>, Error>> {
+        Pin::new(&mut self.0)
+            .poll(cx)
             .map(|r| r.map(|c| Some(c.index)))
     }
 }
@@ -173,7 +177,7 @@ impl Request for PutRequest {
 struct ReadRequest(Pending<Index>);
 
 impl Request for ReadRequest {
-    fn wait_for(&self, timeout: Duration) -> Option<Result<Option<Index>, Error>> {
-        self.0.wait_for(timeout).map(|r| r.map(|_| None))
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Index>, Error>> {
+        Pin::new(&mut self.0).poll(cx).map(|r| r.map(|_| None))
     }
 }

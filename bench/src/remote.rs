@@ -1,11 +1,13 @@
 //! A cluster on other machines (or other processes), reached as a key-value client would reach
 //! it: over QUIC with a client certificate from the cluster CA, following leader hints.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -71,14 +73,7 @@ impl RemoteCluster {
     where
         F: std::future::Future<Output = Result<Option<Index>, Error>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.runtime.spawn(async move {
-            let _ = tx.send(request.await);
-        });
-        Box::new(RemoteRequest {
-            rx,
-            done: parking_lot::Mutex::new(None),
-        })
+        Box::new(RemoteRequest(self.runtime.spawn(request)))
     }
 }
 
@@ -145,18 +140,13 @@ impl Target for RemoteCluster {
     }
 }
 
-struct RemoteRequest {
-    rx: mpsc::Receiver<Result<Option<Index>, Error>>,
-    /// The answer, once taken off the channel (a `Request` may be asked again).
-    done: parking_lot::Mutex<Option<Result<Option<Index>, Error>>>,
-}
+/// A request running on the client's runtime; its task handle is polled from the load's worker.
+struct RemoteRequest(tokio::task::JoinHandle<Result<Option<Index>, Error>>);
 
 impl Request for RemoteRequest {
-    fn wait_for(&self, timeout: Duration) -> Option<Result<Option<Index>, Error>> {
-        let mut done = self.done.lock();
-        if done.is_none() {
-            *done = self.rx.recv_timeout(timeout).ok();
-        }
-        done.clone()
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Index>, Error>> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Dropped)))
     }
 }
