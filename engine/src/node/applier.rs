@@ -260,8 +260,10 @@ impl<S: StateMachine> Applier<S> {
             .name("keel-snapshot".into())
             .spawn(move || {
                 yield_to_other_threads();
+                let started = std::time::Instant::now();
                 match store.save(index, &mut source) {
                     Ok(()) => {
+                        tracing::info!(index, bytes = source.bytes, took = ?started.elapsed(), "snapshot saved");
                         last_snapshot_bytes.store(source.bytes, Ordering::Relaxed);
                         NodeMetrics::add(&metrics.snapshots_taken, 1);
                         subscribers.publish(Event::SnapshotTaken { index });

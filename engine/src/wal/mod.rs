@@ -31,6 +31,7 @@ pub mod ledger;
 #[doc(hidden)]
 pub mod record;
 mod recovery;
+mod remover;
 #[doc(hidden)]
 pub mod segment;
 mod spare;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use self::ledger::{DurablePoint, SyncLedger};
 use self::record::{Record, INDEX_MAX, PREFIX_BYTES, RECORD_BODY_BYTES_MAX};
+use self::remover::Remover;
 use self::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use self::spare::Spare;
 use self::state::{LogState, Slot};
@@ -247,6 +249,8 @@ pub struct Wal {
     active_file_bytes: u64,
     /// The next segment, being zero-filled (none when nothing is synced anyway).
     spare: Option<Spare>,
+    /// Removes the segments compaction leaves behind.
+    remover: Remover,
     /// Where the active segment's own records begin (after header and checkpoint): a segment
     /// holding nothing else is never sealed, so every record fits somewhere.
     active_payload_start: u64,
@@ -312,6 +316,7 @@ impl Wal {
             .open(&path)
             .map_err(io_error("open the active segment", &path))?;
         let spare = Spare::start_unless_unsynced(dir, &opts)?;
+        let remover = Remover::start(dir, opts.sync)?;
         let active_file_bytes = active
             .metadata()
             .map_err(io_error("read the active segment's length", &path))?
@@ -336,6 +341,7 @@ impl Wal {
             active_written_bytes: found.active_len_bytes,
             active_file_bytes,
             spare,
+            remover,
             active_payload_start: SEGMENT_HEADER_BYTES as u64,
             buf: Vec::new(),
             data_unsynced: false,
@@ -360,6 +366,7 @@ impl Wal {
             .then(|| SyncLedger::open(dir))
             .transpose()?;
         let spare = Spare::start_unless_unsynced(dir, &opts)?;
+        let remover = Remover::start(dir, opts.sync)?;
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
@@ -372,6 +379,7 @@ impl Wal {
             active_written_bytes: 0,
             active_file_bytes: 0,
             spare,
+            remover,
             active_payload_start: 0,
             buf: Vec::new(),
             data_unsynced: false,
@@ -708,7 +716,8 @@ impl Wal {
     }
 
     /// The caller saved a snapshot covering `snapshot.index`: records that durably (with
-    /// everything appended before), then removes the oldest segments whose entries it covers.
+    /// everything appended before), then has the oldest segments whose entries it covers removed
+    /// (in the background: see [`remover`]).
     /// A snapshot no newer than the current one does nothing.
     pub fn compact(&mut self, snapshot: &SnapshotMeta) -> Result<(), WalError> {
         self.check_running()?;
@@ -734,9 +743,10 @@ impl Wal {
         result
     }
 
-    /// Removes, oldest first, the longest prefix of segments that recovery no longer needs: every
-    /// segment before one whose first index is at most one past the snapshot. That segment's
-    /// checkpoint, and the compaction record after it, describe everything the removed ones held.
+    /// Queues for removal, oldest first, the longest prefix of segments that recovery no longer
+    /// needs: every segment before one whose first index is at most one past the snapshot. That
+    /// segment's checkpoint, and the compaction record after it, describe everything the removed
+    /// ones held.
     fn remove_covered_segments(&mut self) -> Result<(), WalError> {
         let covered_next = self.state.snapshot.index + 1;
         let Some(keep_from) = (1..self.segments.len())
@@ -745,14 +755,8 @@ impl Wal {
         else {
             return Ok(());
         };
-        for _ in 0..keep_from {
-            let meta = self.segments[0];
-            let path = segment_path(&self.dir, meta.seq);
-            std::fs::remove_file(&path).map_err(io_error("remove a compacted segment", &path))?;
-            // One directory sync per removal: a crash then leaves a contiguous run of segments,
-            // never a gap that recovery would have to call corruption.
-            self.sync_dir()?;
-            self.segments.remove(0);
+        for meta in self.segments.drain(..keep_from) {
+            self.remover.remove(segment_path(&self.dir, meta.seq))?;
         }
         self.assert_invariants();
         Ok(())
