@@ -43,6 +43,14 @@ impl Entry {
     pub(super) fn prefetch(&self) {
         prefetch(Arc::as_ptr(&self.bytes).cast::<u8>().wrapping_sub(16));
     }
+
+    /// Asks the cache for the whole entry, for a scan that copies it.
+    pub(super) fn prefetch_all(&self) {
+        let start = Arc::as_ptr(&self.bytes).cast::<u8>().wrapping_sub(16);
+        for offset in (0..16 + self.bytes.len()).step_by(64) {
+            prefetch(start.wrapping_add(offset));
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -72,6 +80,14 @@ impl Clone for Table {
             slots: self.slots.clone(),
             len: self.len,
         }
+    }
+}
+
+impl Drop for Table {
+    /// Dropping a shard (a snapshot's frozen copy, once written) writes every entry's reference
+    /// count, as copying one does: the same prefetch first.
+    fn drop(&mut self) {
+        self.entries().for_each(Entry::prefetch);
     }
 }
 
