@@ -101,6 +101,13 @@ struct Outstanding {
 /// How often a worker looks for requests past their timeout.
 const TIMEOUT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
+/// A worker with at most this many requests in flight waits for an answer spinning briefly
+/// before it sleeps: waking a sleeping thread took about 100 us on the project's VM (1 client,
+/// in memory: p50 0.20 ms sleeping at once, 0.10 ms spinning first), as long as keel's whole
+/// commit, and it would count as keel's latency. With more in flight answers come often, and
+/// spinning would take CPU from the nodes.
+const SPIN_IN_FLIGHT_MAX: usize = 4;
+
 /// Wakes a worker for one of its clients: the request finished, or may have.
 struct ClientWaker {
     client: usize,
@@ -245,8 +252,8 @@ struct WorkerResult {
 }
 
 impl Worker<'_> {
-    /// Issues requests and takes their answers as they come: each client's request wakes the
-    /// worker with the client's number, so an answer costs the same however many are in flight
+    /// Issues requests and takes their answers as they come: each client's request sends the
+    /// worker the client's number when it finishes (and unparks it), so an answer costs the same however many are in flight
     /// (looking over every outstanding request for finished ones took a fifth of the machine at
     /// 87,000 requests/s).
     fn run(self) -> WorkerResult {
@@ -331,10 +338,16 @@ impl Worker<'_> {
             {
                 break;
             }
-            // Sleep until an answer wakes us, the next send is due or timeouts are to be checked.
-            if woken.is_empty() {
-                let until = next_due.map_or(next_timeout_check, |d| d.min(next_timeout_check));
-                std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+            // Wait for an answer, until the next send is due or timeouts are to be checked.
+            let until = next_due.map_or(next_timeout_check, |d| d.min(next_timeout_check));
+            let wait = until.saturating_duration_since(Instant::now());
+            if in_flight.count <= SPIN_IN_FLIGHT_MAX {
+                // The channel's receive spins a little before it sleeps.
+                if let Ok(client) = woken.recv_timeout(wait) {
+                    self.poll(client, &wakers, &mut in_flight, &mut result, &mut idle);
+                }
+            } else if woken.is_empty() {
+                std::thread::park_timeout(wait);
             }
         }
         result
