@@ -129,9 +129,10 @@ struct LocalArgs {
 /// The shape of a load, shared by `local` and `load`.
 #[derive(clap::Args, Debug)]
 struct LoadFlags {
-    /// Concurrent logical clients.
-    #[arg(long, default_value_t = 64)]
-    clients: usize,
+    /// Concurrent logical clients (default 64; 1024 with --rate, where they bound the requests
+    /// in flight: an open loop short of clients sends late).
+    #[arg(long)]
+    clients: Option<usize>,
     /// How long the load runs (e.g. 10s, 1m).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     duration: Duration,
@@ -355,9 +356,14 @@ fn merge(args: &MergeArgs) -> Result<(), String> {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl LoadFlags {
+    fn clients(&self) -> usize {
+        let default = if self.rate.is_some() { 1024 } else { 64 };
+        self.clients.unwrap_or(default).max(1)
+    }
+
     fn spec(&self) -> LoadSpec {
         LoadSpec {
-            clients: self.clients.max(1),
+            clients: self.clients(),
             workers: self.workers,
             duration: if self.total.is_some() {
                 None
@@ -382,7 +388,7 @@ impl LoadFlags {
 
     fn settings(&self) -> Settings {
         Settings {
-            clients: self.clients.max(1),
+            clients: self.clients(),
             value_size: self.value_size,
             read_ratio: self.read_ratio,
             rate_target: self.rate,
