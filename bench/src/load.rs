@@ -338,6 +338,11 @@ impl Worker<'_> {
             {
                 break;
             }
+            // A closed loop gives the clients whose answers just came their next request first
+            // (waiting here left them idle until the next answer: 400 of 1,024 clients at peak).
+            if self.rate.is_none() && !stopping && !idle.is_empty() && !self.exhausted() {
+                continue;
+            }
             // Wait for an answer, until the next send is due or timeouts are to be checked.
             let until = next_due.map_or(next_timeout_check, |d| d.min(next_timeout_check));
             let wait = until.saturating_duration_since(Instant::now());
