@@ -15,6 +15,7 @@
 //! but refuses (and leaves in place) any other damage. It must never report durable what has not
 //! been fsynced, and never panic on bytes read from disk.
 
+mod background;
 pub mod core;
 pub mod kv;
 pub mod node;

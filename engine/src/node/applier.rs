@@ -259,7 +259,7 @@ impl<S: StateMachine> Applier<S> {
         let spawned = std::thread::Builder::new()
             .name("keel-snapshot".into())
             .spawn(move || {
-                yield_to_other_threads();
+                crate::background::lower_this_threads_priority();
                 let started = std::time::Instant::now();
                 match store.save(index, &mut source) {
                     Ok(()) => {
@@ -278,18 +278,6 @@ impl<S: StateMachine> Applier<S> {
             Ok(handle) => *in_flight = Some(handle),
             Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
         }
-    }
-}
-
-/// Lowers this thread's scheduling priority, for background work: serializing a large state
-/// takes seconds of CPU, and on a small machine every node of a cluster may do it at once (they
-/// reach the same index together): at normal priority that delayed drivers and log writers by
-/// hundreds of milliseconds. On Linux a nice value is per thread; elsewhere this does nothing.
-pub(crate) fn yield_to_other_threads() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
-        // Not being allowed to is no reason to skip the snapshot.
-        tracing::debug!(error = %e, "the snapshot thread keeps its priority");
     }
 }
 

@@ -892,7 +892,7 @@ fn release_elsewhere(node: NodeId, entries: VecDeque<Entry>) {
         .name(format!("keel-release-{node}"))
         .spawn(move || {
             // Freeing up to a million buffers is seconds of CPU nobody waits for.
-            super::applier::yield_to_other_threads();
+            crate::background::lower_this_threads_priority();
             drop(entries);
         });
     if let Err(e) = spawned {

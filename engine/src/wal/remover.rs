@@ -34,6 +34,7 @@ impl Remover {
         let thread = std::thread::Builder::new()
             .name("keel-wal-remover".into())
             .spawn(move || {
+                crate::background::lower_this_threads_priority();
                 for path in paths {
                     let removed = std::fs::remove_file(&path)
                         .map_err(io_error("remove a compacted segment", &path))

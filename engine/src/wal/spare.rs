@@ -78,7 +78,10 @@ impl Spare {
         let (path, bytes, cancel) = (self.path.clone(), self.bytes, self.cancel.clone());
         let spawned = std::thread::Builder::new()
             .name("keel-wal-spare".into())
-            .spawn(move || zero_fill(&path, bytes, &cancel));
+            .spawn(move || {
+                crate::background::lower_this_threads_priority();
+                zero_fill(&path, bytes, &cancel)
+            });
         match spawned {
             Ok(handle) => self.preparing = Some(handle),
             // The log appends to plain files instead; slower, not wrong.
