@@ -253,9 +253,9 @@ struct WorkerResult {
 
 impl Worker<'_> {
     /// Issues requests and takes their answers as they come: each client's request sends the
-    /// worker the client's number when it finishes (and unparks it), so an answer costs the same however many are in flight
-    /// (looking over every outstanding request for finished ones took a fifth of the machine at
-    /// 87,000 requests/s).
+    /// worker the client's number when it finishes (and unparks it), so an answer costs the same
+    /// however many are in flight (looking over every outstanding request for finished ones took
+    /// a fifth of the machine at 87,000 requests/s).
     fn run(self) -> WorkerResult {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed);
         let mut result = WorkerResult {
