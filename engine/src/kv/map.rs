@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use hashbrown::DefaultHashBuilder;
 
-use super::table::{prefetch, Entry, Table};
+use super::table::{prefetch, Entry, Table, ARC_HEADER_BYTES};
 
 /// Shards per map. With uniform keys the writes after a snapshot copy the whole map, shard by
 /// shard as each is first written: with many small shards (about 60 entries each at 1 M keys)
@@ -72,12 +72,16 @@ impl ShardedMap {
     }
 
     /// The shard that bits from the middle of the hash pick; the table uses the low bits.
+    fn shard_index(key: Key<'_>) -> usize {
+        (key.hash >> SHARD_SHIFT) as usize & (SHARDS - 1)
+    }
+
     fn shard(&self, key: Key<'_>) -> &Arc<Table> {
-        &self.shards[(key.hash >> SHARD_SHIFT) as usize & (SHARDS - 1)]
+        &self.shards[Self::shard_index(key)]
     }
 
     fn shard_mut(&mut self, key: Key<'_>) -> &mut Table {
-        Arc::make_mut(&mut self.shards[(key.hash >> SHARD_SHIFT) as usize & (SHARDS - 1)])
+        Arc::make_mut(&mut self.shards[Self::shard_index(key)])
     }
 
     pub(crate) fn get(&self, key: Key<'_>) -> Option<&[u8]> {
@@ -109,7 +113,7 @@ impl ShardedMap {
             Prefetch::Shard => {
                 // The reference count sits just before the table; the two may straddle a line.
                 let table = Arc::as_ptr(shard).cast::<u8>();
-                prefetch(table.wrapping_sub(16));
+                prefetch(table.wrapping_sub(ARC_HEADER_BYTES));
                 prefetch(table.wrapping_add(size_of::<Table>() - 1));
             }
             Prefetch::Slot => shard.prefetch_slot(key.hash),
@@ -201,7 +205,7 @@ mod tests {
         for i in 0..1_000_000u32 {
             let bytes = i.to_le_bytes();
             let key = m.key(&bytes);
-            if (key.hash >> SHARD_SHIFT) as usize % SHARDS < 8 {
+            if ShardedMap::shard_index(key) < 8 {
                 homes.insert(key.hash & 127);
             }
         }

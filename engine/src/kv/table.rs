@@ -10,6 +10,10 @@
 
 use std::sync::Arc;
 
+/// Where an `Arc`'s allocation starts before the pointer to its value: the strong and weak
+/// counts.
+pub(super) const ARC_HEADER_BYTES: usize = 2 * size_of::<usize>();
+
 /// A key and its value, in one allocation.
 #[derive(Clone, Debug)]
 pub(super) struct Entry {
@@ -41,13 +45,19 @@ impl Entry {
 
     /// Asks the cache for the entry's first bytes: its reference count and key.
     pub(super) fn prefetch(&self) {
-        prefetch(Arc::as_ptr(&self.bytes).cast::<u8>().wrapping_sub(16));
+        prefetch(
+            Arc::as_ptr(&self.bytes)
+                .cast::<u8>()
+                .wrapping_sub(ARC_HEADER_BYTES),
+        );
     }
 
     /// Asks the cache for the whole entry, for a scan that copies it.
     pub(super) fn prefetch_all(&self) {
-        let start = Arc::as_ptr(&self.bytes).cast::<u8>().wrapping_sub(16);
-        for offset in (0..16 + self.bytes.len()).step_by(64) {
+        let start = Arc::as_ptr(&self.bytes)
+            .cast::<u8>()
+            .wrapping_sub(ARC_HEADER_BYTES);
+        for offset in (0..ARC_HEADER_BYTES + self.bytes.len()).step_by(64) {
             prefetch(start.wrapping_add(offset));
         }
     }
@@ -120,26 +130,15 @@ impl Table {
 
     /// Inserts `entry` or replaces the one with its key; whether the key is new.
     pub(super) fn insert(&mut self, hash: u64, entry: Entry) -> bool {
-        if self.slots.is_empty() {
-            self.grow();
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(hash);
-        loop {
-            let slot = &mut self.slots[i];
-            match &slot.entry {
-                None => break,
-                Some(e) if slot.hash == hash && e.key() == entry.key() => {
-                    slot.entry = Some(entry);
-                    return false;
-                }
-                Some(_) => i = (i + 1) & mask,
-            }
+        if let Some(i) = self.position(hash, entry.key()) {
+            self.slots[i].entry = Some(entry);
+            return false;
         }
         if (self.len + 1) * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
             self.grow();
-            i = self.vacancy(hash);
         }
+        // The probe above ended at this slot (or the table grew): it is in cache either way.
+        let i = self.vacancy(hash);
         self.slots[i] = Slot {
             hash,
             entry: Some(entry),
