@@ -513,9 +513,8 @@ impl Driver {
                 self.state.writes_in_flight -= writes.len();
                 for w in writes {
                     let durable = w.last_entry();
-                    if !w.then_send.is_empty() {
-                        self.transport.send(w.then_send);
-                    }
+                    // The writer sent the rest: what is left streams a snapshot file.
+                    self.send(w.then_send);
                     if let Some((index, term)) = durable {
                         self.core.persisted(index, term);
                     }

@@ -53,7 +53,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use crate::core::{
     Core, HardState, Index, Membership, NodeId, ReadMode, Restore, SnapshotMeta, Write,
 };
-use crate::wal::{LogWriter, SyncMode, Wal, WalOptions};
+use crate::wal::{LogWriter, SyncMode, Wal, WalOptions, WriterOptions};
 
 pub use self::config::NodeConfig;
 pub use self::driver::MembershipChange;
@@ -75,7 +75,7 @@ use self::applier::Applier;
 use self::driver::{Control, Driver, DriverState};
 use self::events::Subscribers;
 use self::snapshots::SnapshotStore;
-use self::transport::ProposalRequest;
+use self::transport::{send_when_durable, ProposalRequest};
 
 /// A running Raft node. Share it between threads by reference or `Arc`; [`Node::stop`] (or
 /// dropping it) stops every thread it started.
@@ -188,7 +188,11 @@ impl<S: StateMachine> Node<S> {
         NodeMetrics::set(&metrics.applied_index, applied);
         let subscribers = Arc::new(Subscribers::default());
         let sm = Arc::new(RwLock::new(sm));
-        let (writer, writer_events) = LogWriter::spawn(wal);
+        let (writer, writer_events) = LogWriter::spawn_with(
+            wal,
+            WriterOptions::default(),
+            Some(send_when_durable(transport.clone())),
+        );
         let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_depth);
         let (inbound_tx, inbound_rx) = bounded(65_536);
         let (control_tx, control_rx) = bounded(4096);

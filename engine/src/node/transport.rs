@@ -10,7 +10,8 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use crate::core::{Message, NodeId};
+use crate::core::{Body, Message, NodeId};
+use crate::wal::DurableSend;
 
 use super::proposal::ProposalReply;
 use super::snapshot_transfer::{
@@ -38,6 +39,20 @@ pub trait Transport: Send + Sync + 'static {
     fn stats(&self) -> TransportStats {
         TransportStats::default()
     }
+}
+
+/// The log writer's hook: messages that waited for their write go out from the writer thread.
+/// Snapshot messages stay for the driver, which opens the snapshot file they stream.
+pub(crate) fn send_when_durable(transport: Arc<dyn Transport>) -> DurableSend {
+    Box::new(move |waiting: &mut Vec<Message>| {
+        let (stay, ready): (Vec<Message>, Vec<Message>) = std::mem::take(waiting)
+            .into_iter()
+            .partition(|m| matches!(m.body, Body::Snapshot { .. }));
+        *waiting = stay;
+        if !ready.is_empty() {
+            transport.send(ready);
+        }
+    })
 }
 
 /// What a transport counts, read at scrape time.

@@ -51,7 +51,7 @@ use self::spare::Spare;
 use self::state::{LogState, Slot};
 use crate::core::{Entry, HardState, Index, SnapshotMeta, Term, Write};
 
-pub use self::writer::{LogWriter, WriterEvent, WriterOptions, WriterStopped};
+pub use self::writer::{DurableSend, LogWriter, WriterEvent, WriterOptions, WriterStopped};
 
 /// How [`Wal::sync`] makes data durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

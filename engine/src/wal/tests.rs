@@ -449,6 +449,55 @@ fn barriers_and_compactions_are_ordered_with_writes() {
     assert_eq!(wal.last_index(), 61);
 }
 
+/// A write carrying a vote grant to `to`: a message that must wait for the write.
+fn granting(index: Index, to: crate::core::NodeId) -> Write {
+    let mut w = entries(index..=index, 1);
+    w.then_send.push(crate::core::Message {
+        from: 1,
+        to,
+        term: 1,
+        body: crate::core::Body::VoteResponse { granted: true },
+    });
+    w
+}
+
+#[test]
+fn the_writer_sends_what_waited_once_durable_and_reports_what_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        fail_sync_after: Some(2),
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), opts).unwrap();
+    let (sent_tx, sent) = crossbeam_channel::unbounded();
+    // Sends messages to node 2, leaves those to node 3 for the event.
+    let send: DurableSend = Box::new(move |waiting: &mut Vec<crate::core::Message>| {
+        waiting.retain(|m| m.to != 2 || sent_tx.send(m.to).is_err());
+    });
+    let (writer, events) = LogWriter::spawn_with(wal, WriterOptions::default(), Some(send));
+    writer.submit(granting(1, 2)).unwrap();
+    let done = durable_writes(&events, 1);
+    assert!(done[0].then_send.is_empty(), "the writer sent it");
+    assert_eq!(sent.try_recv(), Ok(2), "sent before the write was reported");
+
+    writer.submit(granting(2, 3)).unwrap();
+    let done = durable_writes(&events, 1);
+    assert_eq!(done[0].then_send.len(), 1, "left for the event");
+    assert!(sent.try_recv().is_err());
+
+    // The third sync fails: its message never goes.
+    writer.submit(granting(3, 2)).unwrap();
+    match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+        WriterEvent::Failed(_) => {}
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    drop(writer.stop());
+    assert!(
+        sent.try_recv().is_err(),
+        "a message went out before its fsync"
+    );
+}
+
 #[test]
 fn a_failed_sync_is_reported_and_stops_the_writer() {
     let dir = tempfile::tempdir().unwrap();
