@@ -28,6 +28,14 @@ struct Shard {
     unknown: HashMap<u64, Vec<u64>>,
 }
 
+/// Write `id` to key number `key` was acknowledged at `index`.
+#[derive(Clone, Copy, Debug)]
+pub struct Acknowledged {
+    pub key: u64,
+    pub id: u64,
+    pub index: Index,
+}
+
 /// What checking the ledger against the cluster found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Verification {
@@ -57,14 +65,22 @@ impl Ledger {
         ((key % SHARDS) as usize, (key / SHARDS) as usize)
     }
 
-    /// Write `id` to key number `key` was acknowledged at `index`.
-    pub fn acknowledged(&self, key: u64, id: u64, index: Index) {
-        let (shard, slot) = Self::locate(key);
-        let mut shard = self.shards[shard].lock();
-        let newest = &mut shard.acked[slot];
-        if index >= newest.1 {
-            *newest = (id, index);
+    /// Records a batch of acknowledged writes and empties it. One at a time, each took a lock
+    /// (a full memory fence) and then missed the cache on its random slot: 7% of the machine
+    /// at 500,000 writes/s. In slot order, a shard's lock is taken once per batch and the
+    /// misses overlap.
+    pub fn acknowledged_all(&self, acks: &mut Vec<Acknowledged>) {
+        acks.sort_unstable_by_key(|a| Self::locate(a.key));
+        for run in acks.chunk_by(|a, b| Self::locate(a.key).0 == Self::locate(b.key).0) {
+            let mut shard = self.shards[Self::locate(run[0].key).0].lock();
+            for a in run {
+                let newest = &mut shard.acked[Self::locate(a.key).1];
+                if a.index >= newest.1 {
+                    *newest = (a.id, a.index);
+                }
+            }
         }
+        acks.clear();
     }
 
     /// Write `id` to key number `key` failed or timed out: it may or may not have been applied.
@@ -144,12 +160,20 @@ mod tests {
     #[test]
     fn keeps_the_newest_acknowledged_write_and_every_unknown_one() {
         let ledger = Ledger::new("k", 1_000);
-        ledger.acknowledged(7, 1, 10);
-        ledger.acknowledged(7, 3, 30);
-        // Acknowledgements arrive out of order across clients: the newest index wins.
-        ledger.acknowledged(7, 2, 20);
+        let ack = |key, id, index| Acknowledged { key, id, index };
+        let mut batch = vec![ack(7, 1, 10), ack(7, 3, 30), ack(71, 6, 15)];
+        ledger.acknowledged_all(&mut batch);
+        assert!(batch.is_empty());
+        // Acknowledgements arrive out of order across clients and batches, and within a
+        // batch: the newest index wins.
+        let mut batch = vec![
+            ack(999, 5, 40),
+            ack(7, 2, 20),
+            ack(71, 8, 17),
+            ack(71, 7, 16),
+        ];
+        ledger.acknowledged_all(&mut batch);
         ledger.unknown(7, 4);
-        ledger.acknowledged(999, 5, 40);
         assert!(ledger.accepts(7, 3));
         assert!(ledger.accepts(7, 4));
         assert!(
@@ -157,6 +181,7 @@ mod tests {
             "an overwritten write is not the key's value"
         );
         assert!(!ledger.accepts(8, 3));
-        assert_eq!(ledger.acked_keys().len(), 2);
+        assert!(ledger.accepts(71, 8) && !ledger.accepts(71, 7));
+        assert_eq!(ledger.acked_keys(), vec![7, 71, 999]);
     }
 }

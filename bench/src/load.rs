@@ -14,7 +14,7 @@ use keel_engine::core::Index;
 use keel_engine::node::Error;
 use rand::{Rng, SeedableRng};
 
-use crate::ledger::Ledger;
+use crate::ledger::{Acknowledged, Ledger};
 
 /// What the load runs against.
 pub trait Target: Send + Sync {
@@ -97,6 +97,9 @@ struct Outstanding {
     op: Op,
     request: Box<dyn Request>,
 }
+
+/// Acknowledged writes a worker gathers before it records them in the ledger.
+const ACKS_BATCH: usize = 256;
 
 /// How often a worker looks for requests past their timeout.
 const TIMEOUT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
@@ -249,6 +252,8 @@ struct WorkerResult {
     reads_h: Histogram<u64>,
     timeline: Vec<Histogram<u32>>,
     late_sends: u64,
+    /// Acknowledged writes not yet in the ledger (see [`Ledger::acknowledged_all`]).
+    acks: Vec<Acknowledged>,
 }
 
 impl Worker<'_> {
@@ -265,6 +270,7 @@ impl Worker<'_> {
             reads_h: new_histogram(),
             timeline: Vec::new(),
             late_sends: 0,
+            acks: Vec::with_capacity(ACKS_BATCH),
         };
         let (woken_tx, woken) = crossbeam_channel::unbounded();
         let wakers: Vec<Waker> = (0..self.clients)
@@ -355,6 +361,7 @@ impl Worker<'_> {
                 std::thread::park_timeout(wait);
             }
         }
+        self.ledger.acknowledged_all(&mut result.acks);
         result
     }
 
@@ -465,7 +472,12 @@ impl Worker<'_> {
             Op::Write { key, id } => {
                 let _ = result.writes_h.record(latency_us.max(1));
                 match index {
-                    Some(index) => self.ledger.acknowledged(key, id, index),
+                    Some(index) => {
+                        result.acks.push(Acknowledged { key, id, index });
+                        if result.acks.len() >= ACKS_BATCH {
+                            self.ledger.acknowledged_all(&mut result.acks);
+                        }
+                    }
                     None => self.ledger.unknown(key, id),
                 }
             }
