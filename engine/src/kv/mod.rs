@@ -334,21 +334,32 @@ impl StateMachine for KvStore {
     }
 }
 
+/// What a snapshot gathers before writing it out.
+const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
+
 struct KvSnapshot {
     map: map::ShardedMap,
 }
 
 impl SnapshotSource for KvSnapshot {
     fn write_to(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
-        out.write_all(&(self.map.len() as u64).to_le_bytes())?;
+        // Parts are gathered into chunks: written one by one, each of a million keys' four
+        // parts was a call through `out` (and the byte counter around it), which cost more than
+        // copying its bytes (10% of the machine at peak in memory, with 0-byte values).
+        let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES);
+        chunk.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
         for (k, v) in self.map.iter() {
             for part in [k, v] {
                 let len = u32::try_from(part.len()).map_err(io::Error::other)?;
-                out.write_all(&len.to_le_bytes())?;
-                out.write_all(part)?;
+                chunk.extend_from_slice(&len.to_le_bytes());
+                chunk.extend_from_slice(part);
+            }
+            if chunk.len() >= SNAPSHOT_CHUNK_BYTES {
+                out.write_all(&chunk)?;
+                chunk.clear();
             }
         }
-        Ok(())
+        out.write_all(&chunk)
     }
 }
 
@@ -460,23 +471,49 @@ mod tests {
     #[test]
     fn snapshot_restores_the_same_map() {
         let mut kv = KvStore::default();
-        let put = KvCommand::Put {
-            key: Bytes::from_static(b"a"),
-            value: Bytes::from_static(b"1"),
-        }
-        .encode();
-        kv.apply(&[Command {
-            index: 7,
-            term: 1,
-            data: &put,
-        }])
-        .expect("applies");
+        // Enough for several of the snapshot's chunks, and one value larger than a chunk.
+        let puts: Vec<Bytes> = (0..5_000u32)
+            .map(|i| {
+                let size = if i == 42 {
+                    3 * SNAPSHOT_CHUNK_BYTES
+                } else {
+                    40
+                };
+                KvCommand::Put {
+                    key: Bytes::from(format!("key-{i}")),
+                    value: Bytes::from(vec![i as u8; size]),
+                }
+                .encode()
+            })
+            .collect();
+        let commands: Vec<Command<'_>> = (1..)
+            .zip(&puts)
+            .map(|(index, data)| Command {
+                index,
+                term: 1,
+                data,
+            })
+            .collect();
+        kv.apply(&commands).expect("applies");
         let mut out = Vec::new();
         kv.snapshot().write_to(&mut out).expect("writes");
+        assert!(out.len() > 4 * SNAPSHOT_CHUNK_BYTES);
         let mut restored = KvStore::default();
-        restored.restore(7, &mut &out[..]).expect("restores");
-        assert_eq!(restored.get(b"a"), Some(Bytes::from_static(b"1")));
-        assert_eq!(restored.applied_index(), 7);
+        restored.restore(5_000, &mut &out[..]).expect("restores");
+        assert_eq!(restored.applied_index(), 5_000);
+        assert_eq!(restored.len(), 5_000);
+        for i in [0u32, 41, 42, 43, 4_999] {
+            let size = if i == 42 {
+                3 * SNAPSHOT_CHUNK_BYTES
+            } else {
+                40
+            };
+            let key = format!("key-{i}");
+            assert_eq!(
+                restored.get(key.as_bytes()),
+                Some(Bytes::from(vec![i as u8; size]))
+            );
+        }
     }
 
     #[test]
