@@ -252,7 +252,8 @@ struct WorkerResult {
     reads_h: Histogram<u64>,
     timeline: Vec<Histogram<u32>>,
     late_sends: u64,
-    /// Acknowledged writes not yet in the ledger (see [`Ledger::acknowledged_all`]).
+    /// Acknowledged writes not yet in the ledger (see [`Ledger::acknowledged_all`]); empty once
+    /// `run` returns.
     acks: Vec<Acknowledged>,
 }
 

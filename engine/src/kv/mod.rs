@@ -352,7 +352,14 @@ impl SnapshotSource for KvSnapshot {
             for part in [k, v] {
                 let len = u32::try_from(part.len()).map_err(io::Error::other)?;
                 chunk.extend_from_slice(&len.to_le_bytes());
-                chunk.extend_from_slice(part);
+                if part.len() < SNAPSHOT_CHUNK_BYTES {
+                    chunk.extend_from_slice(part);
+                } else {
+                    // Written as it is: copied, it would leave the chunk that large.
+                    out.write_all(&chunk)?;
+                    chunk.clear();
+                    out.write_all(part)?;
+                }
             }
             if chunk.len() >= SNAPSHOT_CHUNK_BYTES {
                 out.write_all(&chunk)?;

@@ -223,9 +223,8 @@ impl<S: StateMachine> Applier<S> {
     /// once `snapshot_threshold_entries` were applied since the last snapshot and the commands
     /// applied since then add up to `SNAPSHOT_PAYBACK` times that snapshot's size: the work of
     /// snapshotting then stays a fixed share of the work of writing the log, however large the
-    /// state. Past
-    /// `SNAPSHOT_ENTRIES_CAP` thresholds a snapshot is taken whatever the sizes, which bounds the
-    /// log kept in memory.
+    /// state. Past `SNAPSHOT_ENTRIES_CAP` thresholds a snapshot is taken whatever the sizes,
+    /// which bounds the log kept in memory.
     fn maybe_snapshot(&mut self, in_flight: &mut Option<std::thread::JoinHandle<()>>) {
         let due = snapshot_due(
             self.applied.saturating_sub(self.last_snapshot),

@@ -56,9 +56,10 @@ pub struct NodeConfig {
     /// answers.
     pub max_inflight_bytes: usize,
     /// Take a snapshot and compact the log after this many applied entries, once the commands
-    /// applied since the last snapshot add up to twice its size (so snapshots cost at most half
-    /// what the log does), and after eight times this many whatever the sizes. Each node scales these by 85 to
-    /// 100% by its id, so that the nodes of a cluster do not all snapshot at once.
+    /// applied since the last snapshot add up to twice its size (so snapshots write at most half
+    /// as many bytes as the log), and after eight times this many whatever the sizes. Each node
+    /// scales these by 85 to 100% by its id, so that the nodes of a cluster do not all snapshot
+    /// at once.
     pub snapshot_threshold_entries: u64,
     /// Default timeout of the blocking helpers (`wait_for_leader`, forwarded proposals...).
     #[serde(with = "humantime_serde")]

@@ -188,10 +188,11 @@ impl<S: StateMachine> Node<S> {
         NodeMetrics::set(&metrics.applied_index, applied);
         let subscribers = Arc::new(Subscribers::default());
         let sm = Arc::new(RwLock::new(sm));
-        let (writer, writer_events) = LogWriter::spawn_with(
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (writer, writer_events) = LogWriter::spawn_sending(
             wal,
             WriterOptions::default(),
-            Some(send_when_durable(transport.clone())),
+            send_when_durable(transport.clone(), stopped.clone()),
         );
         let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_depth);
         let (inbound_tx, inbound_rx) = bounded(65_536);
@@ -200,7 +201,6 @@ impl<S: StateMachine> Node<S> {
         // taking no proposals while the applier lags (`APPLY_LAG_ENTRIES_MAX`).
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
         let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
-        let stopped = Arc::new(AtomicBool::new(false));
         let applied_progress = Arc::new(AtomicU64::new(applied));
 
         let applier = Applier {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +25,9 @@ use super::snapshots::SnapshotStore;
 pub trait Transport: Send + Sync + 'static {
     /// Called once at start: deliver what arrives for this node into `inbox`.
     fn attach(&self, inbox: Inbox);
-    /// Sends messages, each to its `to`.
+    /// Sends messages, each to its `to`. Called from the node's driver and from its log writer
+    /// (acknowledgements, right after their fdatasync), at the same time: it must only queue,
+    /// never block, and a peer sees the two callers' messages in whatever order they queued.
     fn send(&self, messages: Vec<Message>);
     /// Sends a snapshot message and streams the snapshot's data after it, reading `data` a
     /// chunk at a time (reads may block on disk). The receiver writes it through the sink of
@@ -42,12 +45,23 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// The log writer's hook: messages that waited for their write go out from the writer thread.
-/// Snapshot messages stay for the driver, which opens the snapshot file they stream.
-pub(crate) fn send_when_durable(transport: Arc<dyn Transport>) -> DurableSend {
+/// Snapshot messages stay for the driver, which opens the snapshot file they stream; once the
+/// node is `halted` everything stays (a stopped node sends nothing, as when the driver sent).
+pub(crate) fn send_when_durable(
+    transport: Arc<dyn Transport>,
+    halted: Arc<AtomicBool>,
+) -> DurableSend {
+    let is_snapshot = |m: &Message| matches!(m.body, Body::Snapshot { .. });
     Box::new(move |waiting: &mut Vec<Message>| {
-        let (stay, ready): (Vec<Message>, Vec<Message>) = std::mem::take(waiting)
-            .into_iter()
-            .partition(|m| matches!(m.body, Body::Snapshot { .. }));
+        if halted.load(Ordering::Acquire) {
+            return;
+        }
+        if !waiting.iter().any(is_snapshot) {
+            transport.send(std::mem::take(waiting));
+            return;
+        }
+        let (stay, ready): (Vec<Message>, Vec<Message>) =
+            std::mem::take(waiting).into_iter().partition(is_snapshot);
         *waiting = stay;
         if !ready.is_empty() {
             transport.send(ready);
@@ -285,4 +299,60 @@ fn copy_snapshot(
         sink.write_chunk(&chunk[..n])?;
     }
     sink.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::SnapshotMeta;
+
+    /// Records what it is asked to send.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<NodeId>>);
+
+    impl Transport for Recording {
+        fn attach(&self, _: Inbox) {}
+        fn send(&self, messages: Vec<Message>) {
+            self.0.lock().extend(messages.iter().map(|m| m.to));
+        }
+        fn send_snapshot(&self, _: Message, _: SnapshotReader) {
+            unreachable!("the hook never streams a snapshot")
+        }
+        fn forward(&self, _: NodeId, _: Bytes, _: ProposalReply) {}
+    }
+
+    fn message(to: NodeId, body: Body) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 1,
+            body,
+        }
+    }
+
+    #[test]
+    fn the_writer_hook_sends_all_but_snapshots_and_nothing_once_halted() {
+        let transport = Arc::new(Recording::default());
+        let halted = Arc::new(AtomicBool::new(false));
+        let mut send = send_when_durable(transport.clone(), halted.clone());
+        let vote = || Body::VoteResponse { granted: true };
+        let snapshot = || Body::Snapshot {
+            snapshot: SnapshotMeta::default(),
+        };
+
+        let mut waiting = vec![message(2, vote()), message(3, vote())];
+        send(&mut waiting);
+        assert!(waiting.is_empty());
+        let mut waiting = vec![message(4, snapshot()), message(5, vote())];
+        send(&mut waiting);
+        assert_eq!(waiting.len(), 1, "the snapshot stays for the driver");
+        assert_eq!(waiting[0].to, 4);
+        assert_eq!(*transport.0.lock(), [2, 3, 5]);
+
+        halted.store(true, Ordering::Release);
+        let mut waiting = vec![message(6, vote())];
+        send(&mut waiting);
+        assert_eq!(waiting.len(), 1, "a stopped node sends nothing");
+        assert_eq!(*transport.0.lock(), [2, 3, 5]);
+    }
 }

@@ -474,7 +474,7 @@ fn the_writer_sends_what_waited_once_durable_and_reports_what_it_left() {
     let send: DurableSend = Box::new(move |waiting: &mut Vec<crate::core::Message>| {
         waiting.retain(|m| m.to != 2 || sent_tx.send(m.to).is_err());
     });
-    let (writer, events) = LogWriter::spawn_with(wal, WriterOptions::default(), Some(send));
+    let (writer, events) = LogWriter::spawn_sending(wal, WriterOptions::default(), send);
     writer.submit(granting(1, 2)).unwrap();
     let done = durable_writes(&events, 1);
     assert!(done[0].then_send.is_empty(), "the writer sent it");

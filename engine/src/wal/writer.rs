@@ -84,12 +84,24 @@ pub struct LogWriter {
 impl LogWriter {
     /// Starts the writer thread, which owns `wal` until [`LogWriter::stop`].
     pub fn spawn(wal: Wal) -> (LogWriter, Receiver<WriterEvent>) {
-        Self::spawn_with(wal, WriterOptions::default(), None)
+        Self::spawn_with(wal, WriterOptions::default())
     }
 
-    /// Starts the writer thread with `opts`; with `send`, durable writes' messages go out from
-    /// the writer thread (see [`DurableSend`]).
-    pub fn spawn_with(
+    pub fn spawn_with(wal: Wal, opts: WriterOptions) -> (LogWriter, Receiver<WriterEvent>) {
+        Self::start(wal, opts, None)
+    }
+
+    /// Starts the writer thread, which sends durable writes' messages itself (see
+    /// [`DurableSend`]).
+    pub fn spawn_sending(
+        wal: Wal,
+        opts: WriterOptions,
+        send: DurableSend,
+    ) -> (LogWriter, Receiver<WriterEvent>) {
+        Self::start(wal, opts, Some(send))
+    }
+
+    fn start(
         wal: Wal,
         opts: WriterOptions,
         send: Option<DurableSend>,
