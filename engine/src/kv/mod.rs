@@ -479,16 +479,19 @@ mod tests {
     fn snapshot_restores_the_same_map() {
         let mut kv = KvStore::default();
         // Enough for several of the snapshot's chunks, and one value larger than a chunk.
+        let value = |i: u32| {
+            let size = if i == 42 {
+                3 * SNAPSHOT_CHUNK_BYTES
+            } else {
+                40
+            };
+            Bytes::from(vec![i as u8; size])
+        };
         let puts: Vec<Bytes> = (0..5_000u32)
             .map(|i| {
-                let size = if i == 42 {
-                    3 * SNAPSHOT_CHUNK_BYTES
-                } else {
-                    40
-                };
                 KvCommand::Put {
                     key: Bytes::from(format!("key-{i}")),
-                    value: Bytes::from(vec![i as u8; size]),
+                    value: value(i),
                 }
                 .encode()
             })
@@ -510,16 +513,8 @@ mod tests {
         assert_eq!(restored.applied_index(), 5_000);
         assert_eq!(restored.len(), 5_000);
         for i in [0u32, 41, 42, 43, 4_999] {
-            let size = if i == 42 {
-                3 * SNAPSHOT_CHUNK_BYTES
-            } else {
-                40
-            };
             let key = format!("key-{i}");
-            assert_eq!(
-                restored.get(key.as_bytes()),
-                Some(Bytes::from(vec![i as u8; size]))
-            );
+            assert_eq!(restored.get(key.as_bytes()), Some(value(i)));
         }
     }
 

@@ -56,13 +56,14 @@ pub(crate) fn send_when_durable(
         if halted.load(Ordering::Acquire) {
             return;
         }
-        if !waiting.iter().any(is_snapshot) {
-            transport.send(std::mem::take(waiting));
-            return;
-        }
-        let (stay, ready): (Vec<Message>, Vec<Message>) =
-            std::mem::take(waiting).into_iter().partition(is_snapshot);
-        *waiting = stay;
+        // Splitting allocates: only for the rare write that holds a snapshot message.
+        let ready = if waiting.iter().any(is_snapshot) {
+            let (stay, ready) = std::mem::take(waiting).into_iter().partition(is_snapshot);
+            *waiting = stay;
+            ready
+        } else {
+            std::mem::take(waiting)
+        };
         if !ready.is_empty() {
             transport.send(ready);
         }
