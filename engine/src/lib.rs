@@ -16,6 +16,7 @@
 //! been fsynced, and never panic on bytes read from disk.
 
 mod background;
+mod chunked;
 pub mod core;
 pub mod kv;
 pub mod node;

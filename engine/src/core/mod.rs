@@ -33,6 +33,7 @@ mod stats;
 
 pub use self::config::{Config, ConfigError};
 pub use self::entry::{Entry, HardState, Payload, SnapshotMeta};
+pub use self::log::ReleasedEntries;
 pub use self::membership::{Membership, MembershipError};
 pub use self::message::{AppendResult, Body, Message};
 pub use self::output::{Output, ReadResult, SoftState, Write};

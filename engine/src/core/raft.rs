@@ -1,6 +1,6 @@
 //! The Raft state machine of one node.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
@@ -10,8 +10,8 @@ use super::read::ReadQueue;
 use super::rng::SplitMix64;
 use super::{
     AppendResult, Body, Config, ConfigError, Entry, HardState, Index, Membership, MembershipError,
-    Message, NodeId, Output, Payload, Progress, ProgressState, ReadId, ReadResult, SnapshotMeta,
-    SoftState, Stats, Term, Write,
+    Message, NodeId, Output, Payload, Progress, ProgressState, ReadId, ReadResult, ReleasedEntries,
+    SnapshotMeta, SoftState, Stats, Term, Write,
 };
 
 /// A node's role in its current term.
@@ -77,7 +77,7 @@ pub struct Compaction {
     /// The entries removed. Dropping many at once frees as many buffers, which takes long
     /// enough (hundreds of milliseconds for most of a million) to delay heartbeats: the caller
     /// chooses where that happens.
-    pub released: VecDeque<Entry>,
+    pub released: ReleasedEntries,
 }
 
 /// Why the core refused a call.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
 
 use crate::core::{
-    Body, Core, CoreError, Entry, Index, Membership, Message, NodeId, ReadId, ReadMode, Role,
-    SoftState, Term, Write,
+    Body, Core, CoreError, Index, Membership, Message, NodeId, ReadId, ReadMode, ReleasedEntries,
+    Role, SoftState, Term, Write,
 };
 use crate::wal::{LogWriter, WriterEvent};
 
@@ -883,7 +883,7 @@ impl Wake {
 /// Frees a compaction's entries on a thread of their own: up to 8 x the snapshot threshold of
 /// them, each holding a buffer, took the driver up to half a second to drop, long enough for
 /// its followers to call an election.
-fn release_elsewhere(node: NodeId, entries: VecDeque<Entry>) {
+fn release_elsewhere(node: NodeId, entries: ReleasedEntries) {
     if entries.len() < 1024 {
         return;
     }

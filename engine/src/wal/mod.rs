@@ -851,7 +851,7 @@ impl Wal {
             None,
             "the live log has no hole after its snapshot"
         );
-        if let Some(front) = self.state.slots().front() {
+        if let Some(front) = self.state.slot(self.state.first_index()) {
             assert!(
                 front.seq >= self.segments[0].seq,
                 "no entry lives in a removed segment"
@@ -875,7 +875,9 @@ fn split_state(recovered: LogState<(EntryLoc, Entry)>) -> (LogState<EntryLoc>, V
     let mut state = LogState::new(first);
     state.snapshot = recovered.snapshot.clone();
     state.hard_state = recovered.hard_state;
-    let mut entries = Vec::with_capacity(recovered.slots().len());
+    let held = recovered.next_index() - first;
+    let mut entries =
+        Vec::with_capacity(usize::try_from(held).expect("entries held fit in memory"));
     for (loc, entry) in recovered.into_slots() {
         state
             .push(entry.index, loc)
