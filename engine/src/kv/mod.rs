@@ -296,7 +296,7 @@ impl StateMachine for KvStore {
 
     fn snapshot(&self) -> Box<dyn SnapshotSource> {
         Box::new(KvSnapshot {
-            map: self.map.clone(),
+            map: self.map.freeze(),
         })
     }
 
@@ -338,7 +338,7 @@ impl StateMachine for KvStore {
 const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
 
 struct KvSnapshot {
-    map: map::ShardedMap,
+    map: map::FrozenMap,
 }
 
 impl SnapshotSource for KvSnapshot {

@@ -8,62 +8,94 @@
 //! entry), each miss waiting on the one before; hashbrown keeps its layout private, and those
 //! misses taken one command at a time were most of the apply time.
 
-use std::sync::Arc;
+use std::ptr::NonNull;
 
-/// Where an `Arc`'s allocation starts before the pointer to its value: the strong and weak
-/// counts.
-pub(super) const ARC_HEADER_BYTES: usize = 2 * size_of::<usize>();
-
-/// A key and its value, in one allocation.
-#[derive(Clone, Debug)]
+/// A key and its value, in one allocation of their own.
+///
+/// An entry is a plain pointer: copying a table (a shard's first write after a snapshot froze
+/// it) copies its slots' bytes and nothing else. Who frees an entry, and when, is the map's
+/// business ([`super::map`]): a table never frees one, and its user must call [`Entry::free`]
+/// exactly once per entry, after the last read of it anywhere.
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Entry {
-    bytes: Arc<[u8]>,
+    bytes: NonNull<[u8]>,
     key_len: usize,
+}
+
+// SAFETY: an entry's bytes are never written after `Entry::new`, so reading them from any thread
+// is sound for as long as the allocation lives; the map frees each entry only after every table
+// that may point to it, on whatever thread, has stopped reading (see `super::map`).
+#[allow(unsafe_code)]
+unsafe impl Send for Entry {}
+// SAFETY: as for `Send`: shared access only ever reads immutable bytes.
+#[allow(unsafe_code)]
+unsafe impl Sync for Entry {}
+
+#[cfg(test)]
+thread_local! {
+    /// Entries allocated and not yet freed by this thread: tests check nothing leaks.
+    pub(super) static LIVE_ENTRIES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
 }
 
 impl Entry {
     pub(super) fn new(key: &[u8], value: &[u8]) -> Self {
-        // Zeroed, then filled while still unshared: two block copies, where collecting a chain
-        // of byte iterators copied byte by byte (a tenth of the apply time).
-        let mut bytes: Arc<[u8]> = std::iter::repeat_n(0, key.len() + value.len()).collect();
-        let buf = Arc::get_mut(&mut bytes).expect("a new Arc is unshared");
-        buf[..key.len()].copy_from_slice(key);
-        buf[key.len()..].copy_from_slice(value);
+        // Exactly the room needed: the boxed slice takes the vector's allocation as it is.
+        let mut bytes = Vec::with_capacity(key.len() + value.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
+        #[cfg(test)]
+        LIVE_ENTRIES.with(|n| n.set(n.get() + 1));
         Self {
-            bytes,
+            bytes: NonNull::from(Box::leak(bytes.into_boxed_slice())),
             key_len: key.len(),
         }
     }
 
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the pointer came from a leaked box and is freed only by `free`, which the map
+        // calls once no table that holds this entry is read any more (see the type's doc).
+        #[allow(unsafe_code)]
+        unsafe {
+            self.bytes.as_ref()
+        }
+    }
+
     pub(super) fn key(&self) -> &[u8] {
-        &self.bytes[..self.key_len]
+        &self.bytes()[..self.key_len]
     }
 
     pub(super) fn value(&self) -> &[u8] {
-        &self.bytes[self.key_len..]
+        &self.bytes()[self.key_len..]
     }
 
-    /// Asks the cache for the entry's first bytes: its reference count and key.
+    /// Frees the entry's allocation.
+    ///
+    /// # Safety
+    /// Called once per entry, after which nothing reads this entry or any copy of it.
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn free(self) {
+        #[cfg(test)]
+        LIVE_ENTRIES.with(|n| n.set(n.get() - 1));
+        // SAFETY: the pointer came from `Box::leak` in `new`; the caller promises this is the
+        // only free and the last use.
+        drop(unsafe { Box::from_raw(self.bytes.as_ptr()) });
+    }
+
+    /// Asks the cache for the entry's first bytes: its key.
     pub(super) fn prefetch(&self) {
-        prefetch(
-            Arc::as_ptr(&self.bytes)
-                .cast::<u8>()
-                .wrapping_sub(ARC_HEADER_BYTES),
-        );
+        prefetch(self.bytes.as_ptr().cast::<u8>());
     }
 
     /// Asks the cache for the whole entry, for a scan that copies it.
     pub(super) fn prefetch_all(&self) {
-        let start = Arc::as_ptr(&self.bytes)
-            .cast::<u8>()
-            .wrapping_sub(ARC_HEADER_BYTES);
-        for offset in (0..ARC_HEADER_BYTES + self.bytes.len()).step_by(64) {
+        let start = self.bytes.as_ptr().cast::<u8>();
+        for offset in (0..self.bytes.len()).step_by(64) {
             prefetch(start.wrapping_add(offset));
         }
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     hash: u64,
     entry: Option<Entry>,
@@ -74,31 +106,12 @@ struct Slot {
 const MAX_LOAD: (usize, usize) = (3, 4);
 const MIN_SLOTS: usize = 8;
 
-#[derive(Debug, Default)]
+/// Entries are the map's to free: dropping or copying a table touches none of them.
+#[derive(Clone, Debug, Default)]
 pub(super) struct Table {
     /// A power of two of them, or none before the first insert.
     slots: Box<[Slot]>,
     len: usize,
-}
-
-impl Clone for Table {
-    /// Copying a shard (the first write to it after a snapshot froze it) writes every entry's
-    /// reference count: asked for all at once, those misses overlap instead of queueing.
-    fn clone(&self) -> Self {
-        self.entries().for_each(Entry::prefetch);
-        Self {
-            slots: self.slots.clone(),
-            len: self.len,
-        }
-    }
-}
-
-impl Drop for Table {
-    /// Dropping a shard (a snapshot's frozen copy, once written) writes every entry's reference
-    /// count, as copying one does: the same prefetch first.
-    fn drop(&mut self) {
-        self.entries().for_each(Entry::prefetch);
-    }
 }
 
 impl Table {
@@ -128,11 +141,10 @@ impl Table {
         self.slots[i].entry.as_ref()
     }
 
-    /// Inserts `entry` or replaces the one with its key; whether the key is new.
-    pub(super) fn insert(&mut self, hash: u64, entry: Entry) -> bool {
+    /// Inserts `entry`, or replaces the one with its key and returns that one.
+    pub(super) fn insert(&mut self, hash: u64, entry: Entry) -> Option<Entry> {
         if let Some(i) = self.position(hash, entry.key()) {
-            self.slots[i].entry = Some(entry);
-            return false;
+            return self.slots[i].entry.replace(entry);
         }
         if (self.len + 1) * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
             self.grow();
@@ -144,7 +156,7 @@ impl Table {
             entry: Some(entry),
         };
         self.len += 1;
-        true
+        None
     }
 
     /// The first empty slot of `hash`'s probe.
@@ -157,11 +169,9 @@ impl Table {
         i
     }
 
-    /// Removes `key`; whether it was there.
-    pub(super) fn remove(&mut self, hash: u64, key: &[u8]) -> bool {
-        let Some(mut hole) = self.position(hash, key) else {
-            return false;
-        };
+    /// Removes `key`'s entry and returns it.
+    pub(super) fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Entry> {
+        let mut hole = self.position(hash, key)?;
         // Backward shift instead of tombstones: each later entry of the run moves into the hole
         // when that keeps it at or after its home, so every probe still reaches it.
         let mask = self.slots.len() - 1;
@@ -178,9 +188,8 @@ impl Table {
             }
         }
         // The removed entry has travelled to the last hole.
-        self.slots[hole] = Slot::default();
         self.len -= 1;
-        true
+        std::mem::take(&mut self.slots[hole]).entry
     }
 
     fn grow(&mut self) {
@@ -255,21 +264,40 @@ mod tests {
         u64::from(key % 5) | (u64::from(key) << 40)
     }
 
+    /// Frees an entry the table gave back (the map's job outside these tests).
+    #[allow(unsafe_code)]
+    fn free(e: Entry) {
+        // SAFETY: the table gave it back and no copy of the table holds it.
+        unsafe { e.free() }
+    }
+
+    fn free_all(t: Table) {
+        t.entries().copied().for_each(free);
+    }
+
     #[test]
     fn behaves_as_a_map_under_collisions() {
+        let live_before = LIVE_ENTRIES.with(std::cell::Cell::get);
         let mut t = Table::default();
         let mut model = std::collections::BTreeMap::new();
         for step in 0..20_000u32 {
             let key = step.wrapping_mul(2_654_435_761) % 300;
             let k = key.to_le_bytes();
             if step % 3 == 0 {
-                assert_eq!(t.remove(crowded(key), &k), model.remove(&key).is_some());
+                let removed = t.remove(crowded(key), &k);
+                assert_eq!(
+                    removed.map(|e| e.value().to_vec()),
+                    model.remove(&key).map(|v: u32| v.to_le_bytes().to_vec())
+                );
+                removed.into_iter().for_each(free);
             } else {
                 let v = step.to_le_bytes();
+                let replaced = t.insert(crowded(key), Entry::new(&k, &v));
                 assert_eq!(
-                    t.insert(crowded(key), Entry::new(&k, &v)),
-                    model.insert(key, step).is_none()
+                    replaced.map(|e| e.value().to_vec()),
+                    model.insert(key, step).map(|v| v.to_le_bytes().to_vec())
                 );
+                replaced.into_iter().for_each(free);
             }
             assert_eq!(t.len(), model.len());
             if step % 997 == 0 {
@@ -282,6 +310,8 @@ mod tests {
         }
         assert_eq!(t.entries().count(), model.len());
         assert!(t.len() * MAX_LOAD.1 <= t.slots.len() * MAX_LOAD.0);
+        free_all(t);
+        assert_eq!(LIVE_ENTRIES.with(std::cell::Cell::get), live_before);
     }
 
     #[test]
@@ -291,8 +321,10 @@ mod tests {
             t.insert(u64::from(key), Entry::new(&key.to_le_bytes(), b"v"));
         }
         let copy = t.clone();
-        t.remove(7, &7u32.to_le_bytes());
-        t.insert(8, Entry::new(&8u32.to_le_bytes(), b"w"));
+        let removed = t.remove(7, &7u32.to_le_bytes()).expect("present");
+        let replaced = t
+            .insert(8, Entry::new(&8u32.to_le_bytes(), b"w"))
+            .expect("present");
         assert_eq!(
             copy.get(7, &7u32.to_le_bytes()).map(Entry::value),
             Some(&b"v"[..])
@@ -305,7 +337,18 @@ mod tests {
             t.get(8, &8u32.to_le_bytes()).map(Entry::value),
             Some(&b"w"[..])
         );
-        let e = copy.get(9, &9u32.to_le_bytes()).expect("present");
-        assert_eq!(Arc::strong_count(&e.bytes), 2);
+        // The copy points at the same allocations.
+        let (mine, theirs) = (
+            t.get(9, &9u32.to_le_bytes()),
+            copy.get(9, &9u32.to_le_bytes()),
+        );
+        assert!(std::ptr::eq(
+            mine.expect("present").key(),
+            theirs.expect("present").key()
+        ));
+        drop(copy);
+        free(removed);
+        free(replaced);
+        free_all(t);
     }
 }
