@@ -1,5 +1,5 @@
-//! A deque in fixed-size chunks, for what is held per log entry: the core's entries, the log
-//! writer's record locations.
+//! A deque in fixed-size chunks, for what is held per log entry (the core's entries, the log
+//! writer's record locations) and other lists that grow long on a hot path.
 //!
 //! Between two snapshots a log holds up to a million entries. In one `VecDeque`, each time it
 //! outgrew its room every item moved to an allocation twice the size: megabytes copied into fresh
@@ -47,6 +47,7 @@ impl<T, const N: usize> Chunked<T, N> {
     }
 
     pub(crate) fn push_back(&mut self, item: T) {
+        const { assert!(N > 0, "chunks hold at least one item") };
         match self.chunks.back_mut() {
             Some(last) if last.len() < N => last.push_back(item),
             _ => {

@@ -21,6 +21,7 @@ use hashbrown::DefaultHashBuilder;
 use parking_lot::Mutex;
 
 use super::table::{prefetch, Entry, Table};
+use crate::chunked::Chunked;
 
 /// Shards per map. With uniform keys the writes after a snapshot copy the whole map, shard by
 /// shard as each is first written: with many small shards (about 60 entries each at 1 M keys)
@@ -70,8 +71,12 @@ struct Frozen {
     /// Frozen copies alive.
     copies: usize,
     /// Entries the live map let go of while `copies > 0`: one of the copies may still read
-    /// them. The copy that brings `copies` to 0 frees them.
-    buried: Vec<Entry>,
+    /// them. The copy that brings `copies` to 0 frees them, on its own thread (the snapshot's).
+    /// That includes entries written after the freeze, which no copy reads: telling them apart
+    /// would take a freeze epoch per slot, and they are the lesser part (at 1 M uniform keys, a
+    /// snapshot as long as 0.7 M writes buries ~0.5 M entries the copy holds and ~0.2 M it does
+    /// not). In chunks: a vector doubling under the lock would copy megabytes on the apply path.
+    buried: Chunked<Entry>,
 }
 
 /// A frozen copy of a [`ShardedMap`], for a snapshot: it reads the entries as they were when it
@@ -117,7 +122,7 @@ impl Drop for ShardedMap {
         let mut frozen = self.frozen.lock();
         if frozen.copies > 0 {
             // The copies still read them; the last one frees them.
-            frozen.buried.extend(entries);
+            entries.for_each(|entry| frozen.buried.push_back(entry));
         } else {
             drop(frozen);
             for entry in entries {
@@ -206,7 +211,7 @@ impl ShardedMap {
     fn let_go(&mut self, entry: Entry) {
         let mut frozen = self.frozen.lock();
         if frozen.copies > 0 {
-            frozen.buried.push(entry);
+            frozen.buried.push_back(entry);
             return;
         }
         drop(frozen);

@@ -516,6 +516,43 @@ mod tests {
             let key = format!("key-{i}");
             assert_eq!(restored.get(key.as_bytes()), Some(value(i)));
         }
+        // A snapshot being written on its own thread while the store it froze is overwritten,
+        // then replaced whole (an installed snapshot): it still writes the state it froze.
+        let mut source = restored.snapshot();
+        let writer = std::thread::spawn(move || {
+            let mut again = Vec::new();
+            source.write_to(&mut again).expect("writes");
+            again
+        });
+        let overwrite: Vec<Bytes> = (0..5_000u32)
+            .map(|i| {
+                KvCommand::Put {
+                    key: Bytes::from(format!("key-{i}")),
+                    value: Bytes::from_static(b"later"),
+                }
+                .encode()
+            })
+            .collect();
+        let commands: Vec<Command<'_>> = (5_001..)
+            .zip(&overwrite)
+            .map(|(index, data)| Command {
+                index,
+                term: 1,
+                data,
+            })
+            .collect();
+        restored.apply(&commands).expect("applies");
+        restored.restore(5_000, &mut &out[..]).expect("restores");
+        let again = writer.join().expect("the snapshot thread finishes");
+        let mut from_again = KvStore::default();
+        from_again
+            .restore(5_000, &mut &again[..])
+            .expect("restores");
+        assert_eq!(from_again.len(), 5_000);
+        for i in [0u32, 42, 4_999] {
+            let key = format!("key-{i}");
+            assert_eq!(from_again.get(key.as_bytes()), Some(value(i)));
+        }
     }
 
     #[test]

@@ -51,9 +51,12 @@ impl Entry {
         }
     }
 
+    /// Sound for an entry borrowed from a table the caller is reading (a live map's or a frozen
+    /// copy's): the map frees an entry only once no such table holds it. The kv module never
+    /// reads through an entry copied out of a table past its let-go.
     fn bytes(&self) -> &[u8] {
-        // SAFETY: the pointer came from a leaked box and is freed only by `free`, which the map
-        // calls once no table that holds this entry is read any more (see the type's doc).
+        // SAFETY: the pointer came from a leaked box and is freed only by `free`; the entry is
+        // borrowed from a table that holds it (the doc above), so it has not been freed.
         #[allow(unsafe_code)]
         unsafe {
             self.bytes.as_ref()
@@ -106,7 +109,9 @@ struct Slot {
 const MAX_LOAD: (usize, usize) = (3, 4);
 const MIN_SLOTS: usize = 8;
 
-/// Entries are the map's to free: dropping or copying a table touches none of them.
+/// Entries are the map's to free: dropping or copying a table touches none of them. A copy
+/// points to the same entries, so only the map's copy-on-write (`Arc::make_mut`, which it
+/// accounts for) may make one.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Table {
     /// A power of two of them, or none before the first insert.
