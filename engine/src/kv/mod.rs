@@ -60,7 +60,8 @@ const RESPONSE_MALFORMED: u8 = 3;
 
 impl KvCommand {
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::new();
+        // One allocation of the exact size: grown part by part, a put reallocated twice.
+        let mut b = BytesMut::with_capacity(self.encoded_len());
         match self {
             KvCommand::Put { key, value } => {
                 b.put_u8(TAG_PUT);
@@ -79,6 +80,19 @@ impl KvCommand {
             }
         }
         b.freeze()
+    }
+
+    /// The length of [`Self::encode`]'s bytes.
+    fn encoded_len(&self) -> usize {
+        let part = |data: &[u8]| 4 + data.len();
+        let option = |data: Option<&[u8]>| 1 + data.map_or(0, part);
+        1 + match self {
+            KvCommand::Put { key, value } => part(key) + value.len(),
+            KvCommand::Delete { key } => key.len(),
+            KvCommand::CompareAndSwap { key, expected, new } => {
+                part(key) + option(expected.as_deref()) + option(new.as_deref())
+            }
+        }
     }
 
     /// Decodes a command; `None` when the bytes are not one. Slices share `data`'s buffer.
@@ -464,9 +478,16 @@ mod tests {
                 expected: None,
                 new: Some(Bytes::from_static(b"x")),
             },
+            KvCommand::CompareAndSwap {
+                key: Bytes::from_static(b"key"),
+                expected: Some(Bytes::from_static(b"old")),
+                new: None,
+            },
         ];
         for c in commands {
-            assert_eq!(KvCommand::decode(&c.encode()), Some(c));
+            let bytes = c.encode();
+            assert_eq!(bytes.len(), c.encoded_len(), "allocated at its exact size");
+            assert_eq!(KvCommand::decode(&bytes), Some(c));
         }
         assert_eq!(KvCommand::decode(&Bytes::from_static(&[9, 1, 2])), None);
         assert_eq!(
