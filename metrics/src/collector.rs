@@ -180,6 +180,11 @@ const FAMILIES: &[(&str, &str, Kind)] = &[
         Kind::Histogram,
     ),
     (
+        "keel_driver_turn_duration_seconds",
+        "Time per turn of the node's driver thread; every write of the node waits while one runs.",
+        Kind::Histogram,
+    ),
+    (
         "keel_peer_round_trip_time_seconds",
         "Heartbeat round trips to each follower.",
         Kind::Histogram,
@@ -370,6 +375,10 @@ fn collect_node(source: &NodeSource, put: &mut impl FnMut(&str, proto::Metric)) 
     put(
         "keel_apply_duration_seconds",
         histogram(&base, &m.apply_duration.snapshot(), NANOS),
+    );
+    put(
+        "keel_driver_turn_duration_seconds",
+        histogram(&base, &m.driver_turn_duration.snapshot(), NANOS),
     );
     let peers = m.peers.lock();
     for (peer, p) in peers.iter() {

@@ -155,6 +155,21 @@ fn a_scrape_tracks_the_cluster() {
         .samples
         .iter()
         .any(|x| x.metric == "keel_wal_fsync_batch_entries"));
+    let turns = s
+        .samples
+        .iter()
+        .find(|x| {
+            x.metric == "keel_driver_turn_duration_seconds"
+                && x.labels.get("node") == Some(&*target_label)
+        })
+        .expect("the driver turn histogram");
+    match &turns.value {
+        Value::Histogram(buckets) => {
+            let total = buckets.last().map_or(0.0, |b| b.count);
+            assert!(total >= 1.0, "driver turns were timed: {buckets:?}");
+        }
+        other => panic!("a histogram, not {other:?}"),
+    }
 
     // Commit lag rises for a cut-off follower and falls once it is back.
     let lagging = (1..=3).find(|&id| id != target).expect("a follower");
@@ -220,6 +235,7 @@ fn the_exposition_declares_every_family() {
         "keel_raft_commit_index",
         "keel_proposals_failed_total",
         "keel_wal_fsync_duration_seconds",
+        "keel_driver_turn_duration_seconds",
         "keel_build_info",
     ] {
         assert!(

@@ -232,7 +232,11 @@ impl Driver {
             if let Err(reason) = outcome.and_then(|()| self.process_output()) {
                 break reason;
             }
-            self.warn_if_slow(kind, turn_started.elapsed());
+            let took = turn_started.elapsed();
+            self.metrics
+                .driver_turn_duration
+                .observe(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+            self.warn_if_slow(kind, took);
         };
         self.shutdown(&reason);
         reason

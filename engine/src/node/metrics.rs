@@ -41,6 +41,9 @@ pub struct NodeMetrics {
     pub commit_duration: Histogram,
     /// Time the state machine spent applying each batch.
     pub apply_duration: Histogram,
+    /// Time each turn of the driver's loop took (what woke it, handled, and its output sent on):
+    /// every write of the node waits while one runs, so a long one is a stall of the node.
+    pub driver_turn_duration: Histogram,
     /// I/O time of each group commit (writes and fdatasync).
     pub wal_fsync_duration: Histogram,
     /// Entries made durable by each group commit.
@@ -95,6 +98,7 @@ impl Default for NodeMetrics {
             proposal_batch_entries: Histogram::new(COUNT_BOUNDS),
             commit_duration: Histogram::new(DURATION_BOUNDS_NANOS),
             apply_duration: Histogram::new(DURATION_BOUNDS_NANOS),
+            driver_turn_duration: Histogram::new(DURATION_BOUNDS_NANOS),
             wal_fsync_duration: Histogram::new(DURATION_BOUNDS_NANOS),
             wal_fsync_batch_entries: Histogram::new(COUNT_BOUNDS),
             peers: Mutex::new(BTreeMap::new()),
