@@ -48,6 +48,19 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Polls the scrape until `check` holds, or fails with what it last saw.
+/// Observations in the histogram `name` of node `node`.
+fn histogram_count(scrape: &Scrape, name: &str, node: &str) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|x| x.metric == name && x.labels.get("node") == Some(node))
+        .unwrap_or_else(|| panic!("{name} of node {node}"));
+    match &sample.value {
+        Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+        other => panic!("{name}: a histogram, not {other:?}"),
+    }
+}
+
 fn eventually(addr: std::net::SocketAddr, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -136,40 +149,18 @@ fn a_scrape_tracks_the_cluster() {
         .expect("counter")
             >= 50.0
     );
-    let commit_latency = s
-        .samples
-        .iter()
-        .find(|x| {
-            x.metric == "keel_commit_duration_seconds"
-                && x.labels.get("node") == Some(&*target_label)
-        })
-        .expect("the commit latency histogram");
-    match &commit_latency.value {
-        Value::Histogram(buckets) => {
-            let total = buckets.last().map_or(0.0, |b| b.count);
-            assert!(total >= 1.0, "commit latencies were recorded: {buckets:?}");
-        }
-        other => panic!("a histogram, not {other:?}"),
-    }
+    assert!(
+        histogram_count(&s, "keel_commit_duration_seconds", &target_label) >= 1.0,
+        "commit latencies were recorded"
+    );
     assert!(s
         .samples
         .iter()
         .any(|x| x.metric == "keel_wal_fsync_batch_entries"));
-    let turns = s
-        .samples
-        .iter()
-        .find(|x| {
-            x.metric == "keel_driver_turn_duration_seconds"
-                && x.labels.get("node") == Some(&*target_label)
-        })
-        .expect("the driver turn histogram");
-    match &turns.value {
-        Value::Histogram(buckets) => {
-            let total = buckets.last().map_or(0.0, |b| b.count);
-            assert!(total >= 1.0, "driver turns were timed: {buckets:?}");
-        }
-        other => panic!("a histogram, not {other:?}"),
-    }
+    assert!(
+        histogram_count(&s, "keel_driver_turn_duration_seconds", &target_label) >= 1.0,
+        "driver turns were timed"
+    );
 
     // Commit lag rises for a cut-off follower and falls once it is back.
     let lagging = (1..=3).find(|&id| id != target).expect("a follower");

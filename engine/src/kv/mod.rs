@@ -496,6 +496,28 @@ mod tests {
         );
     }
 
+    /// Applies a put of `value(i)` to `key-{i}` for i in 0..5,000, from log index `first`.
+    fn put_all(kv: &mut KvStore, first: Index, value: impl Fn(u32) -> Bytes) {
+        let puts: Vec<Bytes> = (0..5_000u32)
+            .map(|i| {
+                KvCommand::Put {
+                    key: Bytes::from(format!("key-{i}")),
+                    value: value(i),
+                }
+                .encode()
+            })
+            .collect();
+        let commands: Vec<Command<'_>> = (first..)
+            .zip(&puts)
+            .map(|(index, data)| Command {
+                index,
+                term: 1,
+                data,
+            })
+            .collect();
+        kv.apply(&commands).expect("applies");
+    }
+
     #[test]
     fn snapshot_restores_the_same_map() {
         let mut kv = KvStore::default();
@@ -508,24 +530,7 @@ mod tests {
             };
             Bytes::from(vec![i as u8; size])
         };
-        let puts: Vec<Bytes> = (0..5_000u32)
-            .map(|i| {
-                KvCommand::Put {
-                    key: Bytes::from(format!("key-{i}")),
-                    value: value(i),
-                }
-                .encode()
-            })
-            .collect();
-        let commands: Vec<Command<'_>> = (1..)
-            .zip(&puts)
-            .map(|(index, data)| Command {
-                index,
-                term: 1,
-                data,
-            })
-            .collect();
-        kv.apply(&commands).expect("applies");
+        put_all(&mut kv, 1, value);
         let mut out = Vec::new();
         kv.snapshot().write_to(&mut out).expect("writes");
         assert!(out.len() > 4 * SNAPSHOT_CHUNK_BYTES);
@@ -545,24 +550,7 @@ mod tests {
             source.write_to(&mut again).expect("writes");
             again
         });
-        let overwrite: Vec<Bytes> = (0..5_000u32)
-            .map(|i| {
-                KvCommand::Put {
-                    key: Bytes::from(format!("key-{i}")),
-                    value: Bytes::from_static(b"later"),
-                }
-                .encode()
-            })
-            .collect();
-        let commands: Vec<Command<'_>> = (5_001..)
-            .zip(&overwrite)
-            .map(|(index, data)| Command {
-                index,
-                term: 1,
-                data,
-            })
-            .collect();
-        restored.apply(&commands).expect("applies");
+        put_all(&mut restored, 5_001, |_| Bytes::from_static(b"later"));
         restored.restore(5_000, &mut &out[..]).expect("restores");
         let again = writer.join().expect("the snapshot thread finishes");
         let mut from_again = KvStore::default();
