@@ -491,10 +491,12 @@ impl Worker<'_> {
 
 pub fn key_bytes(prefix: &str, key: u64) -> Bytes {
     use std::fmt::Write as _;
-    // Room for the widest number up front: `format!` grew its string as it went (with the
-    // command's encoding, reallocations were ~2% of the machine's samples in memory).
-    let mut s = String::with_capacity(prefix.len() + 1 + 20);
+    // Exactly the room needed, so the string's allocation becomes the key's as it is (`format!`
+    // grew its string as it went; with spare room `Bytes` would allocate again).
+    let digits = key.checked_ilog10().map_or(1, |d| d as usize + 1).max(12);
+    let mut s = String::with_capacity(prefix.len() + 1 + digits);
     let _ = write!(s, "{prefix}-{key:012}");
+    debug_assert_eq!(s.len(), s.capacity());
     Bytes::from(s)
 }
 
@@ -583,6 +585,14 @@ mod tests {
             seed: 1,
             sequential_keys: false,
         }
+    }
+
+    #[test]
+    fn keys_are_the_prefix_and_a_zero_padded_number() {
+        assert_eq!(&key_bytes("p", 7)[..], b"p-000000000007");
+        assert_eq!(&key_bytes("run", 999_999_999_999)[..], b"run-999999999999");
+        assert_eq!(&key_bytes("p", 1_000_000_000_000)[..], b"p-1000000000000");
+        assert_eq!(key_bytes("p", u64::MAX), format!("p-{}", u64::MAX));
     }
 
     #[test]

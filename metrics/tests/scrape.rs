@@ -47,7 +47,6 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
-/// Polls the scrape until `check` holds, or fails with what it last saw.
 /// Observations in the histogram `name` of node `node`.
 fn histogram_count(scrape: &Scrape, name: &str, node: &str) -> f64 {
     let sample = scrape
@@ -61,6 +60,7 @@ fn histogram_count(scrape: &Scrape, name: &str, node: &str) -> f64 {
     }
 }
 
+/// Polls the scrape until `check` holds, or fails with what it last saw.
 fn eventually(addr: std::net::SocketAddr, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + WAIT;
     loop {

@@ -544,14 +544,18 @@ mod tests {
         }
         // A snapshot being written on its own thread while the store it froze is overwritten,
         // then replaced whole (an installed snapshot): it still writes the state it froze.
+        // The copy is frozen here and read only once the store has moved on.
         let mut source = restored.snapshot();
+        let (moved_on, wait) = std::sync::mpsc::channel::<()>();
         let writer = std::thread::spawn(move || {
+            wait.recv().expect("the store moves on first");
             let mut again = Vec::new();
             source.write_to(&mut again).expect("writes");
             again
         });
         put_all(&mut restored, 5_001, |_| Bytes::from_static(b"later"));
         restored.restore(5_000, &mut &out[..]).expect("restores");
+        moved_on.send(()).expect("the writer waits");
         let again = writer.join().expect("the snapshot thread finishes");
         let mut from_again = KvStore::default();
         from_again

@@ -41,8 +41,9 @@ pub struct NodeMetrics {
     pub commit_duration: Histogram,
     /// Time the state machine spent applying each batch.
     pub apply_duration: Histogram,
-    /// Time each turn of the driver's loop took (what woke it, handled, and its output sent on):
-    /// every write of the node waits while one runs, so a long one is a stall of the node.
+    /// Time each turn of the driver's loop took, from handling what woke it to its output sent
+    /// on (the ticks it catches up on first are not counted): every write of the node waits
+    /// while one runs, so a long one is a stall of the node.
     pub driver_turn_duration: Histogram,
     /// I/O time of each group commit (writes and fdatasync).
     pub wal_fsync_duration: Histogram,
