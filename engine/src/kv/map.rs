@@ -30,6 +30,9 @@ use crate::chunked::Chunked;
 /// applier of every node fell ~10,000 entries behind at each snapshot. Cloning the shard list
 /// for a snapshot costs one reference count per shard, well under a millisecond.
 const SHARDS: usize = 16 * 1024;
+/// Where an `Arc`'s allocation starts before the pointer to its value: the strong and weak
+/// counts.
+const ARC_HEADER_BYTES: usize = 2 * size_of::<usize>();
 /// Where in the hash the shard's bits start: above any table's slot bits.
 const SHARD_SHIFT: u32 = 32;
 
@@ -198,9 +201,10 @@ impl ShardedMap {
         if self.shard(key).get(key.hash, key.bytes).is_none() {
             return false;
         }
-        let Some(removed) = self.shard_mut(key).remove(key.hash, key.bytes) else {
-            return false;
-        };
+        let removed = self
+            .shard_mut(key)
+            .remove(key.hash, key.bytes)
+            .expect("the key was found just above");
         self.len -= 1;
         self.let_go(removed);
         true
@@ -240,7 +244,7 @@ impl ShardedMap {
             Prefetch::Shard => {
                 // The reference count sits just before the table; the two may straddle a line.
                 let table = Arc::as_ptr(shard).cast::<u8>();
-                prefetch(table.wrapping_sub(2 * size_of::<usize>()));
+                prefetch(table.wrapping_sub(ARC_HEADER_BYTES));
                 prefetch(table.wrapping_add(size_of::<Table>() - 1));
             }
             Prefetch::Slot => shard.prefetch_slot(key.hash),
