@@ -103,18 +103,20 @@ impl RaftLog {
 
     /// Entries from `lo` to the end, at most `max_bytes` of them but at least one.
     pub(crate) fn slice(&self, lo: Index, max_bytes: usize) -> Vec<Entry> {
-        let mut out = Vec::new();
+        // Counted first, so that the copy is allocated once at its size: at a few hundred
+        // entries per append, growing it step by step was a visible share of the leader's turn.
+        let mut end = lo;
         let mut bytes = 0;
-        let mut index = lo;
-        while let Some(e) = self.entry(index) {
+        while let Some(e) = self.entry(end) {
             bytes += e.size_bytes();
-            if !out.is_empty() && bytes > max_bytes {
+            if end > lo && bytes > max_bytes {
                 break;
             }
-            out.push(e.clone());
-            index += 1;
+            end += 1;
         }
-        out
+        (lo..end)
+            .map(|i| self.entry(i).expect("counted above").clone())
+            .collect()
     }
 
     /// Appends one entry that continues the log.
@@ -222,7 +224,8 @@ impl RaftLog {
     /// Entries that are committed and durable here but not yet handed out for apply.
     pub(crate) fn take_committed(&mut self, max_entries: usize) -> Vec<Entry> {
         let hi = self.committed.min(self.persisted);
-        let mut out = Vec::new();
+        let due = usize::try_from(hi.saturating_sub(self.applying)).unwrap_or(usize::MAX);
+        let mut out = Vec::with_capacity(due.min(max_entries));
         while self.applying < hi && out.len() < max_entries {
             let entry = self
                 .entry(self.applying + 1)

@@ -962,6 +962,7 @@ impl Core {
     /// Appends entries in the current term and starts replicating them. Returns the first index.
     fn append_as_leader(&mut self, payloads: Vec<Payload>) -> Index {
         let first = self.log.last_index() + 1;
+        self.write_mut().entries.reserve(payloads.len());
         for (k, payload) in payloads.into_iter().enumerate() {
             self.append_local(Entry {
                 index: first + k as u64,
@@ -1298,6 +1299,7 @@ impl Core {
                 self.truncate_local(conflict);
             }
             let start = usize::try_from(conflict - prev_index - 1).expect("within the message");
+            self.write_mut().entries.reserve(entries.len() - start);
             for entry in entries.drain(start..) {
                 self.append_local(entry);
             }

@@ -23,7 +23,10 @@ struct Slot<T> {
 #[derive(Debug)]
 struct SlotState<T> {
     result: Option<Result<T, Error>>,
-    wakers: Vec<Waker>,
+    /// The task that last polled the handle: only one can (polling takes it by `&mut`), and a
+    /// future wakes the waker of its latest poll. One slot, not a list: a list cost an
+    /// allocation per request polled.
+    waker: Option<Waker>,
 }
 
 /// A result that will arrive later.
@@ -44,7 +47,7 @@ pub(crate) fn pending<T>() -> (Pending<T>, Completer<T>) {
     let slot = Arc::new(Slot {
         state: Mutex::new(SlotState {
             result: None,
-            wakers: Vec::new(),
+            waker: None,
         }),
         ready: Condvar::new(),
     });
@@ -57,13 +60,15 @@ pub(crate) fn pending<T>() -> (Pending<T>, Completer<T>) {
 impl<T> Completer<T> {
     pub(crate) fn complete(mut self, result: Result<T, Error>) {
         if let Some(slot) = self.slot.take() {
-            let wakers = {
+            let waker = {
                 let mut state = slot.state.lock();
                 state.result.get_or_insert(result);
-                std::mem::take(&mut state.wakers)
+                state.waker.take()
             };
             slot.ready.notify_all();
-            wakers.into_iter().for_each(Waker::wake);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
     }
 }
@@ -119,8 +124,12 @@ impl<T: Clone> Future for Pending<T> {
         match &state.result {
             Some(result) => Poll::Ready(result.clone()),
             None => {
-                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.wakers.push(cx.waker().clone());
+                if !state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
@@ -144,6 +153,33 @@ mod tests {
     fn wait_times_out() {
         let (p, _c) = pending::<u32>();
         assert_eq!(p.wait(Duration::from_millis(10)), Err(Error::Timeout));
+    }
+
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn completion_wakes_the_task_that_polled_last() {
+        let (mut p, c) = pending::<u32>();
+        let counters: Vec<_> = (0..2).map(|_| Arc::new(CountingWaker(0.into()))).collect();
+        let wakers: Vec<Waker> = counters.iter().map(|c| Waker::from(c.clone())).collect();
+        for waker in [&wakers[0], &wakers[0], &wakers[1]] {
+            let polled = Pin::new(&mut p).poll(&mut Context::from_waker(waker));
+            assert!(polled.is_pending());
+        }
+        c.complete(Ok(3));
+        let woken: Vec<usize> = counters
+            .iter()
+            .map(|c| c.0.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(woken, [0, 1], "only the latest poll's waker is woken, once");
+        let polled = Pin::new(&mut p).poll(&mut Context::from_waker(&wakers[0]));
+        assert_eq!(polled, Poll::Ready(Ok(3)));
     }
 
     #[test]
