@@ -5,13 +5,15 @@
 //!
 //! A snapshot received from a leader streams into a `.part` file of its own (see
 //! [`super::snapshot_transfer`]) and is adopted under its final name only once the core installs
-//! it. Leftover temporary files (a crash mid-save or mid-transfer) are removed at open.
+//! it. Leftover temporary files (a crash mid-save, mid-transfer or mid-removal) are removed at
+//! open.
 
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::background;
 use crate::core::Index;
 
 use super::snapshot_transfer::SnapshotReader;
@@ -52,8 +54,9 @@ impl io::Write for SyncingWriter {
     }
 }
 
-/// Extensions of files that are not (yet) snapshots: a save or a transfer in progress.
-const TEMPORARY_EXTENSIONS: [&str; 2] = ["tmp", "part"];
+/// Extensions of files that are not (or no longer) snapshots: a save or a transfer in progress,
+/// an old snapshot being removed.
+const TEMPORARY_EXTENSIONS: [&str; 3] = ["tmp", "part", background::DEAD_EXTENSION];
 
 /// Tells apart the temporary files of transfers that overlap (a leader re-sending the same
 /// index while the first attempt is still draining to disk).
@@ -144,9 +147,20 @@ impl SnapshotStore {
         let mut snaps = self.files_with_extension(&["snap"])?;
         snaps.sort();
         let excess = snaps.len().saturating_sub(SNAPSHOTS_KEPT);
-        for old in &snaps[..excess] {
-            fs::remove_file(old)?;
+        if excess == 0 {
+            return Ok(());
         }
+        // Renamed first (durably), so that a crash while one is cut leaves no torn snapshot
+        // under a snapshot's name; then taken apart a step at a time, elsewhere: nobody waits.
+        let mut dead = Vec::with_capacity(excess);
+        for old in &snaps[..excess] {
+            dead.push(background::dead_path(old));
+            fs::rename(old, dead.last().expect("just pushed"))?;
+        }
+        if self.sync {
+            fs::File::open(&self.dir)?.sync_all()?;
+        }
+        background::remove_gradually_elsewhere(dead);
         Ok(())
     }
 
@@ -166,5 +180,67 @@ impl SnapshotStore {
                     .is_some_and(|x| extensions.iter().any(|e| x == *e))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Bytes(Vec<u8>);
+
+    impl SnapshotSource for Bytes {
+        fn write_to(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
+            out.write_all(&self.0)
+        }
+    }
+
+    fn names(dir: &Path, extension: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == extension))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn older_snapshots_leave_at_once_and_their_files_soon_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), true).unwrap();
+        // Large enough to be cut in several steps.
+        for index in [5, 9, 12] {
+            store.save(index, &mut Bytes(vec![7; 3 << 20])).unwrap();
+        }
+        let snapshots = dir.path().join("snapshots");
+        let kept: Vec<String> = [9, 12].map(|i| format!("{i:020}.snap")).into();
+        assert_eq!(names(&snapshots, "snap"), kept);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !names(&snapshots, background::DEAD_EXTENSION).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the retired snapshot is still there"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(names(&snapshots, "snap"), kept);
+    }
+
+    #[test]
+    fn a_snapshot_left_part_way_through_removal_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("snapshots");
+        fs::create_dir_all(&snapshots).unwrap();
+        let kept = snapshots.join(format!("{:020}.snap", 3));
+        fs::write(&kept, b"whole").unwrap();
+        let dead = background::dead_path(&snapshots.join(format!("{:020}.snap", 1)));
+        fs::write(&dead, b"half").unwrap();
+        let store = SnapshotStore::open(dir.path(), true).unwrap();
+        assert!(!dead.exists());
+        let mut read = String::new();
+        io::Read::read_to_string(&mut store.open_snapshot(3).unwrap(), &mut read).unwrap();
+        assert_eq!(read, "whole");
     }
 }

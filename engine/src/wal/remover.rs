@@ -6,8 +6,10 @@
 //! pauses were the largest steps of the open-loop tail. Recovery does not need the removal to be
 //! prompt: a segment the snapshot covers is only dead weight until it goes.
 //!
-//! Removals stay in order, oldest first, each followed by a directory sync, so a crash leaves a
-//! contiguous run of segments, never a gap recovery would have to call corruption.
+//! Removals stay in order, oldest first, each segment renamed out of the log and the rename made
+//! durable before its blocks are freed (gradually: see [`crate::background::remove_gradually`]),
+//! so a crash leaves a contiguous run of whole segments, never a gap or a torn segment recovery
+//! would have to call corruption.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use super::{fsync_dir, io_error, SyncMode, WalError};
+use crate::background::{dead_path, remove_gradually, DEAD_EXTENSION};
 
 #[derive(Debug)]
 pub(super) struct Remover {
@@ -35,13 +38,9 @@ impl Remover {
             .name("keel-wal-remover".into())
             .spawn(move || {
                 crate::background::lower_this_threads_priority();
+                remove_leftovers(&thread_dir);
                 for path in paths {
-                    let removed = std::fs::remove_file(&path)
-                        .map_err(io_error("remove a compacted segment", &path))
-                        .and_then(|()| match sync {
-                            SyncMode::Fdatasync => fsync_dir(&thread_dir),
-                            SyncMode::UnsafeNoFsync => Ok(()),
-                        });
+                    let removed = retire(&path, &thread_dir, sync);
                     if let Err(e) = removed {
                         // Removing a newer segment now could leave a gap: stop here.
                         tracing::error!(error = %e, "a compacted log segment was not removed");
@@ -69,6 +68,32 @@ impl Remover {
             let _ = queue.send(path);
         }
         Ok(())
+    }
+}
+
+/// Takes the segment at `path` out of the log, then removes it gradually: renamed first (and
+/// the rename made durable), so that a crash while it is being cut leaves no torn segment for
+/// recovery, only a file it does not read, which the next start removes.
+fn retire(path: &Path, dir: &Path, sync: SyncMode) -> Result<(), WalError> {
+    let dead = dead_path(path);
+    std::fs::rename(path, &dead).map_err(io_error("rename a compacted segment", path))?;
+    if sync == SyncMode::Fdatasync {
+        fsync_dir(dir)?;
+    }
+    remove_gradually(&dead).map_err(io_error("remove a compacted segment", &dead))
+}
+
+/// Removes the segments a crash left part way through [`retire`].
+fn remove_leftovers(dir: &Path) {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in items.filter_map(|item| item.ok().map(|item| item.path())) {
+        if path.extension().is_some_and(|x| x == DEAD_EXTENSION) {
+            if let Err(e) = remove_gradually(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "a retired segment was not removed");
+            }
+        }
     }
 }
 

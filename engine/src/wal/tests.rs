@@ -221,6 +221,7 @@ fn compaction_removes_covered_segments_and_keeps_later_entries() {
     // The files went in the background, and were gone once the log closed.
     for gone in before.iter().filter(|p| !after.contains(p)) {
         assert!(!gone.exists(), "{gone:?}");
+        assert!(!crate::background::dead_path(gone).exists(), "{gone:?}");
     }
     assert_eq!(rec.snapshot, snap);
     assert_eq!(rec.hard_state, hs(1, Some(1), 90));
@@ -235,6 +236,23 @@ fn compaction_removes_covered_segments_and_keeps_later_entries() {
         wal.compact(&beyond),
         Err(WalError::InvalidRequest { .. })
     ));
+}
+
+#[test]
+fn a_segment_left_part_way_through_removal_is_not_read_and_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.append(&entries(1..=5, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // What a crash while a compacted segment was cut leaves: a torn file under the dead name.
+    let dead = crate::background::dead_path(&segment::segment_path(dir.path(), 0));
+    std::fs::write(&dead, b"torn").unwrap();
+    let (wal, rec) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(rec.entries, entries(1..=5, 1).entries);
+    // The remover clears it, and is done once the log closes.
+    drop(wal);
+    assert!(!dead.exists());
 }
 
 #[test]
