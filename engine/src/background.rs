@@ -9,6 +9,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Lowers this thread's scheduling priority to the least (nice 19). On Linux a nice value is per
@@ -49,16 +50,22 @@ pub(crate) fn dead_path(path: &Path) -> PathBuf {
 /// 11-14 ms, a 64 MiB log segment held them 3-13 ms for 20-55 ms; those were the largest steps
 /// of the open-loop tail. A step at a time, the discards come small and spaced out, and the
 /// log's syncs pass between them.
-pub(crate) fn remove_gradually(path: &Path) -> io::Result<()> {
+///
+/// Once `hurry` is set the rest goes at once (a log closing does not wait for its removals).
+pub(crate) fn remove_gradually(path: &Path, hurry: &AtomicBool) -> io::Result<()> {
     let file = fs::OpenOptions::new().write(true).open(path)?;
     let mut len = file.metadata()?.len();
-    while len > REMOVAL_STEP_BYTES {
+    while len > REMOVAL_STEP_BYTES && !hurry.load(Ordering::Relaxed) {
         len = (len - 1) / REMOVAL_STEP_BYTES * REMOVAL_STEP_BYTES;
         file.set_len(len)?;
         std::thread::sleep(REMOVAL_PAUSE);
     }
     drop(file);
-    fs::remove_file(path)
+    match fs::remove_file(path) {
+        // Removed meanwhile by a later run's clean-up of leftovers: gone either way.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        done => done,
+    }
 }
 
 /// Removes `paths` with [`remove_gradually`] on a thread of its own, at the lowest priority.
@@ -67,8 +74,9 @@ pub(crate) fn remove_gradually_elsewhere(paths: Vec<PathBuf>) {
         .name("keel-remove".into())
         .spawn(move || {
             lower_this_threads_priority();
+            let never = AtomicBool::new(false);
             for path in paths {
-                if let Err(e) = remove_gradually(&path) {
+                if let Err(e) = remove_gradually(&path, &never) {
                     tracing::warn!(path = %path.display(), error = %e, "a file was not removed");
                 }
             }
@@ -89,10 +97,11 @@ mod tests {
         for len in [0, 1, REMOVAL_STEP_BYTES, 3 * REMOVAL_STEP_BYTES + 5] {
             let path = dir.path().join(format!("f{len}"));
             fs::File::create(&path).unwrap().set_len(len).unwrap();
-            remove_gradually(&path).unwrap();
+            remove_gradually(&path, &AtomicBool::new(false)).unwrap();
             assert!(!path.exists(), "{len} bytes");
         }
-        let missing = remove_gradually(&dir.path().join("missing")).unwrap_err();
+        let missing =
+            remove_gradually(&dir.path().join("missing"), &AtomicBool::new(false)).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 

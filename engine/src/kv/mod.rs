@@ -507,6 +507,65 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_batch_answers_each_command_as_if_applied_alone() {
+        // Longer than the read-ahead ring many times over; few keys, so commands depend on the
+        // ones just before them; malformed commands among them.
+        let data: Vec<Bytes> = (0..200u32)
+            .map(|i| {
+                let key = Bytes::from(format!("k{}", i % 7));
+                match i % 5 {
+                    0 => KvCommand::Put {
+                        key,
+                        value: Bytes::from(format!("v{i}")),
+                    }
+                    .encode(),
+                    1 => KvCommand::Delete { key }.encode(),
+                    2 => KvCommand::CompareAndSwap {
+                        key,
+                        expected: None,
+                        new: Some(Bytes::from(format!("c{i}"))),
+                    }
+                    .encode(),
+                    3 => KvCommand::CompareAndSwap {
+                        key,
+                        expected: Some(Bytes::from(format!("v{}", i - 3))),
+                        new: None,
+                    }
+                    .encode(),
+                    _ => Bytes::from(vec![9, 9, (i % 256) as u8]),
+                }
+            })
+            .collect();
+        let commands: Vec<Command<'_>> = (1..)
+            .zip(&data)
+            .map(|(index, data)| Command {
+                index,
+                term: 1,
+                data,
+            })
+            .collect();
+        let mut batched = KvStore::default();
+        let answers = batched.apply(&commands).expect("applies");
+        let mut alone = KvStore::default();
+        let one_by_one: Vec<Bytes> = commands
+            .chunks(1)
+            .flat_map(|c| alone.apply(c).expect("applies"))
+            .collect();
+        assert_eq!(answers, one_by_one);
+        let state = |kv: &KvStore| {
+            let mut all: Vec<(Vec<u8>, Vec<u8>)> = kv
+                .map
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect();
+            all.sort();
+            all
+        };
+        assert_eq!(state(&batched), state(&alone));
+        assert_eq!(batched.applied_index(), 200);
+    }
+
     /// Applies a put of `value(i)` to `key-{i}` for i in 0..5,000, from log index `first`.
     fn put_all(kv: &mut KvStore, first: Index, value: impl Fn(u32) -> Bytes) {
         let puts: Vec<Bytes> = (0..5_000u32)

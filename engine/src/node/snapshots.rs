@@ -8,10 +8,14 @@
 //! it. Leftover temporary files (a crash mid-save, mid-transfer or mid-removal) are removed at
 //! open.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::background;
 use crate::core::Index;
@@ -26,13 +30,21 @@ const SNAPSHOTS_KEPT: usize = 2;
 /// many bytes. It shares the disk with the log: one fsync of a whole snapshot (150 MB for 1 M
 /// keys) made the log's fsyncs queue behind it for hundreds of milliseconds; in small steps the
 /// log waits for one step at most, and the final sync has little left to flush.
-pub(crate) const SYNC_INTERVAL_BYTES: u64 = 1 << 20;
+pub(crate) const SYNC_INTERVAL_BYTES: u64 = 4 << 20;
+
+/// A snapshot this node saves is synced in smaller steps than one it receives, with a pause
+/// after each (see [`SyncingWriter`]); receiving is rare and has its own pace, the network's.
+const SAVE_SYNC_INTERVAL_BYTES: u64 = 1 << 20;
+
+/// The longest pause after one of a save's syncs: a sync stalled for long says the disk is
+/// busy, but the save must still end.
+const SAVE_SYNC_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What a snapshot being saved is buffered in before each write to its file.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
-/// Writes through to a file, syncing its data every [`SYNC_INTERVAL_BYTES`] when `sync`, and
-/// after each sync pausing as long as it took: a snapshot being saved has at most half of the
+/// Writes through to a file, syncing its data every [`SAVE_SYNC_INTERVAL_BYTES`] when `sync`,
+/// and after each sync pausing as long as it took (up to [`SAVE_SYNC_PAUSE_MAX`]): a snapshot being saved has at most half of the
 /// disk's time, and the log's fdatasyncs find it idle the other half. Written as fast as the
 /// disk took it (in 4 MiB steps, without pauses), a 150 MB snapshot held the log's syncs at
 /// 3-6 ms for its whole save; at 125,000 writes/s the open-loop p99 over 5 runs of 20 s was
@@ -47,11 +59,11 @@ impl io::Write for SyncingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.unsynced_bytes += n as u64;
-        if self.sync && self.unsynced_bytes >= SYNC_INTERVAL_BYTES {
+        if self.sync && self.unsynced_bytes >= SAVE_SYNC_INTERVAL_BYTES {
             let started = std::time::Instant::now();
             self.file.sync_data()?;
             self.unsynced_bytes = 0;
-            std::thread::sleep(started.elapsed());
+            std::thread::sleep(started.elapsed().min(SAVE_SYNC_PAUSE_MAX));
         }
         Ok(n)
     }
@@ -73,13 +85,51 @@ static TRANSFERS_STARTED: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct SnapshotStore {
     dir: PathBuf,
     sync: bool,
+    /// Readers streaming each snapshot to a peer, shared by every clone of the store: a retired
+    /// snapshot someone still reads is unlinked whole (its data lives on for the open file),
+    /// never cut under the reader.
+    readers: Arc<Mutex<HashMap<Index, usize>>>,
+}
+
+/// A snapshot file streaming to a peer, counted among its readers while it lives.
+struct Reading {
+    file: fs::File,
+    _counted: ReaderCount,
+}
+
+impl io::Read for Reading {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+/// One reader of the snapshot at `index`, until dropped.
+struct ReaderCount {
+    index: Index,
+    readers: Arc<Mutex<HashMap<Index, usize>>>,
+}
+
+impl Drop for ReaderCount {
+    fn drop(&mut self) {
+        let mut readers = self.readers.lock();
+        if let Some(n) = readers.get_mut(&self.index) {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&self.index);
+            }
+        }
+    }
 }
 
 impl SnapshotStore {
     pub(crate) fn open(dir: &Path, sync: bool) -> io::Result<Self> {
         let dir = dir.join("snapshots");
         fs::create_dir_all(&dir)?;
-        let store = Self { dir, sync };
+        let store = Self {
+            dir,
+            sync,
+            readers: Arc::default(),
+        };
         store.remove_temporary_files()?;
         Ok(store)
     }
@@ -136,9 +186,22 @@ impl SnapshotStore {
 
     /// The snapshot at `index`, ready to stream to a peer.
     pub(crate) fn reader(&self, index: Index) -> io::Result<SnapshotReader> {
+        // Counted before the file is opened: a prune that retires the snapshot after this
+        // either sees the count or, having renamed the file first, makes the open fail.
+        *self.readers.lock().entry(index).or_default() += 1;
+        let counted = ReaderCount {
+            index,
+            readers: self.readers.clone(),
+        };
         let file = self.open_snapshot(index)?;
         let len_bytes = file.metadata()?.len();
-        Ok(SnapshotReader::new(file, len_bytes))
+        Ok(SnapshotReader::new(
+            Reading {
+                file,
+                _counted: counted,
+            },
+            len_bytes,
+        ))
     }
 
     fn rename_into_place(&self, from: &Path, index: Index) -> io::Result<()> {
@@ -146,7 +209,11 @@ impl SnapshotStore {
         if self.sync {
             fs::File::open(&self.dir)?.sync_all()?;
         }
-        self.prune()
+        // The snapshot is in place: failing to remove older ones must not undo that.
+        if let Err(e) = self.prune() {
+            tracing::warn!(error = %e, "older snapshots were not removed; will retry later");
+        }
+        Ok(())
     }
 
     /// Removes all but the newest snapshot files.
@@ -159,22 +226,39 @@ impl SnapshotStore {
         }
         // Renamed first (durably), so that a crash while one is cut leaves no torn snapshot
         // under a snapshot's name; then taken apart a step at a time, elsewhere: nobody waits.
-        let mut dead = Vec::with_capacity(excess);
+        let mut retired = Vec::with_capacity(excess);
         for old in &snaps[..excess] {
-            dead.push(background::dead_path(old));
-            fs::rename(old, dead.last().expect("just pushed"))?;
+            let dead = background::dead_path(old);
+            match fs::rename(old, &dead) {
+                Ok(()) => retired.push((old, dead)),
+                // Another prune (an install's beside a save's) took it first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         if self.sync {
             fs::File::open(&self.dir)?.sync_all()?;
         }
-        background::remove_gradually_elsewhere(dead);
+        let mut gradually = Vec::with_capacity(retired.len());
+        for (old, dead) in retired {
+            // Renamed, a snapshot gains no reader: `reader` counts itself before it opens.
+            let read = index_of(old).is_some_and(|i| self.readers.lock().contains_key(&i));
+            if read {
+                // Cut, the file would end under its reader; unlinked, it lives on for it.
+                remove_file_if_there(&dead)?;
+            } else {
+                gradually.push(dead);
+            }
+        }
+        background::remove_gradually_elsewhere(gradually);
         Ok(())
     }
 
     fn remove_temporary_files(&self) -> io::Result<()> {
         for leftover in self.files_with_extension(&TEMPORARY_EXTENSIONS)? {
-            tracing::info!(path = %leftover.display(), "removing an unfinished snapshot file");
-            fs::remove_file(leftover)?;
+            tracing::info!(path = %leftover.display(), "removing a leftover snapshot file");
+            // A store of an earlier run in this process may be removing it too.
+            remove_file_if_there(&leftover)?;
         }
         Ok(())
     }
@@ -190,13 +274,25 @@ impl SnapshotStore {
     }
 }
 
+/// The index a snapshot file's name gives.
+fn index_of(path: &Path) -> Option<Index> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+fn remove_file_if_there(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    struct Bytes(Vec<u8>);
+    struct Fixed(Vec<u8>);
 
-    impl SnapshotSource for Bytes {
+    impl SnapshotSource for Fixed {
         fn write_to(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
             out.write_all(&self.0)
         }
@@ -219,7 +315,7 @@ mod tests {
         let store = SnapshotStore::open(dir.path(), true).unwrap();
         // Large enough to be cut in several steps.
         for index in [5, 9, 12] {
-            store.save(index, &mut Bytes(vec![7; 3 << 20])).unwrap();
+            store.save(index, &mut Fixed(vec![7; 3 << 20])).unwrap();
         }
         let snapshots = dir.path().join("snapshots");
         let kept: Vec<String> = [9, 12].map(|i| format!("{i:020}.snap")).into();
@@ -233,6 +329,29 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(names(&snapshots, "snap"), kept);
+    }
+
+    #[test]
+    fn a_snapshot_retired_while_it_streams_to_a_peer_streams_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), true).unwrap();
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        store.save(5, &mut Fixed(data.clone())).unwrap();
+        let mut reader = store.reader(5).unwrap();
+        for index in [9, 12] {
+            store.save(index, &mut Fixed(vec![1; 16])).unwrap();
+        }
+        // Cut gradually, the file would have lost most of itself by now.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut reader, &mut read).unwrap();
+        assert!(read == data, "{} of {} bytes", read.len(), data.len());
+        assert!(store.reader(5).is_err(), "retired, it is no longer offered");
+        drop(reader);
+        assert!(store.readers.lock().is_empty());
+        // Unread now, the next retired snapshot goes gradually.
+        store.save(15, &mut Fixed(vec![1; 16])).unwrap();
+        assert!(!store.path(9).exists());
     }
 
     #[test]

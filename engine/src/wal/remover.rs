@@ -12,6 +12,7 @@
 //! would have to call corruption.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -27,25 +28,35 @@ pub(super) struct Remover {
     thread: Option<JoinHandle<()>>,
     /// The removal that failed; the thread removes nothing after it.
     failure: Arc<Mutex<Option<WalError>>>,
+    /// Set when the log closes: what is still queued is retired as ever, but unlinked at once.
+    hurry: Arc<AtomicBool>,
 }
 
 impl Remover {
     pub(super) fn start(dir: &Path, sync: SyncMode) -> Result<Self, WalError> {
         let (queue, paths) = crossbeam_channel::unbounded::<PathBuf>();
         let failure = Arc::new(Mutex::new(None));
-        let (thread_dir, failed) = (dir.to_path_buf(), failure.clone());
+        let hurry = Arc::new(AtomicBool::new(false));
+        let (thread_dir, failed, hurried) = (dir.to_path_buf(), failure.clone(), hurry.clone());
         let thread = std::thread::Builder::new()
             .name("keel-wal-remover".into())
             .spawn(move || {
                 crate::background::lower_this_threads_priority();
-                remove_leftovers(&thread_dir);
+                remove_leftovers(&thread_dir, &hurried);
                 for path in paths {
-                    let removed = retire(&path, &thread_dir, sync);
-                    if let Err(e) = removed {
-                        // Removing a newer segment now could leave a gap: stop here.
-                        tracing::error!(error = %e, "a compacted log segment was not removed");
-                        *failed.lock() = Some(e);
-                        return;
+                    let dead = match retire(&path, &thread_dir, sync) {
+                        Ok(dead) => dead,
+                        Err(e) => {
+                            // Retiring a newer segment now could leave a gap: stop here.
+                            tracing::error!(error = %e, "a compacted log segment was not removed");
+                            *failed.lock() = Some(e);
+                            return;
+                        }
+                    };
+                    // Out of the log already: a file left behind is only space, and the next
+                    // start removes it.
+                    if let Err(e) = remove_gradually(&dead, &hurried) {
+                        tracing::warn!(path = %dead.display(), error = %e, "a retired segment was not removed");
                     }
                 }
             })
@@ -54,6 +65,7 @@ impl Remover {
             queue: Some(queue),
             thread: Some(thread),
             failure,
+            hurry,
         })
     }
 
@@ -71,26 +83,31 @@ impl Remover {
     }
 }
 
-/// Takes the segment at `path` out of the log, then removes it gradually: renamed first (and
-/// the rename made durable), so that a crash while it is being cut leaves no torn segment for
-/// recovery, only a file it does not read, which the next start removes.
-fn retire(path: &Path, dir: &Path, sync: SyncMode) -> Result<(), WalError> {
+/// Takes the segment at `path` out of the log, to be removed gradually: renamed (and the rename
+/// made durable) before anything cuts it, so that a crash while it is being cut leaves no torn
+/// segment for recovery, only a file it does not read, which the next start removes. Returns
+/// the new name.
+fn retire(path: &Path, dir: &Path, sync: SyncMode) -> Result<PathBuf, WalError> {
     let dead = dead_path(path);
     std::fs::rename(path, &dead).map_err(io_error("rename a compacted segment", path))?;
     if sync == SyncMode::Fdatasync {
         fsync_dir(dir)?;
     }
-    remove_gradually(&dead).map_err(io_error("remove a compacted segment", &dead))
+    Ok(dead)
 }
 
-/// Removes the segments a crash left part way through [`retire`].
-fn remove_leftovers(dir: &Path) {
-    let Ok(items) = std::fs::read_dir(dir) else {
-        return;
+/// Removes the segments a crash left part way through their removal.
+fn remove_leftovers(dir: &Path, hurry: &AtomicBool) {
+    let items = match std::fs::read_dir(dir) {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot look for retired segments");
+            return;
+        }
     };
     for path in items.filter_map(|item| item.ok().map(|item| item.path())) {
         if path.extension().is_some_and(|x| x == DEAD_EXTENSION) {
-            if let Err(e) = remove_gradually(&path) {
+            if let Err(e) = remove_gradually(&path, hurry) {
                 tracing::warn!(path = %path.display(), error = %e, "a retired segment was not removed");
             }
         }
@@ -98,8 +115,10 @@ fn remove_leftovers(dir: &Path) {
 }
 
 impl Drop for Remover {
-    /// Finishes the queued removals: a log reopened in the same directory must not race them.
+    /// Finishes the queued removals, without the gradual pace: a log reopened in the same
+    /// directory must not race them, and closing should not wait on them.
     fn drop(&mut self) {
+        self.hurry.store(true, Ordering::Relaxed);
         self.queue.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
