@@ -30,6 +30,18 @@ fn small() -> WalOptions {
     }
 }
 
+/// A log of small segments in `dir` holding entries `range` of `term`, synced.
+fn synced_small_log(
+    dir: &std::path::Path,
+    range: std::ops::RangeInclusive<Index>,
+    term: Term,
+) -> Wal {
+    let (mut wal, _) = Wal::open(dir, small()).unwrap();
+    wal.append(&entries(range, term)).unwrap();
+    wal.sync().unwrap();
+    wal
+}
+
 fn reopen(wal: Wal) -> (Wal, Recovered) {
     let dir = wal.dir().to_path_buf();
     let opts = wal.opts.clone();
@@ -108,9 +120,7 @@ fn an_entry_larger_than_a_segment_gets_one_to_itself() {
 #[test]
 fn range_reads_cover_segments_and_the_unwritten_buffer() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
-    wal.append(&entries(1..=60, 1)).unwrap();
-    wal.sync().unwrap();
+    let mut wal = synced_small_log(dir.path(), 1..=60, 1);
     wal.append(&entries(61..=70, 1)).unwrap(); // Buffered, not yet written.
     let all = entries(1..=70, 1).entries;
     assert_eq!(wal.read(1, 71).unwrap(), all);
@@ -241,9 +251,7 @@ fn compaction_removes_covered_segments_and_keeps_later_entries() {
 #[test]
 fn a_segment_left_part_way_through_removal_is_not_read_and_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
-    wal.append(&entries(1..=5, 1)).unwrap();
-    wal.sync().unwrap();
+    let wal = synced_small_log(dir.path(), 1..=5, 1);
     drop(wal);
     // What a crash while a compacted segment was cut leaves: a torn file under the dead name.
     let dead = crate::background::dead_path(&segment::segment_path(dir.path(), 0));
@@ -258,9 +266,7 @@ fn a_segment_left_part_way_through_removal_is_not_read_and_is_removed() {
 #[test]
 fn compacting_everything_leaves_one_segment_and_an_empty_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
-    wal.append(&entries(1..=80, 3)).unwrap();
-    wal.sync().unwrap();
+    let mut wal = synced_small_log(dir.path(), 1..=80, 3);
     let snap = SnapshotMeta {
         index: 80,
         term: 3,
@@ -276,9 +282,7 @@ fn compacting_everything_leaves_one_segment_and_an_empty_log() {
 #[test]
 fn an_installed_snapshot_replaces_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
-    wal.append(&entries(1..=40, 1)).unwrap();
-    wal.sync().unwrap();
+    let mut wal = synced_small_log(dir.path(), 1..=40, 1);
     let snap = SnapshotMeta {
         index: 500,
         term: 4,
