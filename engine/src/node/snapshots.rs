@@ -204,54 +204,58 @@ impl SnapshotStore {
         ))
     }
 
+    /// Puts `from` in place as the snapshot at `index` and retires all but the newest snapshots,
+    /// under one directory sync.
     fn rename_into_place(&self, from: &Path, index: Index) -> io::Result<()> {
         fs::rename(from, self.path(index))?;
+        // The snapshot is in place: failing to retire older ones must not undo that.
+        let retired = self.retire_old().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "older snapshots were not removed; will retry later");
+            Vec::new()
+        });
         if self.sync {
             fs::File::open(&self.dir)?.sync_all()?;
         }
-        // The snapshot is in place: failing to remove older ones must not undo that.
-        if let Err(e) = self.prune() {
-            tracing::warn!(error = %e, "older snapshots were not removed; will retry later");
-        }
+        self.remove_retired(retired);
         Ok(())
     }
 
-    /// Removes all but the newest snapshot files.
-    fn prune(&self) -> io::Result<()> {
+    /// Renames all but the newest snapshot files out of the way (a crash while one is cut then
+    /// leaves no torn snapshot under a snapshot's name); returns them, by index, under their new
+    /// names. The caller syncs the directory before anything cuts them.
+    fn retire_old(&self) -> io::Result<Vec<(Option<Index>, PathBuf)>> {
         let mut snaps = self.files_with_extension(&["snap"])?;
         snaps.sort();
         let excess = snaps.len().saturating_sub(SNAPSHOTS_KEPT);
-        if excess == 0 {
-            return Ok(());
-        }
-        // Renamed first (durably), so that a crash while one is cut leaves no torn snapshot
-        // under a snapshot's name; then taken apart a step at a time, elsewhere: nobody waits.
         let mut retired = Vec::with_capacity(excess);
         for old in &snaps[..excess] {
             let dead = background::dead_path(old);
             match fs::rename(old, &dead) {
-                Ok(()) => retired.push((old, dead)),
+                Ok(()) => retired.push((index_of(old), dead)),
                 // Another prune (an install's beside a save's) took it first.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
-        if self.sync {
-            fs::File::open(&self.dir)?.sync_all()?;
-        }
+        Ok(retired)
+    }
+
+    /// Removes retired snapshots, gradually and elsewhere (nobody waits), except one a peer is
+    /// still reading: cut, the file would end under its reader; unlinked, it lives on for it.
+    fn remove_retired(&self, retired: Vec<(Option<Index>, PathBuf)>) {
         let mut gradually = Vec::with_capacity(retired.len());
-        for (old, dead) in retired {
+        for (index, dead) in retired {
             // Renamed, a snapshot gains no reader: `reader` counts itself before it opens.
-            let read = index_of(old).is_some_and(|i| self.readers.lock().contains_key(&i));
-            if read {
-                // Cut, the file would end under its reader; unlinked, it lives on for it.
-                remove_file_if_there(&dead)?;
-            } else {
+            let read = index.is_some_and(|i| self.readers.lock().contains_key(&i));
+            if !read {
                 gradually.push(dead);
+            } else if let Err(e) = remove_file_if_there(&dead) {
+                tracing::warn!(path = %dead.display(), error = %e, "a retired snapshot was not removed");
             }
         }
-        background::remove_gradually_elsewhere(gradually);
-        Ok(())
+        if !gradually.is_empty() {
+            background::remove_gradually_elsewhere(gradually);
+        }
     }
 
     fn remove_temporary_files(&self) -> io::Result<()> {
