@@ -112,10 +112,10 @@ const TIMEOUT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 const SPIN_IN_FLIGHT_MAX: usize = 4;
 
 /// An open-loop worker with nothing due sets its timer no sooner than this (an answer may still
-/// wake it earlier), and then sends everything that fell due meanwhile. Waking for each send (every 18 us per worker
-/// at 112,000/s) cost the loader 34% of a core on the 2-core VM, CPU taken from the nodes it
-/// measures; with this quantum it took 23%, and keel's p50 and p99 at that rate both dropped
-/// (1.38-1.64 -> 1.16-1.30 ms, 15.5-18.7 -> 11.8-14.9 ms). The wait is charged to keel: a
+/// wake it earlier), and then sends everything that fell due meanwhile. Waking for each send (every
+/// 18 us per worker at 112,000/s) cost the loader 34% of a core on the 2-core VM, CPU taken from
+/// the nodes it measures; with this quantum it took 23%, and keel's p50 and p99 at that rate both
+/// dropped (1.38-1.64 -> 1.16-1.30 ms, 15.5-18.7 -> 11.8-14.9 ms). The wait is charged to keel: a
 /// request's latency still counts from its scheduled time.
 const SEND_QUANTUM: Duration = Duration::from_micros(200);
 

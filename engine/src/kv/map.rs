@@ -262,6 +262,16 @@ impl ShardedMap {
     }
 }
 
+#[cfg(test)]
+impl ShardedMap {
+    /// Every key and its value, copied out and sorted: what tests compare.
+    pub(crate) fn sorted(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all: Vec<_> = self.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        all.sort();
+        all
+    }
+}
+
 impl FrozenMap {
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -399,9 +409,7 @@ mod tests {
         for (k, v) in &model {
             assert_eq!(m.get(m.key(k)), Some(&v[..]));
         }
-        let mut all: Vec<_> = m.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        all.sort();
-        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+        assert_eq!(m.sorted(), model.into_iter().collect::<Vec<_>>());
         // Empty keys and values are keys and values too.
         m.insert(m.key(b""), b"");
         assert_eq!(m.get(m.key(b"")), Some(&b""[..]));

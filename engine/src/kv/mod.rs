@@ -553,16 +553,7 @@ mod tests {
             .flat_map(|c| alone.apply(c).expect("applies"))
             .collect();
         assert_eq!(answers, one_by_one);
-        let state = |kv: &KvStore| {
-            let mut all: Vec<(Vec<u8>, Vec<u8>)> = kv
-                .map
-                .iter()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .collect();
-            all.sort();
-            all
-        };
-        assert_eq!(state(&batched), state(&alone));
+        assert_eq!(batched.map.sorted(), alone.map.sorted());
         assert_eq!(batched.applied_index(), 200);
     }
 

@@ -43,12 +43,12 @@ const SAVE_SYNC_PAUSE_MAX: std::time::Duration = std::time::Duration::from_milli
 /// What a snapshot being saved is buffered in before each write to its file.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
-/// Writes through to a file, syncing its data every [`SAVE_SYNC_INTERVAL_BYTES`] when `sync`,
-/// and after each sync pausing as long as it took (up to [`SAVE_SYNC_PAUSE_MAX`]): a snapshot being saved has at most half of the
-/// disk's time, and the log's fdatasyncs find it idle the other half. Written as fast as the
-/// disk took it (in 4 MiB steps, without pauses), a 150 MB snapshot held the log's syncs at
-/// 3-6 ms for its whole save; at 125,000 writes/s the open-loop p99 over 5 runs of 20 s was
-/// 6.2-10.9 ms (median 8.2), with 1 MiB steps and pauses 4.9-7.5 ms (median 5.7).
+/// Writes through to a file, syncing its data every [`SAVE_SYNC_INTERVAL_BYTES`] when `sync`, and
+/// after each sync pausing as long as it took (up to [`SAVE_SYNC_PAUSE_MAX`]): a snapshot being
+/// saved has at most half of the disk's time, and the log's fdatasyncs find it idle the other half.
+/// Written as fast as the disk took it (in 4 MiB steps, without pauses), a 150 MB snapshot held the
+/// log's syncs at 3-6 ms for its whole save; at 125,000 writes/s the open-loop p99 over 5 runs of
+/// 20 s was 6.2-10.9 ms (median 8.2), with 1 MiB steps and pauses 4.9-7.5 ms (median 5.7).
 struct SyncingWriter {
     file: fs::File,
     sync: bool,
@@ -250,7 +250,8 @@ impl SnapshotStore {
             if !read {
                 gradually.push(dead);
             } else if let Err(e) = remove_file_if_there(&dead) {
-                tracing::warn!(path = %dead.display(), error = %e, "a retired snapshot was not removed");
+                let path = dead.display();
+                tracing::warn!(%path, error = %e, "a retired snapshot was not removed");
             }
         }
         if !gradually.is_empty() {

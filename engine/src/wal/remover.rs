@@ -53,11 +53,7 @@ impl Remover {
                             return;
                         }
                     };
-                    // Out of the log already: a file left behind is only space, and the next
-                    // start removes it.
-                    if let Err(e) = remove_gradually(&dead, &hurried) {
-                        tracing::warn!(path = %dead.display(), error = %e, "a retired segment was not removed");
-                    }
+                    remove_retired(&dead, &hurried);
                 }
             })
             .map_err(io_error("start the segment remover thread", dir))?;
@@ -96,6 +92,15 @@ fn retire(path: &Path, dir: &Path, sync: SyncMode) -> Result<PathBuf, WalError> 
     Ok(dead)
 }
 
+/// Removes a segment already out of the log. A failure is only logged: the file left behind is
+/// only space, and the next start removes it.
+fn remove_retired(path: &Path, hurry: &AtomicBool) {
+    if let Err(e) = remove_gradually(path, hurry) {
+        let path = path.display();
+        tracing::warn!(%path, error = %e, "a retired segment was not removed");
+    }
+}
+
 /// Removes the segments a crash left part way through their removal.
 fn remove_leftovers(dir: &Path, hurry: &AtomicBool) {
     let items = match std::fs::read_dir(dir) {
@@ -107,9 +112,7 @@ fn remove_leftovers(dir: &Path, hurry: &AtomicBool) {
     };
     for path in items.filter_map(|item| item.ok().map(|item| item.path())) {
         if path.extension().is_some_and(|x| x == DEAD_EXTENSION) {
-            if let Err(e) = remove_gradually(&path, hurry) {
-                tracing::warn!(path = %path.display(), error = %e, "a retired segment was not removed");
-            }
+            remove_retired(&path, hurry);
         }
     }
 }
