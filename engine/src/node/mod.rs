@@ -131,7 +131,8 @@ impl<S: StateMachine> Node<S> {
         if let Some(torn) = &recovered.torn_tail {
             tracing::warn!(?torn, "recovery truncated a torn, unacknowledged tail");
         }
-        let store = SnapshotStore::open(dir, !config.unsafe_no_fsync).map_err(|e| storage(&e))?;
+        let store = SnapshotStore::open(dir, !config.unsafe_no_fsync, wal.recorded_snapshot())
+            .map_err(|e| storage(&e))?;
 
         let fresh = recovered.hard_state == HardState::default()
             && recovered.snapshot == SnapshotMeta::default()

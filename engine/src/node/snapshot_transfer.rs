@@ -250,6 +250,7 @@ mod tests {
 
     use super::*;
     use crate::core::SnapshotMeta;
+    use crate::wal::RecordedSnapshot;
 
     fn snapshot_message(index: Index) -> Message {
         Message {
@@ -272,7 +273,7 @@ mod tests {
             id: 2,
             inbound,
             proposals,
-            store: SnapshotStore::open(dir, false).expect("store"),
+            store: SnapshotStore::open(dir, false, RecordedSnapshot::default()).expect("store"),
         };
         (inbox, received)
     }
@@ -391,7 +392,7 @@ mod tests {
         std::mem::forget(sink); // As if the process died mid-transfer.
         fs::write(dir.path().join("snapshots").join("9.snap.tmp"), b"half").expect("write");
         assert_eq!(files(dir.path()).len(), 2);
-        SnapshotStore::open(dir.path(), false).expect("reopen");
+        SnapshotStore::open(dir.path(), false, RecordedSnapshot::default()).expect("reopen");
         assert!(files(dir.path()).is_empty());
     }
 

@@ -1,7 +1,9 @@
 //! Snapshot files: `snapshots/<index>.snap` in the node's directory, written to a temporary
 //! file, fsynced, renamed into place and the directory fsynced, so a snapshot file either exists
-//! whole or not at all. The WAL records which snapshot the log starts after; older files are
-//! pruned once a newer one is safely in place.
+//! whole or not at all. The WAL records which snapshot the log starts after
+//! ([`RecordedSnapshot`]); files older than that one are removed whenever a snapshot is put in
+//! place. The recorded one and any newer stay: a newer one may not be recorded yet, and a save
+//! and an install can finish in either order.
 //!
 //! A snapshot received from a leader streams into a `.part` file of its own (see
 //! [`super::snapshot_transfer`]) and is adopted under its final name only once the core installs
@@ -19,12 +21,10 @@ use parking_lot::Mutex;
 
 use crate::background;
 use crate::core::Index;
+use crate::wal::RecordedSnapshot;
 
 use super::snapshot_transfer::SnapshotReader;
 use super::SnapshotSource;
-
-/// How many snapshot files to keep: the newest may not be recorded in the WAL yet.
-const SNAPSHOTS_KEPT: usize = 2;
 
 /// A snapshot being written (saved here, or received from a leader) is made durable every this
 /// many bytes. It shares the disk with the log: one fsync of a whole snapshot (150 MB for 1 M
@@ -85,6 +85,8 @@ static TRANSFERS_STARTED: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct SnapshotStore {
     dir: PathBuf,
     sync: bool,
+    /// The snapshot recovery would start from now: never removed, nor anything newer.
+    recorded: RecordedSnapshot,
     /// Readers streaming each snapshot to a peer, shared by every clone of the store: a retired
     /// snapshot someone still reads is unlinked whole (its data lives on for the open file),
     /// never cut under the reader.
@@ -122,12 +124,13 @@ impl Drop for ReaderCount {
 }
 
 impl SnapshotStore {
-    pub(crate) fn open(dir: &Path, sync: bool) -> io::Result<Self> {
+    pub(crate) fn open(dir: &Path, sync: bool, recorded: RecordedSnapshot) -> io::Result<Self> {
         let dir = dir.join("snapshots");
         fs::create_dir_all(&dir)?;
         let store = Self {
             dir,
             sync,
+            recorded,
             readers: Arc::default(),
         };
         store.remove_temporary_files()?;
@@ -204,8 +207,8 @@ impl SnapshotStore {
         ))
     }
 
-    /// Puts `from` in place as the snapshot at `index` and retires all but the newest snapshots,
-    /// under one directory sync.
+    /// Puts `from` in place as the snapshot at `index` and retires those older than the recorded
+    /// one, under one directory sync.
     fn rename_into_place(&self, from: &Path, index: Index) -> io::Result<()> {
         fs::rename(from, self.path(index))?;
         // The snapshot is in place: failing to retire older ones must not undo that.
@@ -220,18 +223,20 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Renames all but the newest snapshot files out of the way (a crash while one is cut then
-    /// leaves no torn snapshot under a snapshot's name); returns them, by index, under their new
-    /// names. The caller syncs the directory before anything cuts them.
-    fn retire_old(&self) -> io::Result<Vec<(Option<Index>, PathBuf)>> {
-        let mut snaps = self.files_with_extension(&["snap"])?;
-        snaps.sort();
-        let excess = snaps.len().saturating_sub(SNAPSHOTS_KEPT);
-        let mut retired = Vec::with_capacity(excess);
-        for old in &snaps[..excess] {
-            let dead = background::dead_path(old);
-            match fs::rename(old, &dead) {
-                Ok(()) => retired.push((index_of(old), dead)),
+    /// Renames the snapshot files older than the recorded one out of the way (a crash while one
+    /// is cut then leaves no torn snapshot under a snapshot's name); returns them, by index,
+    /// under their new names. The caller syncs the directory before anything cuts them.
+    fn retire_old(&self) -> io::Result<Vec<(Index, PathBuf)>> {
+        // Read once: the record only grows, so whatever is older than it now stays unneeded.
+        let recorded = self.recorded.index();
+        let mut retired = Vec::new();
+        for old in self.files_with_extension(&["snap"])? {
+            let Some(index) = index_of(&old).filter(|&i| i < recorded) else {
+                continue;
+            };
+            let dead = background::dead_path(&old);
+            match fs::rename(&old, &dead) {
+                Ok(()) => retired.push((index, dead)),
                 // Another prune (an install's beside a save's) took it first.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -242,11 +247,11 @@ impl SnapshotStore {
 
     /// Removes retired snapshots, gradually and elsewhere (nobody waits), except one a peer is
     /// still reading: cut, the file would end under its reader; unlinked, it lives on for it.
-    fn remove_retired(&self, retired: Vec<(Option<Index>, PathBuf)>) {
+    fn remove_retired(&self, retired: Vec<(Index, PathBuf)>) {
         let mut gradually = Vec::with_capacity(retired.len());
         for (index, dead) in retired {
             // Renamed, a snapshot gains no reader: `reader` counts itself before it opens.
-            let read = index.is_some_and(|i| self.readers.lock().contains_key(&i));
+            let read = self.readers.lock().contains_key(&index);
             if !read {
                 gradually.push(dead);
             } else if let Err(e) = remove_file_if_there(&dead) {
@@ -314,10 +319,20 @@ mod tests {
         names
     }
 
+    /// A store in `dir` that syncs, with the log's record of its snapshot at `recorded`.
+    fn store_recording(dir: &Path, recorded: Index) -> (SnapshotStore, RecordedSnapshot) {
+        let record = RecordedSnapshot::default();
+        record.publish(recorded);
+        (
+            SnapshotStore::open(dir, true, record.clone()).unwrap(),
+            record,
+        )
+    }
+
     #[test]
-    fn older_snapshots_leave_at_once_and_their_files_soon_after() {
+    fn snapshots_older_than_the_recorded_one_leave_at_once_and_their_files_soon_after() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), true).unwrap();
+        let (store, _) = store_recording(dir.path(), 9);
         // Large enough to be cut in several steps.
         for index in [5, 9, 12] {
             store.save(index, &mut Fixed(vec![7; 3 << 20])).unwrap();
@@ -337,12 +352,43 @@ mod tests {
     }
 
     #[test]
+    fn the_recorded_snapshot_stays_however_many_newer_ones_arrive_before_the_log_records_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, record) = store_recording(dir.path(), 5);
+        store.save(5, &mut Fixed(vec![5; 16])).unwrap();
+        // An install of 20 puts its file in place while a save of 12 runs; the save ends after
+        // it. Until the log records 20, a crash recovers from 5.
+        store.adopt(20, &write_received(&store, 20)).unwrap();
+        store.save(12, &mut Fixed(vec![12; 16])).unwrap();
+        let snapshots = dir.path().join("snapshots");
+        let all: Vec<String> = [5, 12, 20].map(|i| format!("{i:020}.snap")).into();
+        assert_eq!(names(&snapshots, "snap"), all);
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut store.open_snapshot(5).unwrap(), &mut read).unwrap();
+        assert_eq!(read, vec![5; 16]);
+        // Once the log records 20, the next snapshot put in place retires 5 and 12.
+        record.publish(20);
+        store.save(25, &mut Fixed(vec![25; 16])).unwrap();
+        let kept: Vec<String> = [20, 25].map(|i| format!("{i:020}.snap")).into();
+        assert_eq!(names(&snapshots, "snap"), kept);
+    }
+
+    /// A received snapshot at `index`, complete and ready for [`SnapshotStore::adopt`].
+    fn write_received(store: &SnapshotStore, index: Index) -> PathBuf {
+        let (path, mut file) = store.create_partial(index).unwrap();
+        file.write_all(&[20; 16]).unwrap();
+        file.sync_all().unwrap();
+        path
+    }
+
+    #[test]
     fn a_snapshot_retired_while_it_streams_to_a_peer_streams_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), true).unwrap();
+        let (store, record) = store_recording(dir.path(), 0);
         let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
         store.save(5, &mut Fixed(data.clone())).unwrap();
         let mut reader = store.reader(5).unwrap();
+        record.publish(9);
         for index in [9, 12] {
             store.save(index, &mut Fixed(vec![1; 16])).unwrap();
         }
@@ -355,6 +401,7 @@ mod tests {
         drop(reader);
         assert!(store.readers.lock().is_empty());
         // Unread now, the next retired snapshot goes gradually.
+        record.publish(12);
         store.save(15, &mut Fixed(vec![1; 16])).unwrap();
         assert!(!store.path(9).exists());
     }
@@ -368,7 +415,7 @@ mod tests {
         fs::write(&kept, b"whole").unwrap();
         let dead = background::dead_path(&snapshots.join(format!("{:020}.snap", 1)));
         fs::write(&dead, b"half").unwrap();
-        let store = SnapshotStore::open(dir.path(), true).unwrap();
+        let (store, _) = store_recording(dir.path(), 3);
         assert!(!dead.exists());
         let mut read = String::new();
         io::Read::read_to_string(&mut store.open_snapshot(3).unwrap(), &mut read).unwrap();

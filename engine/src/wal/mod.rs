@@ -41,6 +41,8 @@ mod writer;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::ledger::{DurablePoint, SyncLedger};
@@ -206,6 +208,25 @@ pub struct SyncStats {
     pub io_time: Duration,
 }
 
+/// The snapshot a log durably records as where it starts: the index a [`Wal`] would recover
+/// after a crash now. Shared with whoever keeps snapshot files, so that the file recovery will
+/// ask for is never removed; it only grows, and is published after each sync that made it
+/// durable.
+#[derive(Clone, Debug, Default)]
+pub struct RecordedSnapshot(Arc<AtomicU64>);
+
+impl RecordedSnapshot {
+    /// The recorded snapshot's index (0 before any).
+    pub fn index(&self) -> Index {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Records `index` as durable (the log after a sync; tests standing in for a log).
+    pub(crate) fn publish(&self, index: Index) {
+        self.0.fetch_max(index, Ordering::Release);
+    }
+}
+
 /// Where an entry's record lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct EntryLoc {
@@ -262,6 +283,7 @@ pub struct Wal {
     data_syncs_attempted: u64,
     stopped: bool,
     ledger: Option<SyncLedger>,
+    recorded_snapshot: RecordedSnapshot,
 }
 
 pub(crate) fn io_error<'a>(
@@ -350,9 +372,11 @@ impl Wal {
             data_syncs_attempted: 0,
             stopped: false,
             ledger,
+            recorded_snapshot: RecordedSnapshot::default(),
         };
         wal.assert_invariants();
         wal.sync_recovered()?;
+        wal.recorded_snapshot.publish(wal.state.snapshot.index);
         Ok((wal, recovered))
     }
 
@@ -388,6 +412,7 @@ impl Wal {
             data_syncs_attempted: 0,
             stopped: false,
             ledger,
+            recorded_snapshot: RecordedSnapshot::default(),
         };
         wal.begin_segment(seq, 1)?;
         wal.sync()?;
@@ -425,6 +450,11 @@ impl Wal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The snapshot this log durably records, kept current as the log syncs.
+    pub fn recorded_snapshot(&self) -> RecordedSnapshot {
+        self.recorded_snapshot.clone()
     }
 
     pub fn hard_state(&self) -> HardState {
@@ -629,6 +659,7 @@ impl Wal {
             self.stopped = true;
             return Err(e);
         }
+        self.recorded_snapshot.publish(self.state.snapshot.index);
         if self.buf.capacity() > BUF_RETAIN_BYTES_MAX {
             self.buf = Vec::new();
         }

@@ -314,6 +314,40 @@ fn an_installed_snapshot_replaces_the_log() {
 }
 
 #[test]
+fn the_recorded_snapshot_moves_when_a_sync_makes_it_durable_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = synced_small_log(dir.path(), 1..=40, 1);
+    let recorded = wal.recorded_snapshot();
+    assert_eq!(recorded.index(), 0);
+    let snap = |index| SnapshotMeta {
+        index,
+        term: 1,
+        membership: Membership::new([1, 2, 3], []),
+    };
+    wal.compact(&snap(20)).unwrap();
+    assert_eq!(recorded.index(), 20, "a compaction syncs its record");
+    let install = Write {
+        snapshot: Some(snap(60)),
+        ..Write::default()
+    };
+    wal.append(&install).unwrap();
+    assert_eq!(
+        recorded.index(),
+        20,
+        "appended but not synced: recovery would start at 20"
+    );
+    wal.sync().unwrap();
+    assert_eq!(recorded.index(), 60);
+    let (wal, rec) = reopen(wal);
+    assert_eq!(rec.snapshot.index, 60);
+    assert_eq!(
+        wal.recorded_snapshot().index(),
+        60,
+        "a reopened log starts from its record"
+    );
+}
+
+#[test]
 fn the_bootstrap_membership_is_recorded_as_a_snapshot_at_index_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
