@@ -678,3 +678,197 @@ fn the_leader_takes_proposals_once_per_log_sync() {
         "{batch_count} proposal batches in {syncs} log syncs"
     );
 }
+
+/// What the test tells a [`Gated`] state machine, and what it hears back.
+#[derive(Default)]
+struct Gates {
+    /// The first snapshot save announces itself here and waits for `release_save`.
+    save_waiting: Signal,
+    release_save: Signal,
+    /// A restore (an install) announces itself here and waits for `release_restore`.
+    restoring: Signal,
+    release_restore: Signal,
+    /// Whether a save was held already: only the first is.
+    held_one: std::sync::atomic::AtomicBool,
+}
+
+/// A one-shot flag a thread can wait on, bounded.
+#[derive(Default)]
+struct Signal {
+    raised: parking_lot::Mutex<bool>,
+    changed: parking_lot::Condvar,
+}
+
+impl Signal {
+    fn raise(&self) {
+        *self.raised.lock() = true;
+        self.changed.notify_all();
+    }
+
+    fn wait(&self, what: &str) {
+        let mut raised = self.raised.lock();
+        let deadline = Instant::now() + WAIT;
+        while !*raised {
+            let timed_out = self.changed.wait_until(&mut raised, deadline).timed_out();
+            assert!(!timed_out, "{what} within {WAIT:?}");
+        }
+    }
+}
+
+/// Keeps the commands it applied; with gates, holds its first save and every restore until the
+/// test lets them go.
+#[derive(Default)]
+struct Gated {
+    applied: Vec<Bytes>,
+    index: u64,
+    gates: Option<Arc<Gates>>,
+}
+
+impl keel_engine::node::StateMachine for Gated {
+    fn apply(
+        &mut self,
+        commands: &[keel_engine::node::Command<'_>],
+    ) -> Result<Vec<Bytes>, keel_engine::node::StateMachineError> {
+        for c in commands {
+            self.applied.push(c.data.clone());
+            self.index = c.index;
+        }
+        Ok(vec![Bytes::new(); commands.len()])
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.index
+    }
+
+    fn snapshot(&self) -> Box<dyn keel_engine::node::SnapshotSource> {
+        struct Held {
+            count: u64,
+            gates: Option<Arc<Gates>>,
+        }
+        impl keel_engine::node::SnapshotSource for Held {
+            fn write_to(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+                if let Some(g) = &self.gates {
+                    if !g.held_one.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        g.save_waiting.raise();
+                        g.release_save.wait("the test releases the save");
+                    }
+                }
+                out.write_all(&self.count.to_le_bytes())
+            }
+        }
+        Box::new(Held {
+            count: self.applied.len() as u64,
+            gates: self.gates.clone(),
+        })
+    }
+
+    fn restore(
+        &mut self,
+        index: u64,
+        _: &mut dyn std::io::Read,
+    ) -> Result<(), keel_engine::node::StateMachineError> {
+        if let Some(g) = &self.gates {
+            g.restoring.raise();
+            g.release_restore.wait("the test releases the restore");
+        }
+        self.applied.clear();
+        self.index = index;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_save_that_ends_while_a_newer_snapshot_installs_leaves_the_node_running() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = MemNetwork::new();
+    let gates = Arc::new(Gates::default());
+    // Node 3 is a learner: it never leads, so it is the one that installs.
+    let start = |id: NodeId, gates: Option<Arc<Gates>>| {
+        let mut cfg = config(id, &[1, 2]);
+        cfg.learners = vec![3];
+        cfg.snapshot_threshold_entries = 20;
+        let sm = Gated {
+            gates,
+            ..Gated::default()
+        };
+        Node::start(
+            cfg,
+            dir.path().join(format!("node-{id}")),
+            net.transport(id),
+            sm,
+        )
+        .expect("node starts")
+    };
+    let (n1, n2, n3) = (
+        start(1, None),
+        start(2, None),
+        start(3, Some(gates.clone())),
+    );
+    n1.wait_for_leader(WAIT).expect("a leader");
+    let leader = [&n1, &n2]
+        .into_iter()
+        .find(|n| n.is_leader())
+        .expect("leader");
+    let propose = |count: usize| {
+        let proposals: Vec<_> = (0..count)
+            .map(|i| leader.propose(format!("c{i}")))
+            .collect();
+        proposals
+            .into_iter()
+            .map(|p| p.wait(WAIT).expect("commits").index)
+            .max()
+            .expect("some")
+    };
+    // The learner applies past its threshold and starts a save, which the gate holds.
+    let first = propose(30);
+    gates
+        .save_waiting
+        .wait("the learner starts saving a snapshot");
+    // Cut off, it falls behind the leader's next snapshot.
+    net.isolate(3);
+    let mut last = propose(200);
+    // A snapshot is considered as entries apply (one already being saved is let finish first):
+    // a few more keep it coming.
+    let deadline = Instant::now() + WAIT;
+    while leader.status().expect("status").snapshot_index <= first {
+        let status = leader.status();
+        assert!(
+            Instant::now() < deadline,
+            "the leader never snapshotted: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        last = propose(1);
+    }
+    let events = n3.subscribe();
+    net.heal();
+    // The install is under way (the core has the new snapshot, its log write waits for the
+    // state machine): the old save ends now, and its node hears of it mid-install.
+    gates
+        .restoring
+        .wait("the learner installs the leader's snapshot");
+    gates.release_save.raise();
+    let deadline = Instant::now() + WAIT;
+    let taken = loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::SnapshotTaken { index }) => break index,
+            Ok(_) => {}
+            Err(e) => panic!("the held save did not end: {e}"),
+        }
+    };
+    assert!(taken <= first, "the held save was the old one: {taken}");
+    // Time for the driver to act on it before the install completes.
+    std::thread::sleep(Duration::from_millis(100));
+    gates.release_restore.raise();
+    let caught_up = n3.wait_applied(last).wait(WAIT);
+    let seen: Vec<Event> = events.try_iter().collect();
+    assert!(
+        caught_up.is_ok(),
+        "the learner catches up and keeps running: {caught_up:?}; events: {seen:?}"
+    );
+    let more = leader.propose("after").wait(WAIT).expect("commits").index;
+    n3.wait_applied(more)
+        .wait(WAIT)
+        .expect("and keeps applying");
+    let status = n3.status().expect("the learner is running");
+    assert!(status.snapshot_index > first, "{status:?}");
+}

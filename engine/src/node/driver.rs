@@ -533,6 +533,13 @@ impl Driver {
     fn handle_applier(&mut self, event: ApplierEvent) -> Result<(), String> {
         match event {
             ApplierEvent::SnapshotSaved(index) => match self.core.compact(index) {
+                // Saved while a newer snapshot was installed: the core starts after that one
+                // already, and the log learns of it from the install's own write, which may
+                // still wait for the state machine. Compacting the log to it now would come
+                // before that write.
+                Ok(compaction) if compaction.snapshot.index != index => {
+                    tracing::debug!(index, "a snapshot older than the installed one is not used");
+                }
                 Ok(compaction) => {
                     release_elsewhere(self.cfg.id, compaction.released);
                     if let Some(writer) = &self.writer {
