@@ -3,7 +3,7 @@
 //! applier.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::wal::{LogWriter, WriterEvent};
 
 use super::applier::{ApplierEvent, ApplyTask};
 use super::batcher::{self, Batch};
+use super::error::Halt;
 use super::events::{Event, FollowerStatus, Status, Subscribers};
 use super::histogram::{LocalHistogram, DURATION_BOUNDS_NANOS};
 use super::metrics::{NodeMetrics, PeerMetrics};
@@ -92,8 +93,8 @@ pub(crate) struct Driver {
     pub(crate) metrics: Arc<NodeMetrics>,
     pub(crate) subscribers: Arc<Subscribers>,
     pub(crate) state: DriverState,
-    /// Set when the driver stops, so the node handle refuses new work at once.
-    pub(crate) halted: Arc<AtomicBool>,
+    /// Set when the driver stops, so the node handle refuses new work at once, saying why.
+    pub(crate) halted: Arc<Halt>,
 }
 
 /// What the driver tracks besides the core.
@@ -839,7 +840,7 @@ impl Driver {
     /// Fails everything still waiting and stops the other threads.
     fn shutdown(&mut self, reason: &str) {
         tracing::info!(reason, "node stopping");
-        self.halted.store(true, Ordering::Release);
+        self.halted.halt(reason);
         let error = Error::stopped(reason);
         for (_, (_, reply, _)) in std::mem::take(&mut self.state.proposals) {
             reply.fail(error.clone());

@@ -1,4 +1,7 @@
-//! The one error type of the node API.
+//! The one error type of the node API, and the record of why a node stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::core::{NodeId, Term};
 
@@ -34,5 +37,45 @@ impl Error {
         Error::Stopped {
             reason: reason.into(),
         }
+    }
+}
+
+/// Whether a node stopped, and why: set once, by `Node::stop` or by the driver when it stops on
+/// its own (a failed disk or state machine), so that every later call names the cause.
+#[derive(Debug, Default)]
+pub(crate) struct Halt {
+    halted: AtomicBool,
+    reason: OnceLock<String>,
+}
+
+impl Halt {
+    /// Marks the node stopped; the first reason given is the one kept.
+    pub(crate) fn halt(&self, reason: &str) {
+        let _ = self.reason.set(reason.to_string());
+        self.halted.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
+    }
+
+    /// What a call to the stopped node fails with.
+    pub(crate) fn error(&self) -> Error {
+        Error::stopped(self.reason.get().map_or("the node stopped", String::as_str))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_halt_keeps_its_first_reason() {
+        let halt = Halt::default();
+        assert!(!halt.is_halted());
+        halt.halt("storage failed: disk gone");
+        halt.halt("stop() was called");
+        assert!(halt.is_halted());
+        assert_eq!(halt.error(), Error::stopped("storage failed: disk gone"));
     }
 }

@@ -41,7 +41,7 @@ mod transport;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -73,6 +73,7 @@ pub use self::transport::{
 
 use self::applier::Applier;
 use self::driver::{Control, Driver, DriverState};
+use self::error::Halt;
 use self::events::Subscribers;
 use self::snapshots::SnapshotStore;
 use self::transport::{send_when_durable, ProposalRequest};
@@ -89,7 +90,7 @@ pub struct Node<S: StateMachine> {
     metrics: Arc<NodeMetrics>,
     subscribers: Arc<Subscribers>,
     /// Set by `stop` or by the driver when it stops on its own (a failed disk or state machine).
-    stopped: Arc<AtomicBool>,
+    stopped: Arc<Halt>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -189,7 +190,7 @@ impl<S: StateMachine> Node<S> {
         NodeMetrics::set(&metrics.applied_index, applied);
         let subscribers = Arc::new(Subscribers::default());
         let sm = Arc::new(RwLock::new(sm));
-        let stopped = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(Halt::default());
         let (writer, writer_events) = LogWriter::spawn_sending(
             wal,
             WriterOptions::default(),
@@ -335,8 +336,8 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn submit(&self, command: Option<Bytes>) -> Proposal {
-        if self.stopped.load(Ordering::Acquire) {
-            return Proposal::failed(Error::stopped("stop() was called"));
+        if self.stopped.is_halted() {
+            return Proposal::failed(self.stopped.error());
         }
         if let Some(c) = &command {
             if let Err(e) = self.check_size(c) {
@@ -439,8 +440,8 @@ impl<S: StateMachine> Node<S> {
             if let Some(leader) = self.leader() {
                 return Ok(leader);
             }
-            if self.stopped.load(Ordering::Acquire) {
-                return Err(Error::stopped("stop() was called"));
+            if self.stopped.is_halted() {
+                return Err(self.stopped.error());
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout);
@@ -470,7 +471,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Stops every thread; pending calls fail with `Stopped`. Idempotent.
     pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
+        self.stopped.halt("stop() was called");
         let _ = self.control.send(Control::Stop);
         for handle in self.threads.lock().drain(..) {
             let _ = handle.join();
@@ -479,8 +480,8 @@ impl<S: StateMachine> Node<S> {
 
     fn request<T>(&self, make: impl FnOnce(pending::Completer<T>) -> Control) -> Pending<T> {
         let (pending, reply) = pending::pending();
-        if self.stopped.load(Ordering::Acquire) {
-            reply.complete(Err(Error::stopped("stop() was called")));
+        if self.stopped.is_halted() {
+            reply.complete(Err(self.stopped.error()));
             return pending;
         }
         // A send error drops the request, whose completer then reports Stopped.

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,6 +13,7 @@ use parking_lot::Mutex;
 use crate::core::{Body, Message, NodeId};
 use crate::wal::DurableSend;
 
+use super::error::Halt;
 use super::proposal::ProposalReply;
 use super::snapshot_transfer::{
     ReceivedSnapshot, SnapshotReader, SnapshotSink, SnapshotTransferError,
@@ -47,13 +47,10 @@ pub trait Transport: Send + Sync + 'static {
 /// The log writer's hook: messages that waited for their write go out from the writer thread.
 /// Snapshot messages stay for the driver, which opens the snapshot file they stream; once the
 /// node is `halted` everything stays (a stopped node sends nothing, as when the driver sent).
-pub(crate) fn send_when_durable(
-    transport: Arc<dyn Transport>,
-    halted: Arc<AtomicBool>,
-) -> DurableSend {
+pub(crate) fn send_when_durable(transport: Arc<dyn Transport>, halted: Arc<Halt>) -> DurableSend {
     let is_snapshot = |m: &Message| matches!(m.body, Body::Snapshot { .. });
     Box::new(move |waiting: &mut Vec<Message>| {
-        if halted.load(Ordering::Acquire) {
+        if halted.is_halted() {
             return;
         }
         // Splitting allocates: only for the rare write that holds a snapshot message.
@@ -334,7 +331,7 @@ mod tests {
     #[test]
     fn the_writer_hook_sends_all_but_snapshots_and_nothing_once_halted() {
         let transport = Arc::new(Recording::default());
-        let halted = Arc::new(AtomicBool::new(false));
+        let halted = Arc::new(Halt::default());
         let mut send = send_when_durable(transport.clone(), halted.clone());
         let vote = || Body::VoteResponse { granted: true };
         let snapshot = || Body::Snapshot {
@@ -350,7 +347,7 @@ mod tests {
         assert_eq!(waiting[0].to, 4);
         assert_eq!(*transport.0.lock(), [2, 3, 5]);
 
-        halted.store(true, Ordering::Release);
+        halted.halt("stopped by the test");
         let mut waiting = vec![message(6, vote())];
         send(&mut waiting);
         assert_eq!(waiting.len(), 1, "a stopped node sends nothing");
