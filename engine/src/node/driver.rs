@@ -22,10 +22,11 @@ use super::events::{Event, FollowerStatus, Status, Subscribers};
 use super::histogram::{LocalHistogram, DURATION_BOUNDS_NANOS};
 use super::metrics::{NodeMetrics, PeerMetrics};
 use super::pending::Completer;
-use super::proposal::{Committed, ProposalReply};
+use super::proposal::Committed;
 use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
 use super::transport::{Inbound, ProposalRequest, Transport};
+use super::waiting::{Waiting, WaitingProposal};
 use super::{Error, NodeConfig};
 
 /// Requests from the node handle to the driver.
@@ -99,8 +100,8 @@ pub(crate) struct Driver {
 
 /// What the driver tracks besides the core.
 pub(crate) struct DriverState {
-    /// Proposals by index, with the term they were appended in.
-    proposals: BTreeMap<Index, (Term, ProposalReply, Instant)>,
+    /// Proposals waiting to commit, with the term they were appended in.
+    proposals: Waiting,
     membership_waiters: BTreeMap<Index, (Term, Completer<Index>)>,
     reads: HashMap<ReadId, (Instant, Completer<Index>)>,
     next_read_id: ReadId,
@@ -126,7 +127,7 @@ pub(crate) struct DriverState {
 impl Default for DriverState {
     fn default() -> Self {
         Self {
-            proposals: BTreeMap::new(),
+            proposals: Waiting::default(),
             membership_waiters: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_id: 0,
@@ -472,12 +473,12 @@ impl Driver {
             if run.is_empty() {
                 let barrier = requests.next().expect("peeked");
                 match self.core.propose_barrier() {
-                    Ok((index, term)) => {
-                        let at = Instant::now();
-                        self.state
-                            .proposals
-                            .insert(index, (term, barrier.reply, at));
-                    }
+                    Ok((index, term)) => self.wait_for_commit(WaitingProposal {
+                        index,
+                        term,
+                        reply: barrier.reply,
+                        proposed_at: Instant::now(),
+                    }),
                     Err(e) => barrier.reply.fail(self.core_error(e)),
                 }
                 continue;
@@ -488,8 +489,12 @@ impl Driver {
             match self.core.propose(commands) {
                 Ok((first, term)) => {
                     for (k, r) in run.into_iter().enumerate() {
-                        let entry = (term, r.reply, received);
-                        self.state.proposals.insert(first + k as u64, entry);
+                        self.wait_for_commit(WaitingProposal {
+                            index: first + k as u64,
+                            term,
+                            reply: r.reply,
+                            proposed_at: received,
+                        });
                     }
                 }
                 Err(e) => {
@@ -505,6 +510,13 @@ impl Driver {
             &self.metrics.proposals_pending,
             self.state.proposals.len() as u64,
         );
+    }
+
+    fn wait_for_commit(&mut self, proposal: WaitingProposal) {
+        let dropped = self.state.proposals.push(proposal);
+        if dropped > 0 {
+            self.metrics.failed(&Error::Dropped, dropped);
+        }
     }
 
     fn handle_writer(&mut self, event: WriterEvent) -> Result<(), String> {
@@ -687,11 +699,13 @@ impl Driver {
         // Proposals of one batch share their arrival time: tally each run of them once.
         let mut run: Option<(Instant, u64)> = None;
         for e in &entries {
-            while let Some(first) = self.state.proposals.first_entry() {
-                if *first.key() > e.index {
-                    break;
-                }
-                let (index, (term, reply, proposed_at)) = first.remove_entry();
+            while let Some(waiting) = self.state.proposals.pop_through(e.index) {
+                let WaitingProposal {
+                    index,
+                    term,
+                    reply,
+                    proposed_at,
+                } = waiting;
                 if index == e.index && term == e.term {
                     committed += 1;
                     run = match run {
@@ -842,8 +856,8 @@ impl Driver {
         tracing::info!(reason, "node stopping");
         self.halted.halt(reason);
         let error = Error::stopped(reason);
-        for (_, (_, reply, _)) in std::mem::take(&mut self.state.proposals) {
-            reply.fail(error.clone());
+        for waiting in self.state.proposals.take_all() {
+            waiting.reply.fail(error.clone());
         }
         for (_, (_, reply)) in std::mem::take(&mut self.state.membership_waiters) {
             reply.complete(Err(error.clone()));

@@ -38,6 +38,7 @@ mod snapshot_transfer;
 mod snapshots;
 mod state_machine;
 mod transport;
+mod waiting;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
