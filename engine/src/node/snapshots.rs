@@ -126,7 +126,7 @@ impl Drop for ReaderCount {
 impl SnapshotStore {
     pub(crate) fn open(dir: &Path, sync: bool, recorded: RecordedSnapshot) -> io::Result<Self> {
         let dir = dir.join("snapshots");
-        fs::create_dir_all(&dir)?;
+        crate::wal::create_dir_durably(&dir, sync)?;
         let store = Self {
             dir,
             sync,

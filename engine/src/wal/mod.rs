@@ -304,6 +304,26 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(io_error("fsync the log directory", dir))
 }
 
+/// Creates `dir` and any missing parents, and makes each new directory's entry durable in its
+/// parent (with `sync`): a file synced inside a directory whose own entry a power loss can take
+/// is not durable either. (ext4 syncs new parents along with a file; POSIX does not promise it.)
+pub(crate) fn create_dir_durably(dir: &Path, sync: bool) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    if sync {
+        // Top down: a directory's entry is synced once its parent's is.
+        for created in missing.iter().rev() {
+            // A relative path's first component's parent is the working directory.
+            let parent = match created.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
 impl Wal {
     /// Opens the log in `dir` (creating the directory and an empty log if there is none) and
     /// recovers what it holds.
@@ -326,7 +346,8 @@ impl Wal {
                  can lose acknowledged entries (tests and benchmarks only)"
             );
         }
-        std::fs::create_dir_all(dir).map_err(io_error("create the log directory", dir))?;
+        create_dir_durably(dir, opts.sync == SyncMode::Fdatasync)
+            .map_err(io_error("create the log directory", dir))?;
         let Some(found) = recovery::recover(dir)? else {
             return Self::create(dir, opts);
         };

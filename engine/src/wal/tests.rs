@@ -314,6 +314,20 @@ fn an_installed_snapshot_replaces_the_log() {
 }
 
 #[test]
+fn a_log_opens_in_a_directory_created_with_its_missing_parents() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("b").join("wal");
+    let (mut wal, _) = Wal::open(&dir, small()).unwrap();
+    wal.append(&entries(1..=3, 1)).unwrap();
+    wal.sync().unwrap();
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.entries.len(), 3);
+    // An existing directory is fine, with or without syncing.
+    create_dir_durably(&dir, true).unwrap();
+    create_dir_durably(&dir, false).unwrap();
+}
+
+#[test]
 fn the_recorded_snapshot_moves_when_a_sync_makes_it_durable_not_before() {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = synced_small_log(dir.path(), 1..=40, 1);
