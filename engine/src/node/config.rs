@@ -40,7 +40,8 @@ pub struct NodeConfig {
     pub check_quorum: bool,
     /// Serve `lease_read` without a round trip while the leader lease holds.
     pub lease_reads: bool,
-    /// The lease is shorter than the election timeout by this much, for clock-rate drift.
+    /// The lease is shorter than the election timeout by this much, for clock-rate drift
+    /// (rounded up to whole ticks, one at least).
     #[serde(with = "humantime_serde")]
     pub lease_drift: Duration,
     /// A proposal larger than this is refused with `TooLarge`.
@@ -135,7 +136,12 @@ impl NodeConfig {
         c.pre_vote = self.pre_vote;
         c.check_quorum = self.check_quorum;
         c.lease_reads = self.lease_reads;
-        c.lease_drift_ticks = self.ticks("lease_drift", self.lease_drift)?;
+        // Rounded up, and at least one tick: a follower's first tick may come right after the
+        // heartbeat that renewed the lease, so it can count a tick less than the leader did.
+        let drift = (self.lease_drift.as_nanos()).div_ceil(self.tick_interval.as_nanos());
+        c.lease_drift_ticks = u32::try_from(drift)
+            .map_err(|_| Error::Config("lease_drift is too long".into()))?
+            .max(1);
         c.max_inflight_appends = self.max_inflight_appends;
         c.max_inflight_bytes = self.max_inflight_bytes;
         c.max_append_bytes = self.max_batch_bytes;
@@ -193,6 +199,12 @@ mod tests {
             ),
             (5, 15, 2)
         );
+        // The lease drift rounds up, to one tick at least.
+        for (drift_ms, ticks) in [(0, 1), (5, 1), (10, 1), (15, 2), (20, 2), (21, 3)] {
+            cfg.lease_drift = Duration::from_millis(drift_ms);
+            let core = cfg.core_config().expect("valid");
+            assert_eq!(core.lease_drift_ticks, ticks, "{drift_ms} ms");
+        }
         cfg.election_timeout = Duration::from_millis(40);
         assert!(
             cfg.core_config().is_err(),
