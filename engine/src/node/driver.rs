@@ -213,6 +213,12 @@ impl Driver {
                             let Ok(m) = self.inbound.try_recv() else {
                                 break;
                             };
+                            // Each message is judged by the clock when it is handled: the
+                            // thread may have stalled since the turn began, and a lease read
+                            // judged by the turn's clock could outlive the lease.
+                            if !self.cfg.manual_ticks {
+                                self.catch_up_ticks(started);
+                            }
                             self.handle_inbound(m);
                         }
                     }
