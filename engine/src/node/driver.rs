@@ -130,7 +130,7 @@ impl Default for DriverState {
             proposals: Waiting::default(),
             membership_waiters: BTreeMap::new(),
             reads: HashMap::new(),
-            next_read_id: 0,
+            next_read_id: first_read_id(),
             incoming_snapshots: BTreeMap::new(),
             held_writes: VecDeque::new(),
             installing: None,
@@ -886,6 +886,18 @@ impl Driver {
     }
 }
 
+/// Where this run's read ids start: the wall clock in microseconds, times 4,096. A leader answers
+/// a forwarded read by its id alone, and an answer delayed past a restart of the node that asked
+/// must not complete one of its new reads (with an index older than that read needs). Ids of an
+/// earlier run stay below, unless it made 4,096 reads per microsecond it ran or the clock went
+/// back.
+fn first_read_id() -> ReadId {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    u64::try_from(micros).map_or(0, |m| m.wrapping_shl(12))
+}
+
 /// Committed entries the applier may lag behind before the driver stops taking proposals.
 const APPLY_LAG_ENTRIES_MAX: u64 = 65_536;
 
@@ -954,4 +966,18 @@ fn target_membership(current: &Membership, change: &MembershipChange) -> Members
         }
     }
     target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_driver_starts_its_read_ids_above_the_earlier_runs() {
+        let earlier = DriverState::default().next_read_id;
+        std::thread::sleep(Duration::from_millis(2));
+        let later = DriverState::default().next_read_id;
+        // The earlier run could have made millions of reads in those 2 ms without a repeat.
+        assert!(later > earlier + 4_000_000, "{earlier} then {later}");
+    }
 }
