@@ -617,6 +617,7 @@ scenarios! {
     membership_joint_consensus_replaces_two_voters,
     membership_single_step_adds_a_voter,
     membership_removed_leader_steps_down,
+    membership_waits_for_the_new_leaders_first_commit,
     transfer_leadership_catches_up_target_then_timeout_now,
     transfer_aborts_after_an_election_timeout,
     read_index_needs_a_quorum_heartbeat_round,

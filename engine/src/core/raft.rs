@@ -89,6 +89,8 @@ pub enum CoreError {
     TransferInProgress,
     #[error("a membership change is still being committed")]
     MembershipChangePending,
+    #[error("a new leader changes membership only once an entry of its own term has committed")]
+    NotCommittedInTerm,
     #[error("node {0} does not vote in the current membership")]
     NotAVoter(NodeId),
     #[error("cannot transfer leadership to node {0}")]
@@ -531,6 +533,13 @@ impl Core {
         self.ensure_leader_accepting()?;
         if self.membership_index > self.log.committed {
             return Err(CoreError::MembershipChangePending);
+        }
+        // Until its no-op commits, a new leader cannot tell whether a change appended in an
+        // earlier term (on a log its own replaced) was in force somewhere: a one-step change
+        // proposed now could commit under one configuration while a leader of that other one
+        // commits something else at the same index (Ongaro, raft-dev, 2015).
+        if !self.committed_in_term() {
+            return Err(CoreError::NotCommittedInTerm);
         }
         let next = self.membership.plan_change(target)?;
         Ok(self.append_as_leader(vec![Payload::Membership(next)]))

@@ -383,9 +383,9 @@ impl Driver {
                 leader: self.core.leader(),
                 term: self.core.term(),
             },
-            CoreError::MembershipChangePending | CoreError::Membership(_) => {
-                Error::Membership(e.to_string())
-            }
+            CoreError::MembershipChangePending
+            | CoreError::NotCommittedInTerm
+            | CoreError::Membership(_) => Error::Membership(e.to_string()),
             other => Error::Config(other.to_string()),
         }
     }
