@@ -138,7 +138,10 @@ impl NodeConfig {
         c.lease_reads = self.lease_reads;
         // Rounded up, and at least one tick: a follower's first tick may come right after the
         // heartbeat that renewed the lease, so it can count a tick less than the leader did.
-        let drift = (self.lease_drift.as_nanos()).div_ceil(self.tick_interval.as_nanos());
+        let drift = self
+            .lease_drift
+            .as_nanos()
+            .div_ceil(self.tick_interval.as_nanos());
         c.lease_drift_ticks = u32::try_from(drift)
             .map_err(|_| Error::Config("lease_drift is too long".into()))?
             .max(1);

@@ -861,7 +861,8 @@ impl Driver {
     fn shutdown(&mut self, reason: &str) {
         tracing::info!(reason, "node stopping");
         self.halted.halt(reason);
-        let error = Error::stopped(reason);
+        // What every later call hears too: the first reason (`stop()`'s, if that came first).
+        let error = self.halted.error();
         for waiting in self.state.proposals.take_all() {
             waiting.reply.fail(error.clone());
         }

@@ -245,7 +245,7 @@ impl<S: StateMachine> Node<S> {
             state: DriverState::default(),
             halted: stopped.clone(),
         };
-        let driver_subscribers = subscribers.clone();
+        let (driver_subscribers, driver_halt) = (subscribers.clone(), stopped.clone());
         let id = config.id;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -262,9 +262,11 @@ impl<S: StateMachine> Node<S> {
                     // is dropped with it and reports Stopped; subscribers learn why.
                     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| driver.run()));
                     if outcome.is_err() {
-                        tracing::error!("the driver thread panicked; the node stopped");
+                        let reason = "the driver thread panicked";
+                        tracing::error!("{reason}; the node stopped");
+                        driver_halt.halt(reason);
                         driver_subscribers.publish(Event::Stopped {
-                            reason: "the driver thread panicked".into(),
+                            reason: reason.into(),
                         });
                     }
                 }),
@@ -347,9 +349,7 @@ impl<S: StateMachine> Node<S> {
         }
         let (proposal, reply) = ProposalReply::new();
         if let Err(e) = self.proposals.send(ProposalRequest { command, reply }) {
-            e.into_inner()
-                .reply
-                .fail(Error::stopped("the node stopped"));
+            e.into_inner().reply.fail(self.stopped.error());
         }
         proposal
     }
