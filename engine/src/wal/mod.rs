@@ -209,9 +209,9 @@ pub struct SyncStats {
 }
 
 /// The snapshot a log durably records as where it starts: at most the index a [`Wal`] would
-/// recover after a crash now (a segment rollover's sync can make a newer record durable first). Shared with whoever keeps snapshot files, so that the file recovery will
-/// ask for is never removed; it only grows, and is published after each sync that made it
-/// durable.
+/// recover after a crash now (a segment rollover's sync can make a newer record durable first).
+/// Shared with whoever keeps snapshot files, so that the file recovery will ask for is never
+/// removed; it only grows, and is published after each sync that made it durable.
 #[derive(Clone, Debug, Default)]
 pub struct RecordedSnapshot(Arc<AtomicU64>);
 
