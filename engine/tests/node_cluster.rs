@@ -323,7 +323,18 @@ fn membership_changes_under_load() {
         })
     };
     leader.add_learner(4).wait(WAIT).expect("learner added");
-    leader.promote(4).wait(WAIT).expect("promoted");
+    // Promoted once it has answered the leader: until then the leader refuses.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match leader.promote(4).wait(WAIT) {
+            Ok(_) => break,
+            Err(Error::Membership(r)) if r.contains("not acknowledged") => {
+                assert!(Instant::now() < deadline, "node 4 never answered: {r}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("promoting node 4: {e:?}"),
+        }
+    }
     let removed = (1..=3).find(|&id| id != leader_id).expect("a follower");
     leader.remove(removed).wait(WAIT).expect("removed");
     let ok = writer.join().expect("writer");
@@ -543,6 +554,19 @@ fn a_learner_is_promoted_only_once_it_has_caught_up() {
         .membership
         .voters
         .contains(&4));
+}
+
+#[test]
+fn a_learner_never_heard_from_is_not_promoted_even_on_a_short_log() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.node(cluster.leader()).clone();
+    leader.propose("x").wait(WAIT).expect("commits");
+    // Node 4 is added but never started: a few entries behind, yet it never answered.
+    leader.add_learner(4).wait(WAIT).expect("learner added");
+    match leader.promote(4).wait(WAIT) {
+        Err(Error::Membership(reason)) => assert!(reason.contains("not acknowledged"), "{reason}"),
+        other => panic!("promoting a learner that never answered: {other:?}"),
+    }
 }
 
 /// Snapshots taken while `count` puts of `value_bytes` go to keys `key(i)`, one node, threshold 10.

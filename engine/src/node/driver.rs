@@ -359,19 +359,22 @@ impl Driver {
         if self.core.role() != Role::Leader {
             return Ok(()); // The core refuses with the leader hint.
         }
-        let progress = self
-            .core
-            .progress()
-            .find(|(peer, _)| *peer == id)
-            .map(|(_, p)| p);
-        let lag = progress.map(|p| self.core.last_index().saturating_sub(p.match_index));
-        match lag {
-            Some(lag) if lag <= PROMOTE_LAG_ENTRIES_MAX => Ok(()),
-            Some(lag) => Err(Error::Membership(format!(
+        let Some((_, progress)) = self.core.progress().find(|(peer, _)| *peer == id) else {
+            return Err(Error::Membership(format!("node {id} is not a learner")));
+        };
+        let lag = self.core.last_index().saturating_sub(progress.match_index);
+        if lag > PROMOTE_LAG_ENTRIES_MAX {
+            return Err(Error::Membership(format!(
                 "node {id} is {lag} entries behind; promote it once it has caught up"
-            ))),
-            None => Err(Error::Membership(format!("node {id} is not a learner"))),
+            )));
         }
+        // On a short log a learner never heard from is "close": it must have answered.
+        if progress.match_index == 0 {
+            return Err(Error::Membership(format!(
+                "node {id} has not acknowledged any entry yet; promote it once it has caught up"
+            )));
+        }
+        Ok(())
     }
 
     fn core_error(&self, e: CoreError) -> Error {
