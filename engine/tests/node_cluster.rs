@@ -899,3 +899,40 @@ fn a_save_that_ends_while_a_newer_snapshot_installs_leaves_the_node_running() {
     let status = n3.status().expect("the learner is running");
     assert!(status.snapshot_index > first, "{status:?}");
 }
+
+#[test]
+fn a_snapshot_due_while_another_is_saved_is_taken_when_that_one_ends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = MemNetwork::new();
+    let gates = Arc::new(Gates::default());
+    let mut cfg = config(1, &[1]);
+    cfg.snapshot_threshold_entries = 20;
+    let sm = Gated {
+        gates: Some(gates.clone()),
+        ..Gated::default()
+    };
+    let node = Node::start(cfg, dir.path(), net.transport(1), sm).expect("node starts");
+    node.wait_for_leader(WAIT).expect("a leader");
+    let propose = |count: usize| {
+        let proposals: Vec<_> = (0..count).map(|i| node.propose(format!("c{i}"))).collect();
+        proposals
+            .into_iter()
+            .map(|p| p.wait_applied(WAIT).expect("applies").index)
+            .max()
+            .expect("some")
+    };
+    propose(25);
+    gates.save_waiting.wait("the first save starts");
+    // Another snapshot falls due while the first is held; then nothing more comes.
+    let last = propose(50);
+    gates.release_save.raise();
+    let deadline = Instant::now() + WAIT;
+    while node.status().expect("status").snapshot_index < last {
+        let status = node.status();
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot of the later entries: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

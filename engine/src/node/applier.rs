@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::RwLock;
 
 use crate::core::{Entry, Index, Payload, SnapshotMeta, Term};
@@ -74,7 +74,28 @@ impl<S: StateMachine> Applier<S> {
     pub(crate) fn run(mut self) {
         let mut waiting: BTreeMap<Index, Vec<Completer<Index>>> = BTreeMap::new();
         let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
-        while let Ok(task) = self.tasks.recv() {
+        loop {
+            let task = match snapshotting.as_ref() {
+                // A snapshot that fell due while this one was saved is taken when it ends, not
+                // when the next entries come (after a burst, that could be never).
+                Some(save) => match self.tasks.recv_timeout(SAVE_POLL) {
+                    Ok(task) => task,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if save.is_finished() {
+                            if let Some(done) = snapshotting.take() {
+                                let _ = done.join();
+                            }
+                            self.maybe_snapshot(&mut snapshotting);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.tasks.recv() {
+                    Ok(task) => task,
+                    Err(_) => break,
+                },
+            };
             match task {
                 ApplyTask::Entries { entries, replies } => {
                     if let Err(reason) = self.apply(entries, replies) {
@@ -280,6 +301,9 @@ impl<S: StateMachine> Applier<S> {
         }
     }
 }
+
+/// How often the applier looks whether a snapshot being saved has ended, while no task comes.
+const SAVE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What an entry costs in the log beside its command, roughly: header, index, term, checksum.
 const ENTRY_BYTES_OVERHEAD: u64 = 32;
