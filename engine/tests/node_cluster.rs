@@ -706,6 +706,16 @@ fn the_leader_takes_proposals_once_per_log_sync() {
     );
 }
 
+/// Proposes `count` commands on `node` and waits until it applied them all; the last index.
+fn propose_and_apply(node: &Node<Gated>, count: usize) -> u64 {
+    let proposals: Vec<_> = (0..count).map(|i| node.propose(format!("c{i}"))).collect();
+    proposals
+        .into_iter()
+        .map(|p| p.wait_applied(WAIT).expect("applies").index)
+        .max()
+        .expect("some")
+}
+
 /// What the test tells a [`Gated`] state machine, and what it hears back.
 #[derive(Default)]
 struct Gates {
@@ -836,16 +846,7 @@ fn a_save_that_ends_while_a_newer_snapshot_installs_leaves_the_node_running() {
         .into_iter()
         .find(|n| n.is_leader())
         .expect("leader");
-    let propose = |count: usize| {
-        let proposals: Vec<_> = (0..count)
-            .map(|i| leader.propose(format!("c{i}")))
-            .collect();
-        proposals
-            .into_iter()
-            .map(|p| p.wait(WAIT).expect("commits").index)
-            .max()
-            .expect("some")
-    };
+    let propose = |count: usize| propose_and_apply(leader, count);
     // The learner applies past its threshold and starts a save, which the gate holds.
     let first = propose(30);
     gates
@@ -913,14 +914,7 @@ fn a_snapshot_due_while_another_is_saved_is_taken_when_that_one_ends() {
     };
     let node = Node::start(cfg, dir.path(), net.transport(1), sm).expect("node starts");
     node.wait_for_leader(WAIT).expect("a leader");
-    let propose = |count: usize| {
-        let proposals: Vec<_> = (0..count).map(|i| node.propose(format!("c{i}"))).collect();
-        proposals
-            .into_iter()
-            .map(|p| p.wait_applied(WAIT).expect("applies").index)
-            .max()
-            .expect("some")
-    };
+    let propose = |count: usize| propose_and_apply(&node, count);
     propose(25);
     gates.save_waiting.wait("the first save starts");
     // Another snapshot falls due while the first is held; then nothing more comes.

@@ -75,26 +75,22 @@ impl<S: StateMachine> Applier<S> {
         let mut waiting: BTreeMap<Index, Vec<Completer<Index>>> = BTreeMap::new();
         let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
         loop {
-            let task = match snapshotting.as_ref() {
-                // A snapshot that fell due while this one was saved is taken when it ends, not
-                // when the next entries come (after a burst, that could be never).
-                Some(save) => match self.tasks.recv_timeout(SAVE_POLL) {
+            // While a save runs, a snapshot that fell due meanwhile is taken when it ends, not
+            // when the next entries come (after a burst, that could be never).
+            let task = if snapshotting.is_some() {
+                match self.tasks.recv_timeout(SAVE_POLL) {
                     Ok(task) => task,
                     Err(RecvTimeoutError::Timeout) => {
-                        if save.is_finished() {
-                            if let Some(done) = snapshotting.take() {
-                                let _ = done.join();
-                            }
-                            self.maybe_snapshot(&mut snapshotting);
-                        }
+                        self.maybe_snapshot(&mut snapshotting);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.tasks.recv() {
+                }
+            } else {
+                match self.tasks.recv() {
                     Ok(task) => task,
                     Err(_) => break,
-                },
+                }
             };
             match task {
                 ApplyTask::Entries { entries, replies } => {
@@ -247,6 +243,15 @@ impl<S: StateMachine> Applier<S> {
     /// state. Past `SNAPSHOT_ENTRIES_CAP` thresholds a snapshot is taken whatever the sizes,
     /// which bounds the log kept in memory.
     fn maybe_snapshot(&mut self, in_flight: &mut Option<std::thread::JoinHandle<()>>) {
+        // A save that ended is reaped first: `in_flight` then says whether one is running.
+        if in_flight
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            if let Some(done) = in_flight.take() {
+                let _ = done.join();
+            }
+        }
         let due = snapshot_due(
             self.applied.saturating_sub(self.last_snapshot),
             self.applied_bytes_since_snapshot,
@@ -254,14 +259,8 @@ impl<S: StateMachine> Applier<S> {
             self.snapshot_threshold_entries,
             self.snapshot_spacing_percent,
         );
-        if !due {
+        if !due || in_flight.is_some() {
             return;
-        }
-        if in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        if let Some(done) = in_flight.take() {
-            let _ = done.join();
         }
         let index = self.applied;
         let mut source = CountingSource {
