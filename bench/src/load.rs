@@ -471,6 +471,7 @@ impl Worker<'_> {
                     Error::NotLeader { .. } => "not_leader",
                     Error::Timeout => "timeout",
                     Error::Dropped => "dropped",
+                    Error::OutcomeUnknown => "outcome_unknown",
                     Error::Stopped { .. } => "stopped",
                     Error::TooLarge { .. } => "too_large",
                     _ => "other",

@@ -1,12 +1,13 @@
 //! Whole-node tests: clusters of `Node`s on the in-memory transport, with real threads, real
 //! logs on disk, and a key-value state machine. Every wait is bounded.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_engine::core::{NodeId, Role};
-use keel_engine::kv::{Consistency, KvError, KvStore};
+use keel_engine::kv::{Consistency, KvCommand, KvError, KvStore};
 use keel_engine::node::{Error, Event, MemNetwork, Node, NodeConfig, NodeMetrics};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -263,6 +264,72 @@ fn an_isolated_leader_is_replaced_and_rejoins() {
         new,
         "the old leader follows after healing"
     );
+}
+
+#[test]
+fn a_proposal_a_snapshot_replaced_is_not_called_dropped_when_it_may_have_committed() {
+    let cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
+    let old = cluster.leader();
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != old).collect();
+    // Once the leader has heard from both followers it streams entries to them unasked.
+    let first = put(cluster.node(old), "first", "1").expect("put");
+    cluster.converge(first);
+    // The old leader's appends reach the others; their answers never come back.
+    for &id in &others {
+        cluster.net.cut(id, old);
+    }
+    let command = KvCommand::Put {
+        key: Bytes::from_static(b"replicated"),
+        value: Bytes::from_static(b"unseen"),
+    };
+    let proposal = cluster.node(old).propose(command.encode());
+    // It steps down for want of a quorum; the others elect one of them, whose first entry
+    // commits the proposal's, and compact their logs far past it.
+    let deadline = Instant::now() + WAIT;
+    let new = loop {
+        if let Some(&new) = others.iter().find(|&&id| cluster.node(id).is_leader()) {
+            break new;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut last = 0;
+    for i in 0..100 {
+        last = put(cluster.node(new), &format!("k{i}"), "v").expect("the majority commits");
+    }
+    assert_eq!(
+        cluster
+            .node(new)
+            .state_machine()
+            .get(b"replicated")
+            .as_deref(),
+        Some(&b"unseen"[..]),
+        "the old leader's proposal committed"
+    );
+    let deadline = Instant::now() + WAIT;
+    while cluster.node(new).status().expect("status").snapshot_index < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "the new leader never snapshotted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Healed, the old leader can only catch up from a snapshot, which replaces its entry. It
+    // cannot tell whether that entry committed, and must not say it was dropped.
+    cluster.net.heal();
+    let outcome = proposal.wait(WAIT);
+    assert_eq!(outcome, Err(Error::OutcomeUnknown));
+    cluster
+        .node(old)
+        .wait_applied(last)
+        .wait(WAIT)
+        .expect("the old leader catches up");
+    let installed = cluster
+        .node(old)
+        .metrics()
+        .snapshots_installed
+        .load(Ordering::Relaxed);
+    assert!(installed > 0, "the old leader installed a snapshot");
 }
 
 #[test]
@@ -785,7 +852,7 @@ impl keel_engine::node::StateMachine for Gated {
         impl keel_engine::node::SnapshotSource for Held {
             fn write_to(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
                 if let Some(g) = &self.gates {
-                    if !g.held_one.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    if !g.held_one.swap(true, Ordering::SeqCst) {
                         g.save_waiting.raise();
                         g.release_save.wait("the test releases the save");
                     }

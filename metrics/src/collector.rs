@@ -331,6 +331,7 @@ fn collect_node(source: &NodeSource, put: &mut impl FnMut(&str, proto::Metric)) 
     for (reason, v) in [
         ("not_leader", &m.proposals_failed_not_leader),
         ("dropped", &m.proposals_failed_dropped),
+        ("outcome_unknown", &m.proposals_failed_unknown),
         ("too_large", &m.proposals_failed_too_large),
         ("stopped", &m.proposals_failed_stopped),
     ] {

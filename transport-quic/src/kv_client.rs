@@ -65,7 +65,7 @@ impl KvClientConfig {
 ///
 /// Whether a failed write took effect: `Unavailable` and `Setup` mean it did not; so do the
 /// node's `NotLeader`, `Dropped`, `TooLarge` and `TransferInProgress`. `Indeterminate` and the
-/// node's `Timeout` and `Stopped` mean it may have, or may still.
+/// node's `Timeout`, `OutcomeUnknown` and `Stopped` mean it may have, or may still.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The store's answer: not found, compare failed, or the node's error.

@@ -206,6 +206,8 @@ pub enum WireError {
     Config {
         message: String,
     },
+    /// Last, so that the variants before it keep their archived tags.
+    OutcomeUnknown,
 }
 
 /// Why an archive that passed validation still cannot be used.
@@ -362,6 +364,7 @@ impl WireError {
             },
             NodeError::Timeout => Self::Timeout,
             NodeError::Dropped => Self::Dropped,
+            NodeError::OutcomeUnknown => Self::OutcomeUnknown,
             NodeError::Stopped { reason } => Self::Stopped { reason },
             NodeError::TooLarge {
                 size_bytes,
@@ -540,6 +543,7 @@ impl ArchivedWireError {
             },
             Self::Timeout => NodeError::Timeout,
             Self::Dropped => NodeError::Dropped,
+            Self::OutcomeUnknown => NodeError::OutcomeUnknown,
             Self::Stopped { reason } => NodeError::Stopped {
                 reason: reason.as_str().to_owned(),
             },
@@ -592,4 +596,40 @@ pub fn applied_of(
         term: term.to_native(),
         response: slice_in_frame(frame, response)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{access, archive};
+
+    #[test]
+    fn every_node_error_round_trips() {
+        let errors = [
+            NodeError::NotLeader {
+                leader: Some(2),
+                term: 7,
+            },
+            NodeError::Timeout,
+            NodeError::Dropped,
+            NodeError::OutcomeUnknown,
+            NodeError::Stopped {
+                reason: "stop() was called".into(),
+            },
+            NodeError::TooLarge {
+                size_bytes: 9,
+                max_bytes: 8,
+            },
+            NodeError::TransferInProgress,
+            NodeError::Membership("not caught up".into()),
+            NodeError::Storage("disk gone".into()),
+            NodeError::StateMachine("bad command".into()),
+            NodeError::Config("bad field".into()),
+        ];
+        for e in errors {
+            let bytes = archive(&WireError::from_node(&e, None)).unwrap();
+            let archived: &ArchivedWireError = access(&bytes).unwrap();
+            assert_eq!(archived.to_node(), e);
+        }
+    }
 }

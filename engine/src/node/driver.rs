@@ -11,7 +11,7 @@ use crossbeam_channel::{never, select, tick, Receiver, Sender};
 
 use crate::core::{
     Body, Core, CoreError, Index, Membership, Message, NodeId, ReadId, ReadMode, ReleasedEntries,
-    Role, SoftState, Term, Write,
+    Role, SnapshotMeta, SoftState, Term, Write,
 };
 use crate::wal::{LogWriter, WriterEvent};
 
@@ -643,6 +643,9 @@ impl Driver {
         }
         self.send(out.messages);
         if let Some(write) = out.write {
+            if let Some(snapshot) = &write.snapshot {
+                self.settle_replaced(snapshot);
+            }
             self.submit(write)?;
         }
         if !out.committed.is_empty() {
@@ -696,6 +699,28 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// A leader's snapshot replaced this node's log through `snapshot.index`: the proposals
+    /// waiting there will never see their entries commit here, so they are answered now.
+    fn settle_replaced(&mut self, snapshot: &SnapshotMeta) {
+        let outcome = |term| replaced_outcome(term, snapshot);
+        while let Some(waiting) = self.state.proposals.pop_through(snapshot.index) {
+            let error = outcome(waiting.term);
+            self.metrics.failed(&error, 1);
+            waiting.reply.fail(error);
+        }
+        while let Some(first) = self.state.membership_waiters.first_entry() {
+            if *first.key() > snapshot.index {
+                break;
+            }
+            let (term, reply) = first.remove();
+            reply.complete(Err(outcome(term)));
+        }
+        NodeMetrics::set(
+            &self.metrics.proposals_pending,
+            self.state.proposals.len() as u64,
+        );
     }
 
     /// Entries are committed (and durable here): complete commit waiters, hand them to the
@@ -931,6 +956,18 @@ impl Wake {
 /// Frees a compaction's entries on a thread of their own: up to 8 x the snapshot threshold of
 /// them, each holding a buffer, took the driver up to half a second to drop, long enough for
 /// its followers to call an election.
+/// What a proposal of `term` whose entry `snapshot` replaced is answered. One from a term after
+/// the snapshot's never committed: terms only grow along the log, so the committed log through
+/// the snapshot holds none later. Any other may have, and calling it dropped could make a client
+/// retry what was applied.
+fn replaced_outcome(term: Term, snapshot: &SnapshotMeta) -> Error {
+    if term > snapshot.term {
+        Error::Dropped
+    } else {
+        Error::OutcomeUnknown
+    }
+}
+
 fn release_elsewhere(node: NodeId, entries: ReleasedEntries) {
     if entries.len() < 1024 {
         return;
@@ -983,5 +1020,17 @@ mod tests {
         let later = DriverState::default().next_read_id;
         // The earlier run could have made millions of reads in those 2 ms without a repeat.
         assert!(later > earlier + 4_000_000, "{earlier} then {later}");
+    }
+
+    #[test]
+    fn a_replaced_proposal_is_dropped_only_when_its_term_proves_it() {
+        let snapshot = SnapshotMeta {
+            index: 50,
+            term: 4,
+            membership: Membership::default(),
+        };
+        assert_eq!(replaced_outcome(5, &snapshot), Error::Dropped);
+        assert_eq!(replaced_outcome(4, &snapshot), Error::OutcomeUnknown);
+        assert_eq!(replaced_outcome(3, &snapshot), Error::OutcomeUnknown);
     }
 }

@@ -16,6 +16,11 @@ pub enum Error {
     /// The entry was overwritten by a new leader before it committed.
     #[error("the proposal was dropped: a new leader overwrote its entry")]
     Dropped,
+    /// The entry may or may not have committed, and this node cannot tell: a leader's snapshot
+    /// replaced the part of its log that held it. Retry only what is safe to apply twice, or
+    /// read the state to learn what happened.
+    #[error("the proposal's outcome is unknown: a leader's snapshot replaced its entry")]
+    OutcomeUnknown,
     #[error("the node stopped: {reason}")]
     Stopped { reason: String },
     #[error("proposal of {size_bytes} bytes exceeds max_proposal_bytes = {max_bytes}")]

@@ -28,6 +28,8 @@ pub struct NodeMetrics {
     pub proposals_committed: AtomicU64,
     pub proposals_failed_not_leader: AtomicU64,
     pub proposals_failed_dropped: AtomicU64,
+    /// Proposals whose entries a leader's snapshot replaced before this node saw them commit.
+    pub proposals_failed_unknown: AtomicU64,
     pub proposals_failed_too_large: AtomicU64,
     pub proposals_failed_stopped: AtomicU64,
     pub snapshots_taken: AtomicU64,
@@ -89,6 +91,7 @@ impl Default for NodeMetrics {
             proposals_committed: zero(),
             proposals_failed_not_leader: zero(),
             proposals_failed_dropped: zero(),
+            proposals_failed_unknown: zero(),
             proposals_failed_too_large: zero(),
             proposals_failed_stopped: zero(),
             snapshots_taken: zero(),
@@ -128,6 +131,7 @@ impl NodeMetrics {
                 &self.proposals_failed_not_leader
             }
             Error::Dropped => &self.proposals_failed_dropped,
+            Error::OutcomeUnknown => &self.proposals_failed_unknown,
             Error::TooLarge { .. } => &self.proposals_failed_too_large,
             _ => &self.proposals_failed_stopped,
         };

@@ -201,6 +201,11 @@ impl MemNetwork {
         }
     }
 
+    /// Cuts the link from `from` to `to` only: what `to` sends to `from` still arrives.
+    pub fn cut(&self, from: NodeId, to: NodeId) {
+        self.state.lock().cut.insert((from, to));
+    }
+
     /// Cuts `id` off from every other node.
     pub fn isolate(&self, id: NodeId) {
         let others: Vec<NodeId> = self
