@@ -623,6 +623,7 @@ scenarios! {
     read_index_needs_a_quorum_heartbeat_round,
     read_index_new_leader_waits_for_its_noop,
     read_index_follower_forwards_to_leader,
+    read_index_across_a_term_change,
     lease_reads_served_only_while_the_lease_holds,
     snapshot_catches_up_a_follower_behind_the_compacted_log,
 }

@@ -206,10 +206,13 @@ fn checker_catches_lease_reads_without_a_drift_margin() {
         Bugs::default(),
         |opts| {
             opts.lease_drift_ticks = 0;
-            opts.tick_skew_percent = 30;
+            // Tick periods up to 70% off and a partition in 40% of fault events: one seed in 80
+            // serves a stale lease read (at 30% and 60%, one in 5,000: the bound below was
+            // met by luck, and an unrelated change to the message flow lost it).
+            opts.tick_skew_percent = 70;
             opts.fault_mix = FaultMix {
                 crash: 0,
-                partition: 60,
+                partition: 40,
                 membership: 0,
                 transfer: 0,
             };

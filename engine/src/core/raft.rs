@@ -389,6 +389,15 @@ impl Core {
         } else if m.term < self.term {
             self.stats.stale_term += 1;
             match m.body {
+                // A read asked at an older term is served all the same: the leader confirms
+                // its leadership after the read arrived, whatever term the asker knew.
+                Body::ReadIndex { .. } => return self.dispatch(m),
+                // An answer from a leader of an older term fails the read at once (the asker
+                // retries where its hint says), where dropping it left the read to time out.
+                Body::ReadIndexResponse { id, .. } => self.out.reads.push(ReadResult {
+                    id,
+                    index: Err(self.leader),
+                }),
                 // Tell a deposed leader (or a pre-candidate) about the newer term.
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => self.send(
                     m.from,
