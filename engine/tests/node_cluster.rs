@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keel_engine::core::{NodeId, Role};
 use keel_engine::kv::{Consistency, KvCommand, KvError, KvStore};
-use keel_engine::node::{Error, Event, MemNetwork, Node, NodeConfig, NodeMetrics};
+use keel_engine::node::{
+    Error, Event, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -614,6 +616,22 @@ fn a_learner_is_promoted_only_once_it_has_caught_up() {
     match leader.promote(4).wait(WAIT) {
         Err(Error::Membership(reason)) => assert!(reason.contains("behind"), "{reason}"),
         other => panic!("promoting a learner 1100 entries behind: {other:?}"),
+    }
+    // Nor through a whole new set, nor as a voter never added as a learner.
+    for voters in [vec![1, 2, 3, 4], vec![1, 2, 3, 5]] {
+        let change = MembershipChange::Set {
+            voters: voters.clone(),
+            learners: Vec::new(),
+        };
+        match leader.change_membership(change).wait(WAIT) {
+            Err(Error::Membership(reason)) => {
+                assert!(
+                    reason.contains("behind") || reason.contains("not a learner"),
+                    "{reason}"
+                )
+            }
+            other => panic!("setting voters {voters:?}: {other:?}"),
+        }
     }
     assert!(!leader
         .status()

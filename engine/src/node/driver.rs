@@ -318,12 +318,19 @@ impl Driver {
                 self.core.read_index(id, mode);
             }
             Control::ChangeMembership { change, reply } => {
-                if let MembershipChange::Promote(id) = change {
-                    if let Err(e) = self.caught_up(id) {
-                        return reply.complete(Err(e));
-                    }
+                let current = self.core.membership();
+                let target = target_membership(current, &change);
+                // However the change is put (a promotion, or a whole new set), each node it
+                // makes a voter must have caught up.
+                let joining: Vec<NodeId> = target
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&id| !current.is_voter(id))
+                    .collect();
+                if let Some(e) = joining.into_iter().find_map(|id| self.caught_up(id).err()) {
+                    return reply.complete(Err(e));
                 }
-                let target = target_membership(self.core.membership(), &change);
                 match self.core.propose_membership(&target) {
                     Ok(index) => {
                         let term = self.core.term();
