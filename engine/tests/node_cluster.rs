@@ -604,6 +604,48 @@ fn a_panicking_state_machine_stops_the_node_cleanly() {
 }
 
 #[test]
+fn a_joint_change_is_answered_once_the_membership_asked_for_is_in_force() {
+    let mut cluster = Cluster::new(3);
+    let leader_id = cluster.leader();
+    let leader = cluster.node(leader_id).clone();
+    for id in [4, 5] {
+        let mut standby = config(id, &[]);
+        standby.voters.clear();
+        cluster.start_with(id, standby);
+        leader.add_learner(id).wait(WAIT).expect("learner added");
+    }
+    // Two voters replaced at once: through a joint configuration, which the leader then leaves.
+    let voters = vec![leader_id, 4, 5];
+    let deadline = Instant::now() + WAIT;
+    let index = loop {
+        let change = MembershipChange::Set {
+            voters: voters.clone(),
+            learners: Vec::new(),
+        };
+        match leader.change_membership(change).wait(WAIT) {
+            Ok(index) => break index,
+            Err(Error::Membership(r)) if r.contains("not acknowledged") => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the learners never answered: {r}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("replacing two voters: {e:?}"),
+        }
+    };
+    let status = leader.status().expect("status");
+    assert!(status.commit_index >= index);
+    assert!(!status.membership.is_joint(), "{:?}", status.membership);
+    assert_eq!(status.membership.voters, voters.iter().copied().collect());
+    // The change is over: the next one can start at once.
+    leader
+        .add_learner(6)
+        .wait(WAIT)
+        .expect("the next change starts");
+}
+
+#[test]
 fn a_learner_is_promoted_only_once_it_has_caught_up() {
     let cluster = Cluster::new(3);
     let leader = cluster.node(cluster.leader()).clone();

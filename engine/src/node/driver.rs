@@ -11,7 +11,7 @@ use crossbeam_channel::{never, select, tick, Receiver, Sender};
 
 use crate::core::{
     Body, Core, CoreError, Index, Membership, Message, NodeId, ReadId, ReadMode, ReleasedEntries,
-    Role, SnapshotMeta, SoftState, Term, Write,
+    Role, SnapshotMeta, SoftState, Write,
 };
 use crate::wal::{LogWriter, WriterEvent};
 
@@ -26,7 +26,7 @@ use super::proposal::Committed;
 use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
 use super::transport::{Inbound, ProposalRequest, Transport};
-use super::waiting::{Waiting, WaitingProposal};
+use super::waiting::{replaced_outcome, Waiting, WaitingChanges, WaitingProposal};
 use super::{Error, NodeConfig};
 
 /// Requests from the node handle to the driver.
@@ -102,7 +102,7 @@ pub(crate) struct Driver {
 pub(crate) struct DriverState {
     /// Proposals waiting to commit, with the term they were appended in.
     proposals: Waiting,
-    membership_waiters: BTreeMap<Index, (Term, Completer<Index>)>,
+    changes: WaitingChanges,
     reads: HashMap<ReadId, (Instant, Completer<Index>)>,
     next_read_id: ReadId,
     /// Snapshot files received from the leader, until the core installs one (the others'
@@ -128,7 +128,7 @@ impl Default for DriverState {
     fn default() -> Self {
         Self {
             proposals: Waiting::default(),
-            membership_waiters: BTreeMap::new(),
+            changes: WaitingChanges::default(),
             reads: HashMap::new(),
             next_read_id: first_read_id(),
             incoming_snapshots: BTreeMap::new(),
@@ -334,7 +334,7 @@ impl Driver {
                 match self.core.propose_membership(&target) {
                     Ok(index) => {
                         let term = self.core.term();
-                        self.state.membership_waiters.insert(index, (term, reply));
+                        self.state.changes.push(index, term, reply);
                     }
                     Err(e) => reply.complete(Err(self.core_error(e))),
                 }
@@ -711,19 +711,12 @@ impl Driver {
     /// A leader's snapshot replaced this node's log through `snapshot.index`: the proposals
     /// waiting there will never see their entries commit here, so they are answered now.
     fn settle_replaced(&mut self, snapshot: &SnapshotMeta) {
-        let outcome = |term| replaced_outcome(term, snapshot);
         while let Some(waiting) = self.state.proposals.pop_through(snapshot.index) {
-            let error = outcome(waiting.term);
+            let error = replaced_outcome(waiting.term, snapshot);
             self.metrics.failed(&error, 1);
             waiting.reply.fail(error);
         }
-        while let Some(first) = self.state.membership_waiters.first_entry() {
-            if *first.key() > snapshot.index {
-                break;
-            }
-            let (term, reply) = first.remove();
-            reply.complete(Err(outcome(term)));
-        }
+        self.state.changes.replaced(snapshot);
         NodeMetrics::set(
             &self.metrics.proposals_pending,
             self.state.proposals.len() as u64,
@@ -762,18 +755,7 @@ impl Driver {
                     reply.fail(Error::Dropped);
                 }
             }
-            while let Some(first) = self.state.membership_waiters.first_entry() {
-                if *first.key() > e.index {
-                    break;
-                }
-                let (index, (term, reply)) = first.remove_entry();
-                let result = if index == e.index && term == e.term {
-                    Ok(index)
-                } else {
-                    Err(Error::Dropped)
-                };
-                reply.complete(result);
-            }
+            self.state.changes.committed(e);
         }
         self.tally_commit_latency(now, run);
         NodeMetrics::add(&self.metrics.proposals_committed, committed);
@@ -901,9 +883,7 @@ impl Driver {
         for waiting in self.state.proposals.take_all() {
             waiting.reply.fail(error.clone());
         }
-        for (_, (_, reply)) in std::mem::take(&mut self.state.membership_waiters) {
-            reply.complete(Err(error.clone()));
-        }
+        self.state.changes.fail_all(&error);
         for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {
             reply.complete(Err(error.clone()));
         }
@@ -963,18 +943,6 @@ impl Wake {
 /// Frees a compaction's entries on a thread of their own: up to 8 x the snapshot threshold of
 /// them, each holding a buffer, took the driver up to half a second to drop, long enough for
 /// its followers to call an election.
-/// What a proposal of `term` whose entry `snapshot` replaced is answered. One from a term after
-/// the snapshot's never committed: terms only grow along the log, so the committed log through
-/// the snapshot holds none later. Any other may have, and calling it dropped could make a client
-/// retry what was applied.
-fn replaced_outcome(term: Term, snapshot: &SnapshotMeta) -> Error {
-    if term > snapshot.term {
-        Error::Dropped
-    } else {
-        Error::OutcomeUnknown
-    }
-}
-
 fn release_elsewhere(node: NodeId, entries: ReleasedEntries) {
     if entries.len() < 1024 {
         return;
@@ -1027,17 +995,5 @@ mod tests {
         let later = DriverState::default().next_read_id;
         // The earlier run could have made millions of reads in those 2 ms without a repeat.
         assert!(later > earlier + 4_000_000, "{earlier} then {later}");
-    }
-
-    #[test]
-    fn a_replaced_proposal_is_dropped_only_when_its_term_proves_it() {
-        let snapshot = SnapshotMeta {
-            index: 50,
-            term: 4,
-            membership: Membership::default(),
-        };
-        assert_eq!(replaced_outcome(5, &snapshot), Error::Dropped);
-        assert_eq!(replaced_outcome(4, &snapshot), Error::OutcomeUnknown);
-        assert_eq!(replaced_outcome(3, &snapshot), Error::OutcomeUnknown);
     }
 }

@@ -375,7 +375,9 @@ impl<S: StateMachine> Node<S> {
         self.request(|reply| Control::WaitApplied { index, reply })
     }
 
-    /// Starts a membership change; completes with its index once it commits.
+    /// Starts a membership change; completes once the membership asked for is in force, with
+    /// the index of its entry (for a change through a joint configuration, of the entry that
+    /// leaves it), so that the next change can start.
     pub fn change_membership(&self, change: MembershipChange) -> Pending<Index> {
         self.request(|reply| Control::ChangeMembership { change, reply })
     }
