@@ -410,19 +410,21 @@ impl Driver {
             }
             Inbound::Snapshot(m, data) => {
                 if let Body::Snapshot { snapshot } = &m.body {
-                    // Keep only the newest: the core installs at most the latest it accepts,
-                    // except data whose install write is held behind the one in progress (a
-                    // leader that compacts again re-sends a newer snapshot meanwhile).
-                    let held = &self.state.held_writes;
-                    self.state.incoming_snapshots.retain(|&i, _| {
-                        i > snapshot.index
-                            || held
-                                .iter()
-                                .any(|w| w.snapshot.as_ref().is_some_and(|s| s.index == i))
-                    });
                     self.state.incoming_snapshots.insert(snapshot.index, data);
                 }
                 self.core.step(m);
+                // The core installs a snapshot as it steps it, or never: what is kept is the
+                // data of the one it holds now (its install write may not have gone out yet:
+                // several snapshots can arrive in one turn) and of installs held behind the
+                // one in progress. The rest, refused or only acknowledged, goes at once.
+                let installed = self.core.snapshot().index;
+                let held = &self.state.held_writes;
+                self.state.incoming_snapshots.retain(|&i, _| {
+                    i == installed
+                        || held
+                            .iter()
+                            .any(|w| w.snapshot.as_ref().is_some_and(|s| s.index == i))
+                });
             }
             Inbound::SnapshotSent { to, delivered } => self.core.report_snapshot(to, delivered),
         }
@@ -489,7 +491,7 @@ impl Driver {
             if run.is_empty() {
                 let barrier = requests.next().expect("peeked");
                 match self.core.propose_barrier() {
-                    Ok((index, term)) => self.wait_for_commit(WaitingProposal {
+                    Ok((index, term)) => self.state.proposals.push(WaitingProposal {
                         index,
                         term,
                         reply: barrier.reply,
@@ -505,7 +507,7 @@ impl Driver {
             match self.core.propose(commands) {
                 Ok((first, term)) => {
                     for (k, r) in run.into_iter().enumerate() {
-                        self.wait_for_commit(WaitingProposal {
+                        self.state.proposals.push(WaitingProposal {
                             index: first + k as u64,
                             term,
                             reply: r.reply,
@@ -526,13 +528,6 @@ impl Driver {
             &self.metrics.proposals_pending,
             self.state.proposals.len() as u64,
         );
-    }
-
-    fn wait_for_commit(&mut self, proposal: WaitingProposal) {
-        let dropped = self.state.proposals.push(proposal);
-        if dropped > 0 {
-            self.metrics.failed(&Error::Dropped, dropped);
-        }
     }
 
     fn handle_writer(&mut self, event: WriterEvent) -> Result<(), String> {

@@ -4,7 +4,10 @@
 //! commit from the front: a queue, not a map (a `BTreeMap` insert per proposal was ~8% of the
 //! leader driver's time at peak in memory). A proposal at an index not above the last waiting
 //! one means this node lost and regained leadership meanwhile and its log was cut below the
-//! waiting ones: their entries are gone, and they can never commit.
+//! waiting ones. Their entries are gone from this log, not from every log: a node that still
+//! holds them can win an election and commit them. So they are set aside, not failed, and
+//! answered by whatever commits at their index; only a different entry committed there proves
+//! a proposal lost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -27,41 +30,51 @@ pub(crate) struct WaitingProposal {
 #[derive(Debug, Default)]
 pub(crate) struct Waiting {
     queue: VecDeque<WaitingProposal>,
+    /// Proposals whose entries a later append of this node replaced, by index: rare, so a map.
+    displaced: BTreeMap<Index, Vec<WaitingProposal>>,
 }
 
 impl Waiting {
-    /// Adds `proposal` after the others; fails (with `Dropped`) and counts those waiting at its
-    /// index or above, whose entries its append replaced.
-    pub(crate) fn push(&mut self, proposal: WaitingProposal) -> u64 {
-        let mut dropped = 0;
+    /// Adds `proposal` after the others; those waiting at its index or above are set aside.
+    pub(crate) fn push(&mut self, proposal: WaitingProposal) {
         while self
             .queue
             .back()
             .is_some_and(|last| last.index >= proposal.index)
         {
             let gone = self.queue.pop_back().expect("checked non-empty");
-            gone.reply.fail(Error::Dropped);
-            dropped += 1;
+            self.displaced.entry(gone.index).or_default().push(gone);
         }
         self.queue.push_back(proposal);
-        dropped
     }
 
-    /// The first waiting proposal, if its index is at most `index`.
+    /// The waiting proposal of lowest index, if that index is at most `index`.
     pub(crate) fn pop_through(&mut self, index: Index) -> Option<WaitingProposal> {
-        if self.queue.front()?.index > index {
-            return None;
+        let queued = self.queue.front().map(|w| w.index);
+        let displaced = self.displaced.first_key_value().map(|(&i, _)| i);
+        match (queued, displaced) {
+            (_, Some(d)) if d <= index && queued.is_none_or(|q| d <= q) => {
+                let mut first = self.displaced.first_entry().expect("checked non-empty");
+                let waiting = first.get_mut().pop();
+                if first.get().is_empty() {
+                    first.remove();
+                }
+                waiting
+            }
+            (Some(q), _) if q <= index => self.queue.pop_front(),
+            _ => None,
         }
-        self.queue.pop_front()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.displaced.values().map(Vec::len).sum::<usize>()
     }
 
-    /// Every waiting proposal, oldest first, leaving none.
-    pub(crate) fn take_all(&mut self) -> VecDeque<WaitingProposal> {
-        std::mem::take(&mut self.queue)
+    /// Every waiting proposal, leaving none.
+    pub(crate) fn take_all(&mut self) -> Vec<WaitingProposal> {
+        let mut all: Vec<WaitingProposal> = self.queue.drain(..).collect();
+        all.extend(std::mem::take(&mut self.displaced).into_values().flatten());
+        all
     }
 }
 
@@ -82,20 +95,16 @@ pub(crate) fn replaced_outcome(term: Term, snapshot: &SnapshotMeta) -> Error {
 /// hears back the membership it asked for is the one in force (and the next change can start).
 #[derive(Debug, Default)]
 pub(crate) struct WaitingChanges {
-    /// By index: the term the change was appended in, and its caller.
-    appended: BTreeMap<Index, (Term, Completer<Index>)>,
+    /// The index and term each change was appended at, and its caller. Changes are rare and
+    /// one runs at a time: a list. One a later append replaced waits like a proposal does.
+    appended: Vec<(Index, Term, Completer<Index>)>,
     /// Changes whose joint entry committed, waiting for the entry that leaves it.
     joint: Vec<Completer<Index>>,
 }
 
 impl WaitingChanges {
-    /// Adds a change appended at `index`; those waiting at its index or above were replaced by
-    /// its append, and are dropped.
     pub(crate) fn push(&mut self, index: Index, term: Term, reply: Completer<Index>) {
-        for (_, (_, gone)) in self.appended.split_off(&index) {
-            gone.complete(Err(Error::Dropped));
-        }
-        self.appended.insert(index, (term, reply));
+        self.appended.push((index, term, reply));
     }
 
     /// `entry` committed (entries come in log order, none skipped).
@@ -110,11 +119,11 @@ impl WaitingChanges {
                 reply.complete(Ok(entry.index));
             }
         }
-        while let Some(first) = self.appended.first_entry() {
-            if *first.key() > entry.index {
-                break;
-            }
-            let (index, (term, reply)) = first.remove_entry();
+        let (settled, waiting) = std::mem::take(&mut self.appended)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= entry.index);
+        self.appended = waiting;
+        for (index, term, reply) in settled {
             if index != entry.index || term != entry.term {
                 reply.complete(Err(Error::Dropped));
             } else if membership.is_some_and(|m| m.is_joint()) {
@@ -127,8 +136,11 @@ impl WaitingChanges {
 
     /// A leader's snapshot replaced the log through `snapshot.index`.
     pub(crate) fn replaced(&mut self, snapshot: &SnapshotMeta) {
-        let rest = self.appended.split_off(&(snapshot.index + 1));
-        for (_, (term, reply)) in std::mem::replace(&mut self.appended, rest) {
+        let (settled, waiting) = std::mem::take(&mut self.appended)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= snapshot.index);
+        self.appended = waiting;
+        for (_, term, reply) in settled {
             reply.complete(Err(replaced_outcome(term, snapshot)));
         }
         // A joint change that committed was left by the snapshot's index if the snapshot's
@@ -143,8 +155,8 @@ impl WaitingChanges {
     /// Fails every waiting change with `error`.
     pub(crate) fn fail_all(&mut self, error: &Error) {
         let appended = std::mem::take(&mut self.appended)
-            .into_values()
-            .map(|(_, r)| r);
+            .into_iter()
+            .map(|(_, _, r)| r);
         for reply in appended.chain(self.joint.drain(..)) {
             reply.complete(Err(error.clone()));
         }
@@ -175,7 +187,7 @@ mod tests {
         let mut handles = Vec::new();
         for index in 5..=8 {
             let (handle, w) = waiting(index, 2);
-            assert_eq!(queue.push(w), 0);
+            queue.push(w);
             handles.push(handle);
         }
         let popped: Vec<Index> = std::iter::from_fn(|| queue.pop_through(6))
@@ -189,28 +201,29 @@ mod tests {
     }
 
     #[test]
-    fn an_append_below_waiting_proposals_drops_them() {
+    fn proposals_a_later_append_replaced_wait_for_what_commits_at_their_index() {
         let mut queue = Waiting::default();
-        let (kept, w) = waiting(5, 2);
-        queue.push(w);
-        let (replaced, w) = waiting(6, 2);
-        queue.push(w);
-        let (above, w) = waiting(7, 2);
-        queue.push(w);
-        // Leader again in term 4, its log cut after 5: it appends at 6.
-        let (_new, w) = waiting(6, 4);
-        assert_eq!(queue.push(w), 2);
-        for gone in [replaced, above] {
-            let result = gone.wait(std::time::Duration::from_secs(1));
-            assert!(matches!(result, Err(Error::Dropped)), "{result:?}");
+        let mut handles = Vec::new();
+        for (index, term) in [(5, 2), (6, 2), (7, 2), (6, 4)] {
+            // Leader again in term 4, its log cut after 5: it appends at 6. Another node may
+            // still hold 6 and 7 of term 2 and commit them: nothing is answered yet.
+            let (handle, w) = waiting(index, term);
+            queue.push(w);
+            handles.push(handle);
         }
-        assert!(kept.committed().try_get().is_none(), "5 still waits");
-        let left: Vec<(Index, Term)> = queue
+        assert_eq!(queue.len(), 4);
+        assert!(handles.iter().all(|h| h.committed().try_get().is_none()));
+        // Handed to the commit in index order, the set-aside ones among the others.
+        let popped: Vec<(Index, Term)> = std::iter::from_fn(|| queue.pop_through(6))
+            .map(|w| (w.index, w.term))
+            .collect();
+        assert_eq!(popped, [(5, 2), (6, 2), (6, 4)]);
+        let rest: Vec<(Index, Term)> = queue
             .take_all()
             .into_iter()
             .map(|w| (w.index, w.term))
             .collect();
-        assert_eq!(left, [(5, 2), (6, 4)]);
+        assert_eq!(rest, [(7, 2)]);
     }
 
     #[test]
@@ -264,12 +277,16 @@ mod tests {
     #[test]
     fn changes_replaced_by_an_append_or_a_snapshot_are_answered() {
         let mut changes = WaitingChanges::default();
-        let replaced = change(&mut changes, 5, 2);
-        let kept = change(&mut changes, 5, 3);
-        assert_eq!(replaced.try_get(), Some(Err(Error::Dropped)));
+        // Appended at 5 in term 2, then again at 5 in term 3 after the log was cut: either may
+        // commit, and what commits at 5 answers both.
+        let in_term_2 = change(&mut changes, 5, 2);
+        let in_term_3 = change(&mut changes, 5, 3);
+        assert!(in_term_2.try_get().is_none());
+        changes.committed(&membership_entry(5, 2, &[1, 2], &[]));
+        assert_eq!(in_term_2.try_get(), Some(Ok(5)));
+        assert_eq!(in_term_3.try_get(), Some(Err(Error::Dropped)));
         let overwritten = change(&mut changes, 8, 3);
         changes.committed(&membership_entry(8, 4, &[1], &[]));
-        assert_eq!(kept.try_get(), Some(Err(Error::Dropped)));
         assert_eq!(overwritten.try_get(), Some(Err(Error::Dropped)));
 
         let joint = change(&mut changes, 10, 4);
