@@ -335,6 +335,45 @@ fn a_proposal_a_snapshot_replaced_is_not_called_dropped_when_it_may_have_committ
 }
 
 #[test]
+fn a_leader_takes_no_more_proposals_while_too_many_wait_to_commit() {
+    let cluster = Cluster::with(3, |cfg| {
+        cfg.max_uncommitted_entries = 50;
+        cfg.max_batch_entries = 10;
+        // Without check-quorum the leader keeps leading with no answers at all.
+        cfg.check_quorum = false;
+        cfg.lease_reads = false;
+    });
+    let leader_id = cluster.leader();
+    let leader = cluster.node(leader_id).clone();
+    // Entries reach the followers; their acknowledgements never come back.
+    for id in (1..=3).filter(|&id| id != leader_id) {
+        cluster.net.cut(id, leader_id);
+    }
+    let proposals: Vec<_> = (0..200).map(|i| leader.propose(format!("p{i}"))).collect();
+    // The log grows to the bound and stops there.
+    let uncommitted = || {
+        let status = leader.status().expect("status");
+        status.last_index - status.commit_index
+    };
+    let deadline = Instant::now() + WAIT;
+    while uncommitted() < 50 {
+        assert!(Instant::now() < deadline, "the log never reached the bound");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let held = uncommitted();
+    assert!(
+        held < 50 + 10,
+        "{held} entries uncommitted, the bound is 50"
+    );
+    // Once answers come back the rest go through.
+    cluster.net.heal();
+    for p in &proposals {
+        p.wait(WAIT).expect("commits after healing");
+    }
+}
+
+#[test]
 fn reads_are_linearizable_from_every_node() {
     let cluster = Cluster::new(3);
     let leader = cluster.leader();

@@ -51,6 +51,11 @@ pub struct NodeConfig {
     pub max_batch_entries: usize,
     /// Proposals waiting for the driver; beyond this, `propose` blocks (back-pressure).
     pub proposal_queue_depth: usize,
+    /// A leader takes no more proposals while this many entries of its log are uncommitted
+    /// (followers answering heartbeats but slow to store entries, or a quorum lost before
+    /// check-quorum notices): its log and the proposals waiting on it stay bounded in memory,
+    /// and callers feel the back-pressure.
+    pub max_uncommitted_entries: u64,
     /// Append messages in flight per follower.
     pub max_inflight_appends: usize,
     /// Bytes of entries in flight per follower: what a lagging follower can be sent before it
@@ -106,6 +111,7 @@ impl NodeConfig {
             max_batch_bytes: 4 << 20,
             max_batch_entries: 8192,
             proposal_queue_depth: 65_536,
+            max_uncommitted_entries: 65_536,
             max_inflight_appends: 64,
             max_inflight_bytes: 16 << 20,
             snapshot_threshold_entries: 100_000,
@@ -149,7 +155,10 @@ impl NodeConfig {
         c.max_inflight_bytes = self.max_inflight_bytes;
         c.max_append_bytes = self.max_batch_bytes;
         c.validate().map_err(|e| Error::Config(e.to_string()))?;
-        if self.max_batch_entries == 0 || self.proposal_queue_depth == 0 {
+        if self.max_batch_entries == 0
+            || self.proposal_queue_depth == 0
+            || self.max_uncommitted_entries == 0
+        {
             return Err(Error::Config(
                 "batch and queue limits must be at least 1".into(),
             ));

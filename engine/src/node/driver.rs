@@ -167,15 +167,26 @@ impl Driver {
             // time they cost an append to each follower, a follower write and an
             // acknowledgement each. At 40,000 writes/s that was 7,600 batches a second of about
             // five; one per sync made them ~30, and halved the latency on a busy machine.
+            //
+            // And on a leader while `max_uncommitted_entries` of its log wait to commit: with
+            // followers that store entries slower than it takes them (or a quorum gone that
+            // check-quorum has not noticed yet) its log would grow without bound.
             let lag = self
                 .core
                 .commit_index()
                 .saturating_sub(self.core.applied_index());
-            let proposals = if lag < APPLY_LAG_ENTRIES_MAX && self.state.writes_in_flight == 0 {
-                &self.proposals
-            } else {
-                &paused
-            };
+            let uncommitted = self
+                .core
+                .last_index()
+                .saturating_sub(self.core.commit_index());
+            let flooded =
+                self.core.role() == Role::Leader && uncommitted >= self.cfg.max_uncommitted_entries;
+            let proposals =
+                if lag < APPLY_LAG_ENTRIES_MAX && !flooded && self.state.writes_in_flight == 0 {
+                    &self.proposals
+                } else {
+                    &paused
+                };
             let wake = select! {
                 recv(self.control) -> c => Wake::Control(c.ok()),
                 recv(self.writer_events) -> e => Wake::Writer(e.ok()),
