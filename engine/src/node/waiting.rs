@@ -109,6 +109,10 @@ impl WaitingChanges {
 
     /// `entry` committed (entries come in log order, none skipped).
     pub(crate) fn committed(&mut self, entry: &Entry) {
+        // Called for every committed entry: nearly always there is nothing to do.
+        if self.appended.is_empty() && self.joint.is_empty() {
+            return;
+        }
         let membership = match &entry.payload {
             Payload::Membership(m) => Some(m),
             _ => None,
