@@ -13,7 +13,7 @@ pub enum Error {
     NotLeader { leader: Option<NodeId>, term: Term },
     #[error("timed out")]
     Timeout,
-    /// The entry was overwritten by a new leader before it committed.
+    /// The entry never committed and never will: a different entry committed at its index.
     #[error("the proposal was dropped: a new leader overwrote its entry")]
     Dropped,
     /// The entry may or may not have committed, and this node cannot tell: a leader's snapshot

@@ -123,11 +123,7 @@ impl WaitingChanges {
                 reply.complete(Ok(entry.index));
             }
         }
-        let (settled, waiting) = std::mem::take(&mut self.appended)
-            .into_iter()
-            .partition(|(index, _, _)| *index <= entry.index);
-        self.appended = waiting;
-        for (index, term, reply) in settled {
+        for (index, term, reply) in self.take_through(entry.index) {
             if index != entry.index || term != entry.term {
                 reply.complete(Err(Error::Dropped));
             } else if membership.is_some_and(|m| m.is_joint()) {
@@ -140,11 +136,7 @@ impl WaitingChanges {
 
     /// A leader's snapshot replaced the log through `snapshot.index`.
     pub(crate) fn replaced(&mut self, snapshot: &SnapshotMeta) {
-        let (settled, waiting) = std::mem::take(&mut self.appended)
-            .into_iter()
-            .partition(|(index, _, _)| *index <= snapshot.index);
-        self.appended = waiting;
-        for (_, term, reply) in settled {
+        for (_, term, reply) in self.take_through(snapshot.index) {
             reply.complete(Err(replaced_outcome(term, snapshot)));
         }
         // A joint change that committed was left by the snapshot's index if the snapshot's
@@ -154,6 +146,15 @@ impl WaitingChanges {
                 reply.complete(Ok(snapshot.index));
             }
         }
+    }
+
+    /// Removes and returns the changes appended at `index` or below.
+    fn take_through(&mut self, index: Index) -> Vec<(Index, Term, Completer<Index>)> {
+        let (through, after) = std::mem::take(&mut self.appended)
+            .into_iter()
+            .partition(|(i, _, _)| *i <= index);
+        self.appended = after;
+        through
     }
 
     /// Fails every waiting change with `error`.
