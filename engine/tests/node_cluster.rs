@@ -9,7 +9,7 @@ use bytes::Bytes;
 use keel_engine::core::{NodeId, Role};
 use keel_engine::kv::{Consistency, KvCommand, KvError, KvStore};
 use keel_engine::node::{
-    Error, Event, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics,
+    Error, Event, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics, StateMachine,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -54,9 +54,13 @@ impl Cluster {
     }
 
     fn start_with(&mut self, id: NodeId, cfg: NodeConfig) {
+        self.start_from(id, cfg, KvStore::default());
+    }
+
+    /// Starts a node whose state machine already holds `state` (a durable one, after a restart).
+    fn start_from(&mut self, id: NodeId, cfg: NodeConfig, state: KvStore) {
         let dir = self.dir.path().join(format!("node-{id}"));
-        let node =
-            Node::start(cfg, dir, self.net.transport(id), KvStore::default()).expect("node starts");
+        let node = Node::start(cfg, dir, self.net.transport(id), state).expect("node starts");
         let slot = usize::try_from(id - 1).expect("small ids");
         if self.nodes.len() <= slot {
             self.nodes.resize_with(slot + 1, || None);
@@ -332,6 +336,66 @@ fn a_proposal_a_snapshot_replaced_is_not_called_dropped_when_it_may_have_committ
         .snapshots_installed
         .load(Ordering::Relaxed);
     assert!(installed > 0, "the old leader installed a snapshot");
+}
+
+#[test]
+fn a_state_machine_ahead_of_the_log_does_not_commit_the_logs_own_entries() {
+    let mut cluster = Cluster::new(3);
+    let old = cluster.leader();
+    let first = put(cluster.node(old), "first", "1").expect("put");
+    cluster.converge(first);
+    // Cut off, the leader appends entries no one else will ever hold.
+    cluster.net.isolate(old);
+    let stranded: Vec<_> = (0..20)
+        .map(|i| cluster.node(old).propose(format!("stranded {i}")))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while cluster.node(old).status().expect("status").last_index < first + 20 {
+        assert!(Instant::now() < deadline, "the isolated leader appended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + WAIT;
+    let new = loop {
+        if let Some(new) = (1..=3).find(|&id| id != old && cluster.node(id).is_leader()) {
+            break new;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut last = 0;
+    for i in 0..5 {
+        last = put(cluster.node(new), &format!("k{i}"), "v").expect("the majority commits");
+    }
+    // The old leader's durable state machine restored the new leader's state at `last` (a
+    // snapshot received), and it crashed before its log recorded that snapshot: its state is
+    // ahead of its log, whose entries up to `last` are the stranded ones.
+    let mut state = KvStore::default();
+    {
+        let sm = cluster.node(new).state_machine();
+        let mut bytes = Vec::new();
+        sm.snapshot().write_to(&mut bytes).expect("serializes");
+        state
+            .restore(sm.applied_index(), &mut &bytes[..])
+            .expect("restores");
+    }
+    assert!(
+        state.applied_index() < first + 20,
+        "the stranded entries reach past it"
+    );
+    cluster.stop(old);
+    drop(stranded);
+    cluster.start_from(old, config(old, &[1, 2, 3]), state);
+    cluster.net.heal();
+    // Those entries were never committed: the leader replaces them and the node goes on.
+    let after = put(cluster.node(new), "after", "1").expect("put");
+    cluster
+        .node(old)
+        .wait_applied(after)
+        .wait(WAIT)
+        .expect("the restarted node catches up");
+    let sm = cluster.node(old).state_machine();
+    assert_eq!(sm.get(b"k4").as_deref(), Some(&b"v"[..]));
+    assert_eq!(sm.get(b"after").as_deref(), Some(&b"1"[..]));
 }
 
 #[test]

@@ -262,11 +262,19 @@ impl<S: StateMachine> Applier<S> {
         if !due || in_flight.is_some() {
             return;
         }
+        let sm = self.sm.read();
+        // After a restart a durable state can be ahead of the entries this node knows committed
+        // (see `Node::start`): a snapshot of it labelled `applied` would, restored, have the
+        // entries after that applied twice. It waits until the entries reach the state.
+        if sm.applied_index() > self.applied {
+            return;
+        }
         let index = self.applied;
         let mut source = CountingSource {
-            inner: self.sm.read().snapshot(),
+            inner: sm.snapshot(),
             bytes: 0,
         };
+        drop(sm);
         self.last_snapshot = index;
         self.applied_bytes_since_snapshot = 0;
         let last_snapshot_bytes = self.last_snapshot_bytes.clone();

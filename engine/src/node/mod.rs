@@ -171,9 +171,18 @@ impl<S: StateMachine> Node<S> {
                     .map_err(|e| Error::StateMachine(e.to_string()))?;
             }
             let last = snapshot_index + recovered.entries.len() as u64;
+            // A durable state machine can be ahead of what this log knows committed: it restored
+            // a received snapshot whose record the log had not yet synced when the node crashed.
+            // Taken as applied, that index would count as committed the log's own entries up to
+            // it, which may be ones no one else holds. The core starts from what the log knows;
+            // the entries up to the state's index are skipped as they commit again.
+            let known_committed = recovered.hard_state.commit.max(snapshot_index);
             Restore {
                 hard_state: recovered.hard_state,
-                applied: sm.applied_index().clamp(snapshot_index, last),
+                applied: sm
+                    .applied_index()
+                    .min(known_committed)
+                    .clamp(snapshot_index, last),
                 snapshot: recovered.snapshot,
                 entries: recovered.entries,
             }
