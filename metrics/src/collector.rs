@@ -145,6 +145,11 @@ const FAMILIES: &[(&str, &str, Kind)] = &[
         Kind::Counter,
     ),
     (
+        "keel_peer_messages_dropped_total",
+        "Messages to a peer given up on before they were sent (full queue, failed write).",
+        Kind::Counter,
+    ),
+    (
         "keel_frames_rejected_total",
         "Frames rejected as malformed, by reason.",
         Kind::Counter,
@@ -413,6 +418,10 @@ fn collect_node(source: &NodeSource, put: &mut impl FnMut(&str, proto::Metric)) 
             put(
                 "keel_peer_received_bytes_total",
                 counter(&labels, traffic.received_bytes),
+            );
+            put(
+                "keel_peer_messages_dropped_total",
+                counter(&labels, traffic.messages_dropped),
             );
         }
         for (reason, n) in &stats.frames_rejected {

@@ -219,6 +219,7 @@ impl Transport for QuicTransport {
                     let traffic = PeerTraffic {
                         sent_bytes: p.bytes_sent,
                         received_bytes: p.bytes_received,
+                        messages_dropped: p.messages_dropped,
                     };
                     (id, traffic)
                 })

@@ -80,6 +80,11 @@ fn three_nodes_elect_replicate_and_survive_a_restart() {
     // Messages for the absent node were dropped (bounded queues), not buffered.
     let dropped = cluster.transport(new_leader).metrics().snapshot().peers[&leader];
     assert!(dropped.messages_dropped > 0, "{dropped:?}");
+    let stats = keel_engine::node::Transport::stats(&**cluster.transport(new_leader));
+    assert!(
+        stats.peers[&leader].messages_dropped > 0,
+        "the node's view (and its metrics) count them too: {stats:?}"
+    );
     cluster.restart(leader);
     cluster.converge(during);
     let back = cluster.transport(new_leader).metrics().snapshot().peers[&leader];

@@ -82,6 +82,9 @@ pub struct TransportStats {
 pub struct PeerTraffic {
     pub sent_bytes: u64,
     pub received_bytes: u64,
+    /// Messages given up on before they reached the wire (a full send queue, a failed write):
+    /// Raft resends what matters, but each one can stall that peer's replication for a while.
+    pub messages_dropped: u64,
 }
 
 /// What arrives at a node from its transport.
