@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_engine::core::{NodeId, Role};
+use keel_engine::core::{Body, Membership, Message, NodeId, Role, SnapshotMeta};
 use keel_engine::kv::{Consistency, KvCommand, KvError, KvStore};
 use keel_engine::node::{
     Error, Event, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics, StateMachine,
+    Transport,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -396,6 +397,37 @@ fn a_state_machine_ahead_of_the_log_does_not_commit_the_logs_own_entries() {
     let sm = cluster.node(old).state_machine();
     assert_eq!(sm.get(b"k4").as_deref(), Some(&b"v"[..]));
     assert_eq!(sm.get(b"after").as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn a_snapshot_message_without_its_data_is_ignored() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let term = cluster.node(follower).status().expect("status").term;
+    // A transport that hands over a snapshot's message but not its data (a bug, or a hostile
+    // peer): stepped, it had the node install a snapshot it could not read, and stop.
+    let bogus = Message {
+        from: leader,
+        to: follower,
+        term: term + 10,
+        body: Body::Snapshot {
+            snapshot: SnapshotMeta {
+                index: 1_000,
+                term: term + 10,
+                membership: Membership::new([1, 2, 3], []),
+            },
+        },
+    };
+    cluster.net.transport(leader).send(vec![bogus]);
+    let index = put(cluster.node(leader), "after", "1").expect("put");
+    cluster.converge(index);
+    let status = cluster
+        .node(follower)
+        .status()
+        .expect("the follower is running");
+    assert_eq!(status.term, term, "{status:?}");
+    assert!(status.snapshot_index < 1_000, "{status:?}");
 }
 
 #[test]

@@ -17,7 +17,8 @@ pub fn encode_batch(messages: &[Message]) -> Result<Bytes, FrameError> {
 
 /// Validates a `Messages` frame from the peer authenticated as `peer` to node `me`, and builds
 /// its messages; entry payloads share the frame's buffer. Any message claiming another sender
-/// or addressed to another node refuses the whole frame.
+/// or addressed to another node refuses the whole frame, as does a snapshot message: one comes
+/// only in a snapshot transfer, with its data (the node would install a snapshot it cannot read).
 pub fn decode_batch(frame: &Frame, peer: NodeId, me: NodeId) -> Result<Vec<Message>, FrameError> {
     if frame.kind != FrameKind::Messages {
         return Err(FrameError::UnexpectedKind(frame.kind as u8));
@@ -34,6 +35,9 @@ pub fn decode_batch(frame: &Frame, peer: NodeId, me: NodeId) -> Result<Vec<Messa
         }
         if to != me {
             return Err(FrameError::WrongRecipient { to, me });
+        }
+        if let wire::ArchivedWireBody::Snapshot { .. } = m.body {
+            return Err(FrameError::SnapshotWithoutData);
         }
         out.push(wire::message_of(m, &frame.body)?);
     }
@@ -210,15 +214,32 @@ mod tests {
         frame::decode_contiguous(&bytes, 1 << 20).unwrap().0
     }
 
+    /// What a frame of messages may carry: every kind but a snapshot's, which travels in a
+    /// snapshot transfer with its data.
+    fn every_kind_sent_in_batches() -> Vec<Message> {
+        let mut messages = every_kind_of_message();
+        messages.retain(|m| !matches!(m.body, Body::Snapshot { .. }));
+        messages
+    }
+
     #[test]
     fn every_message_kind_round_trips() {
-        let messages = every_kind_of_message();
+        let messages = every_kind_sent_in_batches();
         assert_eq!(decode_batch(&frame_of(&messages), 2, 1).unwrap(), messages);
     }
 
     #[test]
+    fn a_snapshot_message_refuses_the_frame() {
+        let frame = frame_of(&every_kind_of_message());
+        assert_eq!(
+            decode_batch(&frame, 2, 1),
+            Err(FrameError::SnapshotWithoutData)
+        );
+    }
+
+    #[test]
     fn payloads_are_read_in_place_from_the_frame() {
-        let messages = every_kind_of_message();
+        let messages = every_kind_sent_in_batches();
         let frame = frame_of(&messages);
         let decoded = decode_batch(&frame, 2, 1).unwrap();
         let Body::Append { entries, .. } = &decoded[4].body else {

@@ -104,6 +104,8 @@ pub enum FrameError {
     UnexpectedKind(u8),
     #[error("unknown stream kind {0}")]
     UnknownStream(u8),
+    #[error("a snapshot message outside a snapshot transfer (it comes only with its data)")]
+    SnapshotWithoutData,
     #[error("the archive failed validation: {0}")]
     Invalid(String),
     #[error("the archive cannot be used: {0}")]
@@ -128,9 +130,9 @@ impl FrameError {
             FrameError::TooLarge { .. } => FrameRejection::TooLarge,
             FrameError::Truncated => FrameRejection::Truncated,
             FrameError::BadVersion(_) | FrameError::BadHeader => FrameRejection::BadHeader,
-            FrameError::UnexpectedKind(_) | FrameError::UnknownStream(_) => {
-                FrameRejection::UnexpectedKind
-            }
+            FrameError::UnexpectedKind(_)
+            | FrameError::UnknownStream(_)
+            | FrameError::SnapshotWithoutData => FrameRejection::UnexpectedKind,
             FrameError::Invalid(_) | FrameError::Unusable(_) => FrameRejection::InvalidArchive,
             FrameError::WrongSender { .. } => FrameRejection::WrongSender,
             FrameError::WrongRecipient { .. } => FrameRejection::WrongRecipient,

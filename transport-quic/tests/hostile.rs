@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{eventually, Cluster, Rogue, WAIT};
-use keel_engine::core::{Body, Entry, Message, Payload};
+use keel_engine::core::{Body, Entry, Membership, Message, Payload, SnapshotMeta};
 use keel_transport_quic::certs::{node_dns_name, DevCa, Validity};
 use keel_transport_quic::codec::{encode_batch, validate_frame};
 use keel_transport_quic::frame::{encode_contiguous, FrameKind, StreamKind, FORMAT_VERSION};
@@ -244,6 +244,21 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
     let mut for_node_4 = vec![StreamKind::Control as u8];
     for_node_4.extend(messages_frame(&[heartbeat(1, 4)]));
     let unknown_stream = vec![0x63, 1, 2, 3];
+    // A snapshot travels only as a transfer with its data; announced in a frame of messages, it
+    // had the node install a snapshot it had no data for, and stop.
+    let mut snapshot_without_data = vec![StreamKind::Control as u8];
+    snapshot_without_data.extend(messages_frame(&[Message {
+        from: 1,
+        to: 3,
+        term: 1000,
+        body: Body::Snapshot {
+            snapshot: SnapshotMeta {
+                index: 10,
+                term: 1000,
+                membership: Membership::new([1, 2, 3, 4], []),
+            },
+        },
+    }]));
 
     let cases: Vec<(&str, Vec<u8>, FrameRejection)> = vec![
         ("garbage", garbage, FrameRejection::BadHeader),
@@ -269,6 +284,11 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
         (
             "unknown stream kind",
             unknown_stream,
+            FrameRejection::UnexpectedKind,
+        ),
+        (
+            "a snapshot without its data",
+            snapshot_without_data,
             FrameRejection::UnexpectedKind,
         ),
     ];

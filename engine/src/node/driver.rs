@@ -414,8 +414,20 @@ impl Driver {
     fn handle_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Message(m) => {
-                if let Body::HeartbeatResponse { lease_tick, .. } = m.body {
-                    self.time_round_trip(m.from, lease_tick);
+                match m.body {
+                    Body::HeartbeatResponse { lease_tick, .. } => {
+                        self.time_round_trip(m.from, lease_tick);
+                    }
+                    // A snapshot comes only with its data (`Inbound::Snapshot`): stepped without
+                    // it, the core would install a snapshot this node cannot read, and stop.
+                    Body::Snapshot { .. } => {
+                        tracing::warn!(
+                            from = m.from,
+                            "a snapshot message without its data ignored"
+                        );
+                        return;
+                    }
+                    _ => {}
                 }
                 self.core.step(m);
             }

@@ -123,6 +123,8 @@ impl Inbox {
     }
 
     /// Hands the node a message. Dropped when the node is overloaded or stopped: Raft retries.
+    /// A snapshot's message comes only through [`Inbox::begin_snapshot`], with its data: the
+    /// node ignores one delivered here.
     pub fn deliver(&self, message: Message) {
         self.push(Inbound::Message(message));
     }
