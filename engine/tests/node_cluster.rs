@@ -198,6 +198,32 @@ fn a_follower_refuses_proposals_with_a_leader_hint_and_forwards_on_request() {
 }
 
 #[test]
+fn the_leader_holds_forwarded_proposals_to_its_own_size_limit() {
+    let mut cluster = Cluster::with(3, |cfg| cfg.max_proposal_bytes = 1024);
+    let leader = cluster.leader();
+    // A follower that allows more (a configuration being rolled out) forwards a large command.
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.stop(follower);
+    let mut cfg = config(follower, &[1, 2, 3]);
+    cfg.max_proposal_bytes = 1 << 20;
+    cluster.start_with(follower, cfg);
+    assert_eq!(cluster.leader(), leader);
+    let forwarded = cluster
+        .node(follower)
+        .propose_forwarded(vec![7u8; 4096])
+        .wait(WAIT);
+    assert_eq!(
+        forwarded.map(|c| c.index),
+        Err(Error::TooLarge {
+            size_bytes: 4096,
+            max_bytes: 1024
+        })
+    );
+    let index = put(cluster.node(leader), "after", "1").expect("put");
+    cluster.converge(index);
+}
+
+#[test]
 fn a_restarted_node_keeps_its_log_and_catches_up() {
     let mut cluster = Cluster::new(3);
     let leader = cluster.leader();

@@ -285,6 +285,8 @@ impl<S: StateMachine> Node<S> {
             id,
             inbound: inbound_tx,
             proposals: proposals_tx.clone(),
+            max_proposal_bytes: config.max_proposal_bytes,
+            metrics: metrics.clone(),
             store,
         });
         Ok(Self {
@@ -337,14 +339,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn check_size(&self, command: &Bytes) -> Result<(), Error> {
-        if command.len() > self.cfg.max_proposal_bytes {
-            NodeMetrics::add(&self.metrics.proposals_failed_too_large, 1);
-            return Err(Error::TooLarge {
-                size_bytes: command.len(),
-                max_bytes: self.cfg.max_proposal_bytes,
-            });
-        }
-        Ok(())
+        check_proposal_size(command, self.cfg.max_proposal_bytes, &self.metrics)
     }
 
     fn submit(&self, command: Option<Bytes>) -> Proposal {
@@ -506,4 +501,22 @@ impl<S: StateMachine> Drop for Node<S> {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Refuses a command over `max_bytes`, counting it. Checked where a proposal enters a node, its
+/// own callers' and forwarded ones alike: an entry too large for a frame could never reach the
+/// followers, and the leader would resend it forever while nothing after it commits.
+pub(crate) fn check_proposal_size(
+    command: &Bytes,
+    max_bytes: usize,
+    metrics: &NodeMetrics,
+) -> Result<(), Error> {
+    if command.len() > max_bytes {
+        NodeMetrics::add(&metrics.proposals_failed_too_large, 1);
+        return Err(Error::TooLarge {
+            size_bytes: command.len(),
+            max_bytes,
+        });
+    }
+    Ok(())
 }

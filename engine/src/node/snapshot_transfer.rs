@@ -273,6 +273,8 @@ mod tests {
             id: 2,
             inbound,
             proposals,
+            max_proposal_bytes: 1 << 20,
+            metrics: Default::default(),
             store: SnapshotStore::open(dir, false, RecordedSnapshot::default()).expect("store"),
         };
         (inbox, received)

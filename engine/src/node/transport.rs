@@ -14,6 +14,7 @@ use crate::core::{Body, Message, NodeId};
 use crate::wal::DurableSend;
 
 use super::error::Halt;
+use super::metrics::NodeMetrics;
 use super::proposal::ProposalReply;
 use super::snapshot_transfer::{
     ReceivedSnapshot, SnapshotReader, SnapshotSink, SnapshotTransferError,
@@ -113,6 +114,9 @@ pub struct Inbox {
     pub(crate) id: NodeId,
     pub(crate) inbound: Sender<Inbound>,
     pub(crate) proposals: Sender<ProposalRequest>,
+    /// The node's `max_proposal_bytes`, which forwarded proposals are held to as well.
+    pub(crate) max_proposal_bytes: usize,
+    pub(crate) metrics: Arc<NodeMetrics>,
     /// Where received snapshots are written.
     pub(crate) store: SnapshotStore,
 }
@@ -145,8 +149,14 @@ impl Inbox {
         self.push(Inbound::SnapshotSent { to, delivered });
     }
 
-    /// A proposal forwarded by another node.
+    /// A proposal forwarded by another node. Held to this node's `max_proposal_bytes`: the
+    /// node that forwarded it may allow more.
     pub fn propose(&self, command: Bytes, reply: ProposalReply) {
+        if let Err(e) = super::check_proposal_size(&command, self.max_proposal_bytes, &self.metrics)
+        {
+            reply.fail(e);
+            return;
+        }
         let request = ProposalRequest {
             command: Some(command),
             reply,
