@@ -389,13 +389,12 @@ fn a_state_machine_ahead_of_the_log_does_not_commit_the_logs_own_entries() {
         assert!(Instant::now() < deadline, "no new leader");
         std::thread::sleep(Duration::from_millis(5));
     };
-    let mut last = 0;
     for i in 0..5 {
-        last = put(cluster.node(new), &format!("k{i}"), "v").expect("the majority commits");
+        put(cluster.node(new), &format!("k{i}"), "v").expect("the majority commits");
     }
-    // The old leader's durable state machine restored the new leader's state at `last` (a
-    // snapshot received), and it crashed before its log recorded that snapshot: its state is
-    // ahead of its log, whose entries up to `last` are the stranded ones.
+    // The old leader's durable state machine restored the new leader's state (a snapshot
+    // received), and it crashed before its log recorded that snapshot: its state is ahead of
+    // its log, whose entries up to the state's index are the stranded ones.
     let mut state = KvStore::default();
     {
         let sm = cluster.node(new).state_machine();
