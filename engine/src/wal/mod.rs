@@ -605,6 +605,12 @@ impl Wal {
         self.write_buf()?;
         self.sync_data()?;
         self.trim_active()?;
+        // The segment being sealed may itself be new since the last sync (a write spanning
+        // segments): its name must be durable before the next one's, or a crash could keep the
+        // later segment and lose the earlier, and recovery would find a gap.
+        if self.dir_unsynced {
+            self.sync_dir()?;
+        }
         let seq = self.active_seq() + 1;
         let first_index = self.state.next_index();
         let path = segment_path(&self.dir, seq);

@@ -80,6 +80,26 @@ fn appended_and_synced_writes_recover_exactly() {
 }
 
 #[test]
+fn a_write_spanning_segments_makes_each_new_segment_durable_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.sync().unwrap();
+    let before = wal.segment_paths().len();
+    wal.append(&entries(1..=60, 1)).unwrap();
+    let stats = wal.sync().unwrap();
+    let created = wal.segment_paths().len() - before;
+    assert!(created >= 3, "{created} segments created");
+    // One directory sync per new segment: before the next is created, and at the end.
+    assert!(
+        stats.dir_fsyncs as usize >= created,
+        "{} directory syncs for {created} new segments",
+        stats.dir_fsyncs
+    );
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.entries, entries(1..=60, 1).entries);
+}
+
+#[test]
 fn segments_roll_over_and_recover_across_them() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
