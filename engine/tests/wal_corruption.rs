@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use keel_engine::core::{Entry, HardState, Index, Payload, Write};
+use keel_engine::core::{Entry, HardState, Index, Membership, Payload, SnapshotMeta, Write};
 use keel_engine::wal::record::{self, Record};
 use keel_engine::wal::segment::SegmentHeader;
 use keel_engine::wal::{IndexRange, Recovered, SyncMode, Wal, WalError, WalOptions};
@@ -388,6 +388,41 @@ fn a_hard_state_claiming_more_than_the_log_holds_is_refused() {
                 }
             );
         }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_unchanged(&path, &bytes);
+}
+
+#[test]
+fn a_snapshot_newer_in_term_than_the_entry_after_it_is_refused() {
+    // Crafted by hand, checksums valid: a snapshot at 9 of term 5 followed by an entry of term 1.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = SegmentHeader {
+        seq: 1,
+        first_index: 10,
+    }
+    .encode()
+    .to_vec();
+    let first = Entry {
+        index: 10,
+        term: 1,
+        payload: Payload::Command(Bytes::from_static(b"x")),
+    };
+    for r in [
+        Record::HardState(HardState::default()),
+        Record::Entry(first),
+        Record::Compact(SnapshotMeta {
+            index: 9,
+            term: 5,
+            membership: Membership::new([1], []),
+        }),
+    ] {
+        record::encode(&r, &mut bytes).unwrap();
+    }
+    let path = tmp.path().join(format!("{:020}.wal", 1));
+    fs::write(&path, &bytes).unwrap();
+    match Wal::open(tmp.path(), opts()) {
+        Err(WalError::Corrupt { .. }) => {}
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_unchanged(&path, &bytes);

@@ -155,6 +155,16 @@ impl<T: Slot> LogState<T> {
             }
         }
         let covered = snapshot.index + 1;
+        // Terms never decrease along the log, the snapshot's included: a later entry of an
+        // older term means the records contradict each other.
+        if let Some(term) = self.term_at(covered) {
+            if term < snapshot.term {
+                return Err(format!(
+                    "snapshot at {} has term {} but the entry after it has term {term}",
+                    snapshot.index, snapshot.term
+                ));
+            }
+        }
         if covered >= self.next_index() {
             self.slots.clear();
             self.first = covered;
