@@ -47,7 +47,7 @@ struct TornCut {
     offset: u64,
     file_len_bytes: u64,
     reason: String,
-    /// The segment's header itself was torn: remove the file.
+    /// The segment was torn at creation (in its header or checkpoint): remove the file.
     remove_file: bool,
 }
 
@@ -150,6 +150,26 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
                     ),
                 ));
             }
+        }
+        // A rollover writes the segment's checkpoint (hard state and snapshot) right after its
+        // header. A last segment that ends before its checkpoint is whole holds nothing else;
+        // kept, it would be the only record of term, vote and snapshot once compaction removed
+        // the segments before it. Like a torn header, it was torn at creation.
+        let ends_inside_checkpoint =
+            matches!(scan.records.as_slice(), [] | [(_, Record::HardState(_))]);
+        let valid_after = scan
+            .damage
+            .as_ref()
+            .is_some_and(|d| d.valid_after.is_some());
+        if is_last && ends_inside_checkpoint && !valid_after {
+            torn = Some(TornCut {
+                path: path.clone(),
+                offset: 0,
+                file_len_bytes: bytes.len() as u64,
+                reason: "the checkpoint after the segment's header is incomplete".into(),
+                remove_file: true,
+            });
+            break;
         }
         let log = state.get_or_insert_with(|| LogState::new(header.first_index));
 

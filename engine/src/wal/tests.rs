@@ -100,6 +100,44 @@ fn a_write_spanning_segments_makes_each_new_segment_durable_before_the_next() {
 }
 
 #[test]
+fn a_segment_torn_inside_its_checkpoint_is_removed_and_the_hard_state_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    let mut last = 0;
+    while wal.segment_paths().len() < 2 {
+        last += 1;
+        let mut w = entries(last..=last, 5);
+        w.hard_state = Some(hs(5, Some(2), last));
+        wal.append(&w).unwrap();
+        wal.sync().unwrap();
+    }
+    let torn = wal.segment_paths()[1].clone();
+    drop(wal);
+    // The crash tore the new segment inside the checkpoint that follows its header.
+    let file = std::fs::OpenOptions::new().write(true).open(&torn).unwrap();
+    file.set_len(segment::SEGMENT_HEADER_BYTES as u64 + 10)
+        .unwrap();
+    drop(file);
+    let (mut wal, rec) = Wal::open(dir.path(), small()).unwrap();
+    assert!(rec.torn_tail.is_some());
+    // The rollover came inside the last write: its entry is in the first segment, the hard
+    // state that followed it was in the torn one.
+    assert_eq!(rec.hard_state, hs(5, Some(2), last - 1));
+    let kept = rec.entries.last().expect("entries").index;
+    // A snapshot covering every entry: a segment without its checkpoint, kept, would be all
+    // that is left, and the term and vote gone with the segments before it.
+    wal.compact(&SnapshotMeta {
+        index: kept,
+        term: 5,
+        membership: Membership::new([1, 2], []),
+    })
+    .unwrap();
+    wal.sync().unwrap();
+    let (_, rec) = reopen(wal);
+    assert_eq!(rec.hard_state, hs(5, Some(2), last - 1));
+}
+
+#[test]
 fn segments_roll_over_and_recover_across_them() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
