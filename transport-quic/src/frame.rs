@@ -190,13 +190,6 @@ impl FrameHeader {
     }
 }
 
-/// A zeroed, 16-byte-aligned buffer of `len` bytes for a frame body to be read into.
-pub fn aligned_buffer(len: usize) -> AlignedVec {
-    let mut buf = AlignedVec::<16>::with_capacity(len);
-    buf.resize(len, 0);
-    buf
-}
-
 /// Freezes an aligned buffer into `Bytes` without moving its contents (alignment is kept).
 pub fn freeze(buf: AlignedVec) -> Bytes {
     Bytes::from_owner(buf)
@@ -246,7 +239,7 @@ pub fn decode_contiguous(
     let header = FrameHeader::decode(raw, max_body_bytes)?;
     let end = HEADER_BYTES + header.body_bytes;
     let body = input.get(HEADER_BYTES..end).ok_or(FrameError::Truncated)?;
-    let mut buf = aligned_buffer(0);
+    let mut buf = AlignedVec::<16>::with_capacity(body.len());
     buf.extend_from_slice(body);
     Ok((
         Frame {
@@ -257,8 +250,14 @@ pub fn decode_contiguous(
     ))
 }
 
+/// What a frame body's buffer starts at. It grows as the body arrives, so a header that
+/// announces a large body costs the receiver memory only as fast as the sender sends bytes: a
+/// buffer of the announced size, at once, let a peer or client that sent only headers hold
+/// `frame_bytes_max` per open stream.
+const BODY_FIRST_ALLOCATION_BYTES: usize = 64 * 1024;
+
 /// Reads the next frame from a QUIC stream: `Ok(None)` when the stream ended cleanly between
-/// frames. The body is allocated only after the header passed the size limit.
+/// frames. The body is read only after the header passed the size limit.
 pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     max_body_bytes: usize,
@@ -271,11 +270,14 @@ pub async fn read_frame(
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Io(e.to_string())),
     }
     let header = FrameHeader::decode(raw, max_body_bytes)?;
-    let mut buf = aligned_buffer(header.body_bytes);
-    match recv.read_exact(&mut buf[..]).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Io(e.to_string())),
+    let mut buf =
+        AlignedVec::<16>::with_capacity(header.body_bytes.min(BODY_FIRST_ALLOCATION_BYTES));
+    while buf.len() < header.body_bytes {
+        match recv.read_chunk(header.body_bytes - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(FrameError::Truncated),
+            Err(e) => return Err(FrameError::Io(e.to_string())),
+        }
     }
     Ok(Some(Frame {
         kind: header.kind,

@@ -32,8 +32,14 @@ async fn serve_request(
     mut send: quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FrameError> {
-    let request =
-        frame::expect_frame(recv, FrameKind::KvRequest, shared.cfg.frame_bytes_max).await?;
+    // Bounded in time: a client that opens streams and sends a request slowly, or never
+    // finishes one, would otherwise hold them (and their buffers) for as long as it likes.
+    let request = tokio::time::timeout(
+        shared.cfg.handshake_timeout,
+        frame::expect_frame(recv, FrameKind::KvRequest, shared.cfg.frame_bytes_max),
+    )
+    .await
+    .map_err(|_| FrameError::Idle)??;
     add(&shared.metrics.kv_requests, 1);
     let archived = frame::access::<ArchivedWireKvRequest>(&request.body)?;
     let node = shared.kv.read().as_ref().and_then(|w| w.upgrade());

@@ -240,16 +240,15 @@ pub struct Rogue {
 impl Rogue {
     /// `identity` is what the rogue presents; `trusted` is whom it trusts.
     pub fn new(identity: &Identity, trusted: &DevCa) -> Self {
+        Self::speaking(identity, trusted, tls::PEER_ALPN)
+    }
+
+    /// A rogue that dials with `alpn`: a peer's, or a key-value client's.
+    pub fn speaking(identity: &Identity, trusted: &DevCa, alpn: &[u8]) -> Self {
         let metrics = Arc::new(keel_transport_quic::TransportMetrics::default());
         let ca = vec![trusted.cert_der()];
-        let client = tls::client_config(
-            identity,
-            &ca,
-            tls::PEER_ALPN,
-            metrics.clone(),
-            "rogue".into(),
-        )
-        .expect("client config");
+        let client = tls::client_config(identity, &ca, alpn, metrics.clone(), "rogue".into())
+            .expect("client config");
         let server = tls::server_config(identity, &ca, metrics, "rogue".into()).expect("server");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
