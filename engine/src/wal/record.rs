@@ -218,6 +218,45 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
     Ok((record, record_bytes))
 }
 
+/// Whether `buf` may start a record [`decode`] accepts, judged without the checksum: from the
+/// length field, the kind, and the few fields that fix the body's layout. Every record `decode`
+/// accepts passes; garbage almost never does. For searches over damaged bytes, where checking
+/// the CRC at every offset whose length field merely fits could cover up to 64 MiB each.
+pub fn may_start_record(buf: &[u8]) -> bool {
+    let Some(len) = buf.get(..4) else {
+        return false;
+    };
+    let body_bytes = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let Some(body) = buf.get(PREFIX_BYTES..PREFIX_BYTES.saturating_add(body_bytes)) else {
+        return false;
+    };
+    (BODY_FIXED_BYTES..=RECORD_BODY_BYTES_MAX).contains(&body_bytes)
+        && laid_out_bytes(body) == Some(body_bytes)
+}
+
+/// The body length the fixed fields and counts at the start of `body` imply.
+fn laid_out_bytes(body: &[u8]) -> Option<usize> {
+    let mut r = Reader(body);
+    let kind = r.u8().ok()?;
+    if r.u64().ok()? > INDEX_MAX {
+        return None;
+    }
+    r.u64().ok()?;
+    let payload = match kind {
+        KIND_ENTRY => match r.u8().ok()? {
+            PAYLOAD_NOOP => 1,
+            PAYLOAD_COMMAND => 1 + 4 + r.u32().ok()? as usize,
+            PAYLOAD_MEMBERSHIP => 1 + r.membership_bytes()?,
+            _ => return None,
+        },
+        KIND_HARD_STATE => 1 + 8,
+        KIND_SNAPSHOT | KIND_COMPACT => r.membership_bytes()?,
+        KIND_TRUNCATE => 0,
+        _ => return None,
+    };
+    Some(BODY_FIXED_BYTES + payload)
+}
+
 fn decode_body(body: &[u8]) -> Result<Record, DecodeError> {
     let mut r = Reader(body);
     let kind = r.u8()?;
@@ -334,6 +373,17 @@ impl<'a> Reader<'a> {
         Ok(ids)
     }
 
+    /// Skips a membership's three counted id lists, returning their encoded size.
+    fn membership_bytes(&mut self) -> Option<usize> {
+        let mut total = 0;
+        for _ in 0..3 {
+            let ids_bytes = (self.u32().ok()? as usize).checked_mul(8)?;
+            self.bytes(ids_bytes).ok()?;
+            total += 4 + ids_bytes;
+        }
+        Some(total)
+    }
+
     fn membership(&mut self) -> Result<Membership, DecodeError> {
         Ok(Membership {
             voters: self.ids()?,
@@ -403,6 +453,25 @@ mod tests {
             assert_eq!(n, buf.len());
             assert_eq!(record_bytes(&record), n);
             assert_eq!(decode(&buf), Ok((record.clone(), n)), "{record:?}");
+        }
+    }
+
+    #[test]
+    fn every_record_may_start_a_record_and_its_damaged_prefixes_mostly_not() {
+        for record in samples() {
+            let mut buf = Vec::new();
+            encode(&record, &mut buf).unwrap();
+            assert!(may_start_record(&buf), "{record:?}");
+            // Its length field one off, or its kind unknown: the layout no longer fits.
+            for damage in [
+                |b: &mut Vec<u8>| b[0] = b[0].wrapping_add(1),
+                |b: &mut Vec<u8>| b[PREFIX_BYTES] = 9,
+            ] {
+                let mut bad = buf.clone();
+                bad.push(0);
+                damage(&mut bad);
+                assert!(!may_start_record(&bad), "{record:?}");
+            }
         }
     }
 
