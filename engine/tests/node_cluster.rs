@@ -456,6 +456,59 @@ fn a_snapshot_message_without_its_data_is_ignored() {
 }
 
 #[test]
+fn a_node_refuses_to_start_from_a_damaged_snapshot() {
+    let mut cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let value = "v".repeat(1000);
+    let mut last = 0;
+    for i in 0..100 {
+        last = put(cluster.node(leader), &format!("k{i}"), &value).expect("put");
+    }
+    cluster.converge(last);
+    let deadline = Instant::now() + WAIT;
+    while cluster
+        .node(follower)
+        .status()
+        .expect("status")
+        .snapshot_index
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the follower never snapshotted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.stop(follower);
+    // One bit of one value flipped on disk, in every snapshot the node keeps.
+    let snapshots = cluster
+        .dir
+        .path()
+        .join(format!("node-{follower}/snapshots"));
+    let mut damaged = 0;
+    for file in std::fs::read_dir(&snapshots).expect("snapshot dir") {
+        let path = file.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "snap") {
+            let mut bytes = std::fs::read(&path).expect("read");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&path, bytes).expect("write");
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no snapshot file in {}", snapshots.display());
+    let started = Node::start(
+        config(follower, &[1, 2, 3]),
+        cluster.dir.path().join(format!("node-{follower}")),
+        cluster.net.transport(follower),
+        KvStore::default(),
+    );
+    match started {
+        Err(Error::Storage(why)) => assert!(why.contains("checksum"), "{why}"),
+        Err(other) => panic!("expected a storage error, got {other}"),
+        Ok(_) => panic!("the node started from a damaged snapshot"),
+    }
+}
+
+#[test]
 fn a_leader_takes_no_more_proposals_while_too_many_wait_to_commit() {
     let cluster = Cluster::with(3, |cfg| {
         cfg.max_uncommitted_entries = 50;

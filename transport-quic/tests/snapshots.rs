@@ -224,7 +224,27 @@ fn kv_snapshot(keys: u64) -> Vec<u8> {
     state.apply(&commands).expect("apply");
     let mut out = Vec::new();
     state.snapshot().write_to(&mut out).expect("serialize");
+    // A snapshot file ends with its trailer: the data's CRC32C, a magic, the data's length.
+    let (crc, len) = (crc32c::crc32c(&out), out.len() as u64);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(b"KSNP");
+    out.extend_from_slice(&len.to_le_bytes());
     out
+}
+
+/// Sends `data` as a whole snapshot on a new connection; returns the acknowledgement's byte.
+fn send_whole(target: &Target, data: &[u8]) -> u8 {
+    let (_conn, mut send, mut recv) = target.offer(data.len() as u64);
+    target.send_chunks(&mut send, data);
+    let ack = target.rogue.runtime.block_on(async {
+        send.finish().expect("finish");
+        let ack = tokio::time::timeout(WAIT, frame::read_frame(&mut recv, 1)).await;
+        ack.expect("an acknowledgement in time")
+            .expect("a valid frame")
+            .expect("a frame")
+    });
+    assert_eq!(ack.kind, FrameKind::SnapshotAck);
+    ack.body[0]
 }
 
 #[test]
@@ -261,21 +281,21 @@ fn a_transfer_broken_mid_stream_leaves_no_file_and_a_retry_installs() {
     eventually("its file is removed", || target.files().is_empty());
     assert_eq!(target.node.status().expect("status").snapshot_index, 0);
 
-    // A whole snapshot on a new connection is taken, installed and kept.
+    // A whole snapshot damaged on the way (or on the sender's disk) fails its checksum: it is
+    // refused, and leaves nothing.
     let data = kv_snapshot(3000); // about 3 MiB, 47 chunks
-    let (_conn, mut send, mut recv) = target.offer(data.len() as u64);
-    target.send_chunks(&mut send, &data);
-    let ack = target.rogue.runtime.block_on(async {
-        send.finish().expect("finish");
-        let ack = tokio::time::timeout(WAIT, frame::read_frame(&mut recv, 1)).await;
-        ack.expect("an acknowledgement in time")
-            .expect("a valid frame")
-            .expect("a frame")
-    });
+    let mut damaged = data.clone();
+    damaged[data.len() / 2] ^= 0x01;
     assert_eq!(
-        (ack.kind, &ack.body[..]),
-        (FrameKind::SnapshotAck, &[1][..])
+        send_whole(&target, &damaged),
+        0,
+        "a damaged snapshot is refused"
     );
+    eventually("its file is removed", || target.files().is_empty());
+    assert_eq!(target.node.status().expect("status").snapshot_index, 0);
+
+    // A whole snapshot on a new connection is taken, installed and kept.
+    assert_eq!(send_whole(&target, &data), 1, "the snapshot is taken");
     // The core takes the snapshot at once; the state machine has it once it is applied.
     eventually("the node installs the snapshot", || {
         target.node.status().expect("status").snapshot_index == 10

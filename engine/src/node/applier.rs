@@ -4,7 +4,6 @@
 //! so a large state never stalls the apply path).
 
 use std::collections::BTreeMap;
-use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -212,14 +211,14 @@ impl<S: StateMachine> Applier<S> {
     fn install(&mut self, meta: &SnapshotMeta, data: ReceivedSnapshot) -> Result<(), String> {
         data.adopt(&self.store, meta.index)
             .map_err(|e| format!("saving snapshot {}: {e}", meta.index))?;
-        let file = self
+        let mut data = self
             .store
-            .open_snapshot(meta.index)
+            .open_data(meta.index)
             .map_err(|e| format!("opening snapshot {}: {e}", meta.index))?;
-        let snapshot_bytes = file.metadata().map_or(0, |m| m.len());
+        let snapshot_bytes = data.limit();
         self.sm
             .write()
-            .restore(meta.index, &mut io::BufReader::new(file))
+            .restore(meta.index, &mut data)
             .map_err(|e| format!("restoring snapshot {}: {e}", meta.index))?;
         self.applied = meta.index;
         // The installed snapshot is the one the next must be paid for against.

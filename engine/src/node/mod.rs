@@ -164,10 +164,10 @@ impl<S: StateMachine> Node<S> {
         } else {
             let snapshot_index = recovered.snapshot.index;
             if snapshot_index > 0 && sm.applied_index() < snapshot_index {
-                let file = store.open_snapshot(snapshot_index).map_err(|e| {
-                    Error::Storage(format!("snapshot {snapshot_index} is missing: {e}"))
+                let mut data = store.open_data(snapshot_index).map_err(|e| {
+                    Error::Storage(format!("snapshot {snapshot_index} cannot be used: {e}"))
                 })?;
-                sm.restore(snapshot_index, &mut std::io::BufReader::new(file))
+                sm.restore(snapshot_index, &mut data)
                     .map_err(|e| Error::StateMachine(e.to_string()))?;
             }
             let last = snapshot_index + recovered.entries.len() as u64;

@@ -34,6 +34,8 @@ pub enum SnapshotTransferError {
     },
     #[error("the node is not taking snapshots now (stopped or overloaded)")]
     NotAccepted,
+    #[error("the snapshot is damaged: {0}")]
+    Damaged(io::Error),
     #[error("snapshot file: {0}")]
     Io(#[from] io::Error),
 }
@@ -176,11 +178,21 @@ impl SnapshotSink {
             .take()
             .expect("a sink stays open until finish consumes it");
         // From here the received file owns the path: an early return removes it.
-        let received = ReceivedSnapshot { path: Some(path) };
+        let received = ReceivedSnapshot {
+            path: Some(path.clone()),
+        };
         if self.inbox.store.sync() {
             file.sync_all()?;
         }
         drop(file);
+        // Read back whole before the node sees it: what arrived is what the sender saved.
+        match super::snapshots::verify(&mut fs::File::open(&path)?) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(SnapshotTransferError::Damaged(e))
+            }
+            Err(e) => return Err(e.into()),
+        }
         if !self.inbox.try_push(Inbound::Snapshot(message, received)) {
             return Err(SnapshotTransferError::NotAccepted);
         }
@@ -250,6 +262,7 @@ mod tests {
 
     use super::*;
     use crate::core::SnapshotMeta;
+    use crate::node::snapshots::file_bytes;
     use crate::wal::RecordedSnapshot;
 
     fn snapshot_message(index: Index) -> Message {
@@ -293,7 +306,7 @@ mod tests {
     fn chunks_go_straight_to_the_file_and_finish_hands_it_to_the_node() {
         let dir = tempfile::tempdir().expect("dir");
         let (inbox, received) = inbox(dir.path(), 4);
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let data = file_bytes(&(0..10_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
         let mut sink = inbox
             .begin_snapshot(snapshot_message(7), data.len() as u64)
             .expect("sink");
@@ -361,12 +374,33 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_snapshot_is_refused_and_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (inbox, received) = inbox(dir.path(), 4);
+        let mut damaged = file_bytes(&[7; 5000]);
+        damaged[2500] ^= 1;
+        let mut sink = inbox
+            .begin_snapshot(snapshot_message(5), damaged.len() as u64)
+            .expect("sink");
+        sink.write_chunk(&damaged).expect("chunk");
+        assert!(matches!(
+            sink.finish(),
+            Err(SnapshotTransferError::Damaged(_))
+        ));
+        assert!(files(dir.path()).is_empty());
+        assert!(received.try_recv().is_err(), "the node saw nothing");
+    }
+
+    #[test]
     fn a_node_that_does_not_take_the_snapshot_leaves_no_file() {
         let dir = tempfile::tempdir().expect("dir");
         let (inbox, received) = inbox(dir.path(), 4);
         drop(received); // The node stopped.
-        let mut sink = inbox.begin_snapshot(snapshot_message(5), 3).expect("sink");
-        sink.write_chunk(b"abc").expect("chunk");
+        let abc = file_bytes(b"abc");
+        let mut sink = inbox
+            .begin_snapshot(snapshot_message(5), abc.len() as u64)
+            .expect("sink");
+        sink.write_chunk(&abc).expect("chunk");
         assert!(matches!(
             sink.finish(),
             Err(SnapshotTransferError::NotAccepted)
@@ -378,8 +412,11 @@ mod tests {
     fn a_received_snapshot_never_installed_is_removed() {
         let dir = tempfile::tempdir().expect("dir");
         let (inbox, received) = inbox(dir.path(), 4);
-        let mut sink = inbox.begin_snapshot(snapshot_message(5), 3).expect("sink");
-        sink.write_chunk(b"abc").expect("chunk");
+        let abc = file_bytes(b"abc");
+        let mut sink = inbox
+            .begin_snapshot(snapshot_message(5), abc.len() as u64)
+            .expect("sink");
+        sink.write_chunk(&abc).expect("chunk");
         sink.finish().expect("finish");
         assert_eq!(files(dir.path()).len(), 1);
         drop(received.try_recv().expect("delivered")); // Superseded by a newer one.

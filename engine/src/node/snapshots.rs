@@ -9,10 +9,15 @@
 //! [`super::snapshot_transfer`]) and is adopted under its final name only once the core installs
 //! it. Leftover temporary files (a crash mid-save, mid-transfer or mid-removal) are removed at
 //! open.
+//!
+//! A snapshot stands for the log entries it replaced and is held to the same standard: every
+//! file ends with a trailer (the CRC32C and length of the data before it, and a magic number),
+//! checked before a node restores from the file or accepts one received. A damaged snapshot is
+//! refused with an error, never restored.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,6 +76,81 @@ impl io::Write for SyncingWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
+}
+
+/// Ends every snapshot file, after the data: the data's CRC32C (u32), this magic (u32) and the
+/// data's length (u64), little-endian.
+const TRAILER_MAGIC: [u8; 4] = *b"KSNP";
+const TRAILER_BYTES: usize = 16;
+
+fn trailer(crc: u32, len_bytes: u64) -> [u8; TRAILER_BYTES] {
+    let mut out = [0; TRAILER_BYTES];
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+    out[4..8].copy_from_slice(&TRAILER_MAGIC);
+    out[8..].copy_from_slice(&len_bytes.to_le_bytes());
+    out
+}
+
+/// Writes through to `inner`, keeping the CRC32C and length of what passed.
+struct Checksummed<W> {
+    inner: W,
+    crc: u32,
+    len_bytes: u64,
+}
+
+impl<W: io::Write> io::Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len_bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A snapshot file's whole contents for `data`, as a save writes them.
+#[cfg(test)]
+pub(crate) fn file_bytes(data: &[u8]) -> Vec<u8> {
+    let mut out = data.to_vec();
+    out.extend_from_slice(&trailer(crc32c::crc32c(data), data.len() as u64));
+    out
+}
+
+/// Reads `file` through and checks its trailer; returns the length of the data before it, with
+/// the file back at its start.
+pub(crate) fn verify(file: &mut fs::File) -> io::Result<u64> {
+    let damaged = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let file_bytes = file.metadata()?.len();
+    let Some(len_bytes) = file_bytes.checked_sub(TRAILER_BYTES as u64) else {
+        return Err(damaged(format!(
+            "a snapshot file of {file_bytes} bytes is shorter than its trailer"
+        )));
+    };
+    file.rewind()?;
+    let mut crc = 0;
+    let mut buf = vec![0; 1 << 20];
+    let mut left = len_bytes;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        file.read_exact(&mut buf[..want])?;
+        crc = crc32c::crc32c_append(crc, &buf[..want]);
+        left -= want as u64;
+    }
+    let mut found = [0; TRAILER_BYTES];
+    file.read_exact(&mut found)?;
+    file.rewind()?;
+    if found[4..8] != TRAILER_MAGIC {
+        return Err(damaged("the snapshot file has no trailer".into()));
+    }
+    if found != trailer(crc, len_bytes) {
+        return Err(damaged(format!(
+            "the snapshot file's {len_bytes} bytes do not match its checksum"
+        )));
+    }
+    Ok(len_bytes)
 }
 
 /// Extensions of files that are not (or no longer) snapshots: a save or a transfer in progress,
@@ -152,15 +232,21 @@ impl SnapshotStore {
             // the default 8 KiB buffer 150 MB took some 19,000 system calls.
             let mut file = io::BufWriter::with_capacity(
                 WRITE_BUFFER_BYTES,
-                SyncingWriter {
-                    file: fs::File::create(&tmp)?,
-                    sync: self.sync,
-                    unsynced_bytes: 0,
+                Checksummed {
+                    inner: SyncingWriter {
+                        file: fs::File::create(&tmp)?,
+                        sync: self.sync,
+                        unsynced_bytes: 0,
+                    },
+                    crc: 0,
+                    len_bytes: 0,
                 },
             );
             source.write_to(&mut file)?;
             file.flush()?;
-            let file = file.into_inner().map_err(|e| e.into_error())?.file;
+            let data = file.into_inner().map_err(|e| e.into_error())?;
+            let mut file = data.inner.file;
+            file.write_all(&trailer(data.crc, data.len_bytes))?;
             if self.sync {
                 file.sync_all()?;
             }
@@ -185,6 +271,14 @@ impl SnapshotStore {
     /// The snapshot at `index`, opened for reading from the start.
     pub(crate) fn open_snapshot(&self, index: Index) -> io::Result<fs::File> {
         fs::File::open(self.path(index))
+    }
+
+    /// The data of the snapshot at `index`, checked against its trailer first (an error of
+    /// kind `InvalidData` if damaged), to be read through a buffer up to the trailer.
+    pub(crate) fn open_data(&self, index: Index) -> io::Result<io::Take<io::BufReader<fs::File>>> {
+        let mut file = self.open_snapshot(index)?;
+        let len_bytes = verify(&mut file)?;
+        Ok(io::BufReader::new(file).take(len_bytes))
     }
 
     /// The snapshot at `index`, ready to stream to a peer.
@@ -352,6 +446,39 @@ mod tests {
     }
 
     #[test]
+    fn a_saved_snapshot_reads_back_whole_and_any_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _record) = store_recording(dir.path(), 0);
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        store.save(5, &mut Fixed(data.clone())).unwrap();
+        let mut read = Vec::new();
+        store.open_data(5).unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, data);
+        let path = store.path(5);
+        let whole = fs::read(&path).unwrap();
+        let mut flipped = whole.clone();
+        flipped[50_000] ^= 0x10;
+        let cut = whole[..whole.len() - 1].to_vec();
+        let mut longer = whole.clone();
+        longer.extend_from_slice(b"more");
+        for (what, bytes) in [
+            ("a flipped bit", flipped),
+            ("a cut trailer", cut),
+            ("bytes after the trailer", longer),
+            ("no trailer at all", data.clone()),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let refused = store.open_data(5).map(|_| ());
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::InvalidData),
+                "{what}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_recorded_snapshot_stays_however_many_newer_ones_arrive_before_the_log_records_one() {
         let dir = tempfile::tempdir().unwrap();
         let (store, record) = store_recording(dir.path(), 5);
@@ -364,7 +491,7 @@ mod tests {
         let all: Vec<String> = [5, 12, 20].map(|i| format!("{i:020}.snap")).into();
         assert_eq!(names(&snapshots, "snap"), all);
         let mut read = Vec::new();
-        io::Read::read_to_end(&mut store.open_snapshot(5).unwrap(), &mut read).unwrap();
+        store.open_data(5).unwrap().read_to_end(&mut read).unwrap();
         assert_eq!(read, vec![5; 16]);
         // Once the log records 20, the next snapshot put in place retires 5 and 12.
         record.publish(20);
@@ -376,7 +503,7 @@ mod tests {
     /// A received snapshot at `index`, complete and ready for [`SnapshotStore::adopt`].
     fn write_received(store: &SnapshotStore, index: Index) -> PathBuf {
         let (path, mut file) = store.create_partial(index).unwrap();
-        file.write_all(&[20; 16]).unwrap();
+        file.write_all(&file_bytes(&[20; 16])).unwrap();
         file.sync_all().unwrap();
         path
     }
@@ -396,7 +523,12 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let mut read = Vec::new();
         io::Read::read_to_end(&mut reader, &mut read).unwrap();
-        assert!(read == data, "{} of {} bytes", read.len(), data.len());
+        assert!(
+            read == file_bytes(&data),
+            "{} of {} bytes",
+            read.len(),
+            data.len()
+        );
         assert!(store.reader(5).is_err(), "retired, it is no longer offered");
         drop(reader);
         assert!(store.readers.lock().is_empty());
