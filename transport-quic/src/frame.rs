@@ -274,7 +274,16 @@ pub async fn read_frame(
         AlignedVec::<16>::with_capacity(header.body_bytes.min(BODY_FIRST_ALLOCATION_BYTES));
     while buf.len() < header.body_bytes {
         match recv.read_chunk(header.body_bytes - buf.len(), true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                // Doubling, but never past the announced size: the entries a frame carries
+                // keep its whole allocation alive, slack included.
+                let needed = buf.len() + chunk.bytes.len();
+                if needed > buf.capacity() {
+                    let grown = (buf.capacity() * 2).max(needed).min(header.body_bytes);
+                    buf.reserve_exact(grown - buf.len());
+                }
+                buf.extend_from_slice(&chunk.bytes);
+            }
             Ok(None) => return Err(FrameError::Truncated),
             Err(e) => return Err(FrameError::Io(e.to_string())),
         }

@@ -62,7 +62,8 @@ fn a_client_that_announces_requests_and_never_sends_them_holds_nothing_for_them(
         metrics.frames_rejected(FrameRejection::Idle) >= idle_before + STREAMS
     });
     let grown = peak_virtual_mib().saturating_sub(peak_before);
-    assert!(grown < 256, "the process grew by {grown} MiB at its peak");
+    // Room for a few malloc arenas reserved meanwhile (64-128 MiB each), far below the bug's.
+    assert!(grown < 512, "the process grew by {grown} MiB at its peak");
     let index = cluster
         .node(leader)
         .put("still", "serving", WAIT)

@@ -213,7 +213,7 @@ impl<S: StateMachine> Applier<S> {
             .map_err(|e| format!("saving snapshot {}: {e}", meta.index))?;
         let mut data = self
             .store
-            .open_data(meta.index)
+            .open_data_unchecked(meta.index)
             .map_err(|e| format!("opening snapshot {}: {e}", meta.index))?;
         let snapshot_bytes = data.limit();
         self.sm

@@ -226,9 +226,8 @@ impl<S: StateMachine> Node<S> {
             // After a restart the snapshot on disk is the one the next must be paid for against.
             last_snapshot_bytes: Arc::new(AtomicU64::new(
                 store
-                    .open_snapshot(snapshot_index)
-                    .and_then(|f| f.metadata())
-                    .map_or(0, |m| m.len()),
+                    .open_data_unchecked(snapshot_index)
+                    .map_or(0, |data| data.limit()),
             )),
             applied,
             progress: applied_progress.clone(),

@@ -3,8 +3,9 @@
 //! The sender's driver hands its transport a [`SnapshotReader`]: the open snapshot file and its
 //! length. The receiving transport asks the node's [`Inbox`] for a [`SnapshotSink`]
 //! ([`Inbox::begin_snapshot`]) and writes the data through it, chunk by chunk, into a file of its
-//! own in the node's snapshot directory. Only a complete transfer reaches the node: `finish`
-//! syncs the file and hands it to the driver, and the applier later restores the state machine
+//! own in the node's snapshot directory. Only a complete, undamaged transfer reaches the node:
+//! the sink checksums the data as it arrives, and `finish` checks it against the file's trailer
+//! (see [`super::snapshots`]), syncs the file and hands it to the driver, and the applier later restores the state machine
 //! from it through a buffered reader. A sink dropped before `finish` (a refused or broken
 //! transfer) removes its file, as does a received snapshot the core never installs.
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::core::{Body, Index, Message};
 
-use super::snapshots::{SnapshotStore, SYNC_INTERVAL_BYTES};
+use super::snapshots::{check_trailer, SnapshotStore, SYNC_INTERVAL_BYTES, TRAILER_BYTES};
 use super::transport::{Inbound, Inbox};
 
 /// Why a snapshot could not be received.
@@ -88,6 +89,9 @@ pub struct SnapshotSink {
     index: Index,
     expected_bytes: u64,
     written_bytes: u64,
+    /// The CRC32C of the data received so far, and the trailer's bytes once they come.
+    crc: u32,
+    trailer: Vec<u8>,
     /// `None` once `finish` took it.
     open: Option<OpenTransfer>,
 }
@@ -115,6 +119,8 @@ impl SnapshotSink {
             index,
             expected_bytes,
             written_bytes: 0,
+            crc: 0,
+            trailer: Vec::with_capacity(TRAILER_BYTES),
             open: Some(OpenTransfer {
                 message,
                 path,
@@ -146,11 +152,17 @@ impl SnapshotSink {
                 received_bytes,
             });
         }
+        let data_left = self.data_bytes().saturating_sub(self.written_bytes);
+        let in_data = chunk
+            .len()
+            .min(usize::try_from(data_left).unwrap_or(usize::MAX));
         let open = self
             .open
             .as_mut()
             .expect("a sink stays open until finish consumes it");
         open.file.write_all(chunk)?;
+        self.crc = crc32c::crc32c_append(self.crc, &chunk[..in_data]);
+        self.trailer.extend_from_slice(&chunk[in_data..]);
         let sync_due =
             received_bytes / SYNC_INTERVAL_BYTES > self.written_bytes / SYNC_INTERVAL_BYTES;
         if sync_due && self.inbox.store.sync() {
@@ -160,8 +172,13 @@ impl SnapshotSink {
         Ok(())
     }
 
-    /// Checks the length, makes the file durable and hands the snapshot to the node. On any
-    /// error the file is removed.
+    /// The length of the snapshot's data, before its trailer.
+    fn data_bytes(&self) -> u64 {
+        self.expected_bytes.saturating_sub(TRAILER_BYTES as u64)
+    }
+
+    /// Checks the length and the checksum, makes the file durable and hands the snapshot to the
+    /// node. On any error the file is removed.
     pub fn finish(mut self) -> Result<(), SnapshotTransferError> {
         if self.written_bytes != self.expected_bytes {
             return Err(SnapshotTransferError::Incomplete {
@@ -169,6 +186,8 @@ impl SnapshotSink {
                 received_bytes: self.written_bytes,
             });
         }
+        check_trailer(&self.trailer, self.crc, self.data_bytes())
+            .map_err(SnapshotTransferError::Damaged)?;
         let OpenTransfer {
             message,
             path,
@@ -185,14 +204,6 @@ impl SnapshotSink {
             file.sync_all()?;
         }
         drop(file);
-        // Read back whole before the node sees it: what arrived is what the sender saved.
-        match super::snapshots::verify(&mut fs::File::open(&path)?) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(SnapshotTransferError::Damaged(e))
-            }
-            Err(e) => return Err(e.into()),
-        }
         if !self.inbox.try_push(Inbound::Snapshot(message, received)) {
             return Err(SnapshotTransferError::NotAccepted);
         }

@@ -81,7 +81,7 @@ impl io::Write for SyncingWriter {
 /// Ends every snapshot file, after the data: the data's CRC32C (u32), this magic (u32) and the
 /// data's length (u64), little-endian.
 const TRAILER_MAGIC: [u8; 4] = *b"KSNP";
-const TRAILER_BYTES: usize = 16;
+pub(crate) const TRAILER_BYTES: usize = 16;
 
 fn trailer(crc: u32, len_bytes: u64) -> [u8; TRAILER_BYTES] {
     let mut out = [0; TRAILER_BYTES];
@@ -121,7 +121,7 @@ pub(crate) fn file_bytes(data: &[u8]) -> Vec<u8> {
 
 /// Reads `file` through and checks its trailer; returns the length of the data before it, with
 /// the file back at its start.
-pub(crate) fn verify(file: &mut fs::File) -> io::Result<u64> {
+fn verify(file: &mut fs::File) -> io::Result<u64> {
     let damaged = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
     let file_bytes = file.metadata()?.len();
     let Some(len_bytes) = file_bytes.checked_sub(TRAILER_BYTES as u64) else {
@@ -142,7 +142,15 @@ pub(crate) fn verify(file: &mut fs::File) -> io::Result<u64> {
     let mut found = [0; TRAILER_BYTES];
     file.read_exact(&mut found)?;
     file.rewind()?;
-    if found[4..8] != TRAILER_MAGIC {
+    check_trailer(&found, crc, len_bytes)?;
+    Ok(len_bytes)
+}
+
+/// Whether `found`, the bytes after a snapshot's data, is the trailer of `len_bytes` of data
+/// whose CRC32C is `crc`; an error of kind `InvalidData` if not.
+pub(crate) fn check_trailer(found: &[u8], crc: u32, len_bytes: u64) -> io::Result<()> {
+    let damaged = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    if found.get(4..8) != Some(&TRAILER_MAGIC[..]) {
         return Err(damaged("the snapshot file has no trailer".into()));
     }
     if found != trailer(crc, len_bytes) {
@@ -150,8 +158,11 @@ pub(crate) fn verify(file: &mut fs::File) -> io::Result<u64> {
             "the snapshot file's {len_bytes} bytes do not match its checksum"
         )));
     }
-    Ok(len_bytes)
+    Ok(())
 }
+
+/// A snapshot's data, read through a buffer up to its trailer.
+pub(crate) type SnapshotData = io::Take<io::BufReader<fs::File>>;
 
 /// Extensions of files that are not (or no longer) snapshots: a save or a transfer in progress,
 /// an old snapshot being removed.
@@ -275,9 +286,19 @@ impl SnapshotStore {
 
     /// The data of the snapshot at `index`, checked against its trailer first (an error of
     /// kind `InvalidData` if damaged), to be read through a buffer up to the trailer.
-    pub(crate) fn open_data(&self, index: Index) -> io::Result<io::Take<io::BufReader<fs::File>>> {
+    pub(crate) fn open_data(&self, index: Index) -> io::Result<SnapshotData> {
         let mut file = self.open_snapshot(index)?;
         let len_bytes = verify(&mut file)?;
+        Ok(io::BufReader::new(file).take(len_bytes))
+    }
+
+    /// Like [`SnapshotStore::open_data`], without reading the file through first: for a file
+    /// checked already (a received snapshot, checksummed as it arrived by
+    /// [`super::snapshot_transfer::SnapshotSink`]; checked again, a large one was read from disk
+    /// three times), or where only its data's length is wanted.
+    pub(crate) fn open_data_unchecked(&self, index: Index) -> io::Result<SnapshotData> {
+        let file = self.open_snapshot(index)?;
+        let len_bytes = file.metadata()?.len().saturating_sub(TRAILER_BYTES as u64);
         Ok(io::BufReader::new(file).take(len_bytes))
     }
 

@@ -1,7 +1,7 @@
 //! Entry points for the fuzz target (`engine/fuzz`) and the test that replays its corpus on
 //! stable Rust. Not part of the API.
 
-use super::record::{decode, encode, Record};
+use super::record::{decode, encode, may_start_record, Record};
 use super::segment::scan;
 
 /// Runs everything that reads log bytes from disk over `data`: the record decoder (records back
@@ -10,7 +10,9 @@ use super::segment::scan;
 /// and the search for a valid record after damage).
 ///
 /// Panics only on a decoder bug: a record that decodes must re-encode to exactly the bytes it
-/// was decoded from (the decoder accepts nothing the encoder would not write).
+/// was decoded from (the decoder accepts nothing the encoder would not write), and pass the
+/// layout check recovery searches for valid records with (or recovery would call damage before
+/// it a torn tail, and cut acknowledged entries).
 pub fn decode_everything(data: &[u8]) {
     let mut at = 0;
     while let Some(rest) = data.get(at..).filter(|r| !r.is_empty()) {
@@ -41,6 +43,10 @@ pub fn decode_everything(data: &[u8]) {
 }
 
 fn assert_reencodes(record: &Record, bytes: &[u8]) {
+    assert!(
+        may_start_record(bytes),
+        "a decoded record fails the layout check: {record:?}"
+    );
     let mut again = Vec::new();
     let encoded = encode(record, &mut again).expect("a decoded record is within limits");
     assert_eq!(encoded, bytes.len(), "re-encoded size differs: {record:?}");

@@ -99,10 +99,10 @@ fn a_write_spanning_segments_makes_each_new_segment_durable_before_the_next() {
     assert_eq!(rec.entries, entries(1..=60, 1).entries);
 }
 
-#[test]
-fn a_segment_torn_inside_its_checkpoint_is_removed_and_the_hard_state_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+/// A log of small segments in `dir` whose last write rolled over to a second segment, with
+/// every write's hard state `(5, 2, its index)`; returns that segment and the last index.
+fn rolled_over_in_the_last_write(dir: &Path) -> (PathBuf, Index) {
+    let (mut wal, _) = Wal::open(dir, small()).unwrap();
     let mut last = 0;
     while wal.segment_paths().len() < 2 {
         last += 1;
@@ -111,29 +111,62 @@ fn a_segment_torn_inside_its_checkpoint_is_removed_and_the_hard_state_kept() {
         wal.append(&w).unwrap();
         wal.sync().unwrap();
     }
-    let torn = wal.segment_paths()[1].clone();
-    drop(wal);
-    // The crash tore the new segment inside the checkpoint that follows its header.
-    let file = std::fs::OpenOptions::new().write(true).open(&torn).unwrap();
-    file.set_len(segment::SEGMENT_HEADER_BYTES as u64 + 10)
+    (wal.segment_paths()[1].clone(), last)
+}
+
+fn cut_file(path: &Path, len_bytes: u64) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_len(len_bytes).unwrap();
+}
+
+fn record_bytes(record: &Record) -> u64 {
+    let mut buf = Vec::new();
+    record::encode(record, &mut buf).unwrap() as u64
+}
+
+#[test]
+fn a_segment_torn_inside_its_checkpoint_is_removed_and_the_hard_state_kept() {
+    let header = segment::SEGMENT_HEADER_BYTES as u64;
+    let hard_state = record_bytes(&Record::HardState(hs(5, Some(2), 1)));
+    // Torn inside the checkpoint's hard state, or inside the snapshot record after it.
+    for cut in [header + 10, header + hard_state + 5] {
+        let dir = tempfile::tempdir().unwrap();
+        let (torn, last) = rolled_over_in_the_last_write(dir.path());
+        cut_file(&torn, cut);
+        let (mut wal, rec) = Wal::open(dir.path(), small()).unwrap();
+        assert!(rec.torn_tail.is_some());
+        assert!(!torn.exists(), "cut at {cut}: the torn segment is removed");
+        // The rollover came inside the last write: its entry is in the first segment, the hard
+        // state that followed it was in the torn one.
+        assert_eq!(rec.hard_state, hs(5, Some(2), last - 1));
+        let kept = rec.entries.last().expect("entries").index;
+        // A snapshot covering every entry: a segment without its checkpoint, kept, would be
+        // all that is left, and the term and vote gone with the segments before it.
+        wal.compact(&SnapshotMeta {
+            index: kept,
+            term: 5,
+            membership: Membership::new([1, 2], []),
+        })
         .unwrap();
-    drop(file);
-    let (mut wal, rec) = Wal::open(dir.path(), small()).unwrap();
-    assert!(rec.torn_tail.is_some());
-    // The rollover came inside the last write: its entry is in the first segment, the hard
-    // state that followed it was in the torn one.
-    assert_eq!(rec.hard_state, hs(5, Some(2), last - 1));
-    let kept = rec.entries.last().expect("entries").index;
-    // A snapshot covering every entry: a segment without its checkpoint, kept, would be all
-    // that is left, and the term and vote gone with the segments before it.
-    wal.compact(&SnapshotMeta {
-        index: kept,
-        term: 5,
-        membership: Membership::new([1, 2], []),
-    })
-    .unwrap();
-    wal.sync().unwrap();
-    let (_, rec) = reopen(wal);
+        wal.sync().unwrap();
+        let (_, rec) = reopen(wal);
+        assert_eq!(rec.hard_state, hs(5, Some(2), last - 1), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_segment_that_ends_with_its_whole_checkpoint_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, last) = rolled_over_in_the_last_write(dir.path());
+    let checkpoint = record_bytes(&Record::HardState(hs(5, Some(2), 1)))
+        + record_bytes(&Record::Compact(SnapshotMeta::default()));
+    cut_file(&segment, segment::SEGMENT_HEADER_BYTES as u64 + checkpoint);
+    let (wal, rec) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(rec.torn_tail, None);
+    assert_eq!(
+        wal.segment_paths(),
+        vec![wal.segment_paths()[0].clone(), segment]
+    );
     assert_eq!(rec.hard_state, hs(5, Some(2), last - 1));
 }
 
