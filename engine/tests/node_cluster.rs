@@ -111,6 +111,22 @@ impl Cluster {
         }
     }
 
+    /// Waits until a running node other than `old` leads (`old` may still think it does).
+    fn leader_other_than(&self, old: NodeId) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(new) = self
+                .running()
+                .map(|n| n.id())
+                .find(|&id| id != old && self.node(id).is_leader())
+            {
+                return new;
+            }
+            assert!(Instant::now() < deadline, "no leader other than {old}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits until every running node applied `index`.
     fn converge(&self, index: u64) {
         for node in self.running() {
@@ -268,17 +284,7 @@ fn an_isolated_leader_is_replaced_and_rejoins() {
     let cluster = Cluster::new(3);
     let old = cluster.leader();
     cluster.net.isolate(old);
-    let deadline = Instant::now() + WAIT;
-    let new = loop {
-        let others: Vec<_> = (1..=3)
-            .filter(|&id| id != old && cluster.node(id).is_leader())
-            .collect();
-        if let [new] = others[..] {
-            break new;
-        }
-        assert!(Instant::now() < deadline, "no new leader");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let new = cluster.leader_other_than(old);
     let index = put(cluster.node(new), "after", "1").expect("the majority side commits");
     // The isolated leader cannot commit: its write times out or fails.
     let stale = cluster
@@ -318,14 +324,7 @@ fn a_proposal_a_snapshot_replaced_is_not_called_dropped_when_it_may_have_committ
     let proposal = cluster.node(old).propose(command.encode());
     // It steps down for want of a quorum; the others elect one of them, whose first entry
     // commits the proposal's, and compact their logs far past it.
-    let deadline = Instant::now() + WAIT;
-    let new = loop {
-        if let Some(&new) = others.iter().find(|&&id| cluster.node(id).is_leader()) {
-            break new;
-        }
-        assert!(Instant::now() < deadline, "no new leader");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let new = cluster.leader_other_than(old);
     let mut last = 0;
     for i in 0..100 {
         last = put(cluster.node(new), &format!("k{i}"), "v").expect("the majority commits");
@@ -381,14 +380,7 @@ fn a_state_machine_ahead_of_the_log_does_not_commit_the_logs_own_entries() {
         assert!(Instant::now() < deadline, "the isolated leader appended");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let deadline = Instant::now() + WAIT;
-    let new = loop {
-        if let Some(new) = (1..=3).find(|&id| id != old && cluster.node(id).is_leader()) {
-            break new;
-        }
-        assert!(Instant::now() < deadline, "no new leader");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let new = cluster.leader_other_than(old);
     for i in 0..5 {
         put(cluster.node(new), &format!("k{i}"), "v").expect("the majority commits");
     }
