@@ -5,9 +5,10 @@
 //! ([`Inbox::begin_snapshot`]) and writes the data through it, chunk by chunk, into a file of its
 //! own in the node's snapshot directory. Only a complete, undamaged transfer reaches the node:
 //! the sink checksums the data as it arrives, and `finish` checks it against the file's trailer
-//! (see [`super::snapshots`]), syncs the file and hands it to the driver, and the applier later restores the state machine
-//! from it through a buffered reader. A sink dropped before `finish` (a refused or broken
-//! transfer) removes its file, as does a received snapshot the core never installs.
+//! (see [`super::snapshots`]), syncs the file and hands it to the driver; the applier later
+//! restores the state machine from it through a buffered reader. A sink dropped before `finish`
+//! (a refused or broken transfer) removes its file, as does a received snapshot the core never
+//! installs.
 
 use std::fs;
 use std::io::{self, Read, Write as _};
