@@ -198,9 +198,7 @@ impl SnapshotSink {
             .take()
             .expect("a sink stays open until finish consumes it");
         // From here the received file owns the path: an early return removes it.
-        let received = ReceivedSnapshot {
-            path: Some(path.clone()),
-        };
+        let received = ReceivedSnapshot { path: Some(path) };
         if self.inbox.store.sync() {
             file.sync_all()?;
         }

@@ -457,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn every_record_may_start_a_record_and_its_damaged_prefixes_mostly_not() {
+    fn every_record_may_start_a_record_and_a_damaged_one_may_not() {
         for record in samples() {
             let mut buf = Vec::new();
             encode(&record, &mut buf).unwrap();
