@@ -59,6 +59,9 @@ pub struct QuicConfig {
     pub runtime_threads: usize,
 }
 
+/// `QuicConfig::frame_bytes_max` unless set otherwise: the largest frame a node reads.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 << 20;
+
 impl QuicConfig {
     pub fn new(
         id: NodeId,
@@ -73,7 +76,7 @@ impl QuicConfig {
             advertise: BTreeMap::new(),
             identity,
             ca,
-            frame_bytes_max: 16 << 20,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             batch_bytes_max: 4 << 20,
             peer_queue_messages_max: 4096,
             snapshot_chunk_bytes: 1 << 20,

@@ -38,6 +38,10 @@ pub struct KvClientConfig {
     pub request_timeout: Duration,
     /// The local address to bind (port 0 picks one).
     pub bind: SocketAddr,
+    /// The largest request body the nodes take: their `QuicConfig::frame_bytes_max`. A larger
+    /// one is refused here as `TooLarge` (certainly not applied); sent, the node could only stop
+    /// the stream, and the client could not tell whether it took effect.
+    pub max_request_bytes: usize,
 }
 
 impl KvClientConfig {
@@ -57,6 +61,7 @@ impl KvClientConfig {
             ca,
             request_timeout: Duration::from_secs(10),
             bind,
+            max_request_bytes: crate::config::FRAME_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -236,6 +241,13 @@ impl KvClient {
     }
 
     async fn request_async(&self, body: Bytes, resend: Resend) -> Result<Outcome, ClientError> {
+        if body.len() > self.cfg.max_request_bytes {
+            return Err(KvError::Node(keel_engine::node::Error::TooLarge {
+                size_bytes: body.len(),
+                max_bytes: self.cfg.max_request_bytes,
+            })
+            .into());
+        }
         let deadline = Instant::now() + self.cfg.request_timeout;
         let mut seed = 0usize;
         let mut last_error = String::from("no attempt");

@@ -153,6 +153,12 @@ fn followers_forward_proposals_and_clients_follow_leader_hints() {
         .expect("put through the client");
     assert_eq!(client.leader(), Some(leader), "followed the hint");
     cluster.converge(index);
+    // A request larger than a node's frames is refused before it is sent: certainly not
+    // applied (sent, the node could only stop the stream, and the outcome was unknown).
+    match client.put("large", vec![0u8; 17 << 20]) {
+        Err(ClientError::Kv(KvError::Node(keel_engine::node::Error::TooLarge { .. }))) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
     for consistency in [
         Consistency::Linearizable,
         Consistency::Lease,
