@@ -383,16 +383,22 @@ mod tests {
         ));
     }
 
+    /// A sink for snapshot 5 that was sent all of `bytes`, ready to finish.
+    fn sink_with(inbox: &Inbox, bytes: &[u8]) -> SnapshotSink {
+        let mut sink = inbox
+            .begin_snapshot(snapshot_message(5), bytes.len() as u64)
+            .expect("sink");
+        sink.write_chunk(bytes).expect("chunk");
+        sink
+    }
+
     #[test]
     fn a_damaged_snapshot_is_refused_and_leaves_no_file() {
         let dir = tempfile::tempdir().expect("dir");
         let (inbox, received) = inbox(dir.path(), 4);
         let mut damaged = file_bytes(&[7; 5000]);
         damaged[2500] ^= 1;
-        let mut sink = inbox
-            .begin_snapshot(snapshot_message(5), damaged.len() as u64)
-            .expect("sink");
-        sink.write_chunk(&damaged).expect("chunk");
+        let sink = sink_with(&inbox, &damaged);
         assert!(matches!(
             sink.finish(),
             Err(SnapshotTransferError::Damaged(_))
@@ -406,11 +412,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (inbox, received) = inbox(dir.path(), 4);
         drop(received); // The node stopped.
-        let abc = file_bytes(b"abc");
-        let mut sink = inbox
-            .begin_snapshot(snapshot_message(5), abc.len() as u64)
-            .expect("sink");
-        sink.write_chunk(&abc).expect("chunk");
+        let sink = sink_with(&inbox, &file_bytes(b"abc"));
         assert!(matches!(
             sink.finish(),
             Err(SnapshotTransferError::NotAccepted)
@@ -422,11 +424,7 @@ mod tests {
     fn a_received_snapshot_never_installed_is_removed() {
         let dir = tempfile::tempdir().expect("dir");
         let (inbox, received) = inbox(dir.path(), 4);
-        let abc = file_bytes(b"abc");
-        let mut sink = inbox
-            .begin_snapshot(snapshot_message(5), abc.len() as u64)
-            .expect("sink");
-        sink.write_chunk(&abc).expect("chunk");
+        let sink = sink_with(&inbox, &file_bytes(b"abc"));
         sink.finish().expect("finish");
         assert_eq!(files(dir.path()).len(), 1);
         drop(received.try_recv().expect("delivered")); // Superseded by a newer one.

@@ -122,7 +122,6 @@ pub(crate) fn file_bytes(data: &[u8]) -> Vec<u8> {
 /// Reads `file` through and checks its trailer; returns the length of the data before it, with
 /// the file back at its start.
 fn verify(file: &mut fs::File) -> io::Result<u64> {
-    let damaged = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
     let file_bytes = file.metadata()?.len();
     let Some(len_bytes) = file_bytes.checked_sub(TRAILER_BYTES as u64) else {
         return Err(damaged(format!(
@@ -130,26 +129,27 @@ fn verify(file: &mut fs::File) -> io::Result<u64> {
         )));
     };
     file.rewind()?;
-    let mut crc = 0;
-    let mut buf = vec![0; 1 << 20];
-    let mut left = len_bytes;
-    while left > 0 {
-        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-        file.read_exact(&mut buf[..want])?;
-        crc = crc32c::crc32c_append(crc, &buf[..want]);
-        left -= want as u64;
-    }
+    // The data through the same checksumming writer a save wrote it with, into nowhere.
+    let mut data = Checksummed {
+        inner: io::sink(),
+        crc: 0,
+        len_bytes: 0,
+    };
+    io::copy(&mut (&mut *file).take(len_bytes), &mut data)?;
     let mut found = [0; TRAILER_BYTES];
     file.read_exact(&mut found)?;
     file.rewind()?;
-    check_trailer(&found, crc, len_bytes)?;
+    check_trailer(&found, data.crc, len_bytes)?;
     Ok(len_bytes)
+}
+
+fn damaged(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
 /// Whether `found`, the bytes after a snapshot's data, is the trailer of `len_bytes` of data
 /// whose CRC32C is `crc`; an error of kind `InvalidData` if not.
 pub(crate) fn check_trailer(found: &[u8], crc: u32, len_bytes: u64) -> io::Result<()> {
-    let damaged = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
     if found.get(4..8) != Some(&TRAILER_MAGIC[..]) {
         return Err(damaged("the snapshot file has no trailer".into()));
     }
