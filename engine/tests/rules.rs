@@ -441,6 +441,29 @@ fn a_lease_read_is_never_stale_even_after_a_forced_campaign() {
     }
 }
 
+/// Without a margin, a follower whose first tick came right after the heartbeat that renewed
+/// the lease counts a tick less than the leader and may vote while the leader still serves on
+/// its lease (the simulator's checker shows it with drifting clocks).
+#[test]
+fn lease_reads_need_a_drift_margin_of_at_least_one_tick() {
+    let mut cfg = Config::new(1);
+    cfg.lease_drift_ticks = 0;
+    assert_eq!(
+        cfg.validate(),
+        Err(keel_engine::core::ConfigError::LeaseDrift)
+    );
+    cfg.lease_reads = false;
+    assert_eq!(cfg.validate(), Ok(()), "no lease, no margin needed");
+    cfg.lease_reads = true;
+    cfg.lease_drift_ticks = 1;
+    assert_eq!(cfg.validate(), Ok(()));
+    cfg.lease_drift_ticks = cfg.election_ticks;
+    assert_eq!(
+        cfg.validate(),
+        Err(keel_engine::core::ConfigError::LeaseDrift)
+    );
+}
+
 // ---------------------------------------------------------------- bad input
 
 #[test]

@@ -18,7 +18,9 @@ pub struct Config {
     /// Serve reads on the leader lease (needs `check_quorum`).
     pub lease_reads: bool,
     /// The lease lasts `election_ticks - lease_drift_ticks` after the acknowledged send time, to
-    /// cover clock-rate differences between nodes.
+    /// cover clock-rate differences between nodes. At least 1 with `lease_reads`: even clocks
+    /// that run at one rate are out of phase, and a follower whose first tick comes right after
+    /// the heartbeat that renewed the lease counts a tick less than the leader did.
     pub lease_drift_ticks: u32,
     /// Append messages in flight per follower in the replicate state (the pipeline window).
     pub max_inflight_appends: usize,
@@ -40,7 +42,7 @@ pub enum ConfigError {
     HeartbeatTicks,
     #[error("lease_reads needs check_quorum, which makes voters honour the lease")]
     LeaseWithoutCheckQuorum,
-    #[error("lease_drift_ticks must be below election_ticks")]
+    #[error("lease_drift_ticks must be below election_ticks, and at least 1 with lease_reads")]
     LeaseDrift,
     #[error("{0} must be at least 1")]
     Zero(&'static str),
@@ -74,7 +76,9 @@ impl Config {
         if self.lease_reads && !self.check_quorum {
             return Err(ConfigError::LeaseWithoutCheckQuorum);
         }
-        if self.lease_drift_ticks >= self.election_ticks {
+        if self.lease_drift_ticks >= self.election_ticks
+            || (self.lease_reads && self.lease_drift_ticks == 0)
+        {
             return Err(ConfigError::LeaseDrift);
         }
         if self.max_inflight_appends == 0 {
