@@ -666,6 +666,56 @@ fn a_lagging_follower_catches_up_from_a_snapshot() {
 }
 
 #[test]
+fn a_leader_whose_snapshot_is_damaged_takes_a_new_one_for_a_lagging_follower() {
+    let mut cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.stop(follower);
+    let mut last = 0;
+    for i in 0..100 {
+        last = put(cluster.node(leader), &format!("k{i}"), "v").expect("put");
+    }
+    let deadline = Instant::now() + WAIT;
+    while cluster
+        .node(leader)
+        .status()
+        .expect("status")
+        .snapshot_index
+        < 40
+    {
+        assert!(Instant::now() < deadline, "the leader never snapshotted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // One bit flipped in every snapshot file the leader keeps; its state in memory is whole.
+    let snapshots = cluster.dir.path().join(format!("node-{leader}/snapshots"));
+    let mut damaged = 0;
+    for file in std::fs::read_dir(&snapshots).expect("snapshot dir") {
+        let path = file.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "snap") {
+            let mut bytes = std::fs::read(&path).expect("read");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&path, bytes).expect("write");
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no snapshot file in {}", snapshots.display());
+    let taken_before = NodeMetrics::get(&cluster.node(leader).metrics().snapshots_taken);
+    let mut cfg = config(follower, &cluster.voters);
+    cfg.snapshot_threshold_entries = 20;
+    cluster.start_with(follower, cfg);
+    // The follower refuses the damaged file; the leader, having found the damage as it sent it,
+    // takes a new snapshot and sends that.
+    let caught_up = cluster.node(follower).wait_applied(last).wait(WAIT);
+    assert!(caught_up.is_ok(), "the follower catches up: {caught_up:?}");
+    assert_eq!(cluster.node(follower).state_machine().len(), 100);
+    assert!(
+        NodeMetrics::get(&cluster.node(leader).metrics().snapshots_taken) > taken_before,
+        "the leader took a new snapshot"
+    );
+}
+
+#[test]
 fn bad_input_is_refused_and_calls_after_stop_fail() {
     let cluster = Cluster::with(1, |cfg| cfg.max_proposal_bytes = 16);
     cluster.leader();

@@ -38,6 +38,9 @@ pub(crate) enum ApplyTask {
         meta: SnapshotMeta,
         data: ReceivedSnapshot,
     },
+    /// The snapshot at this index was found damaged: take a new one now, whatever the
+    /// thresholds say, unless a later one is taken already.
+    ReplaceSnapshot { damaged: Index },
 }
 
 #[derive(Debug)]
@@ -80,7 +83,7 @@ impl<S: StateMachine> Applier<S> {
                 match self.tasks.recv_timeout(SAVE_POLL) {
                     Ok(task) => task,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.maybe_snapshot(&mut snapshotting);
+                        self.maybe_snapshot(&mut snapshotting, false);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -98,7 +101,7 @@ impl<S: StateMachine> Applier<S> {
                         let _ = self.events.send(ApplierEvent::Failed(reason));
                         return;
                     }
-                    self.maybe_snapshot(&mut snapshotting);
+                    self.maybe_snapshot(&mut snapshotting, false);
                 }
                 ApplyTask::WaitApplied { index, reply } => {
                     if index <= self.applied {
@@ -112,6 +115,11 @@ impl<S: StateMachine> Applier<S> {
                         tracing::error!(%reason, "installing a snapshot failed; the node stops");
                         let _ = self.events.send(ApplierEvent::Failed(reason));
                         return;
+                    }
+                }
+                ApplyTask::ReplaceSnapshot { damaged } => {
+                    if self.last_snapshot <= damaged {
+                        self.maybe_snapshot(&mut snapshotting, true);
                     }
                 }
             }
@@ -240,8 +248,8 @@ impl<S: StateMachine> Applier<S> {
     /// applied since then add up to `SNAPSHOT_PAYBACK` times that snapshot's size: the work of
     /// snapshotting then stays a fixed share of the work of writing the log, however large the
     /// state. Past `SNAPSHOT_ENTRIES_CAP` thresholds a snapshot is taken whatever the sizes,
-    /// which bounds the log kept in memory.
-    fn maybe_snapshot(&mut self, in_flight: &mut Option<std::thread::JoinHandle<()>>) {
+    /// which bounds the log kept in memory. `force` takes one whatever the thresholds say.
+    fn maybe_snapshot(&mut self, in_flight: &mut Option<std::thread::JoinHandle<()>>, force: bool) {
         // A save that ended is reaped first: `in_flight` then says whether one is running.
         if in_flight
             .as_ref()
@@ -251,13 +259,14 @@ impl<S: StateMachine> Applier<S> {
                 let _ = done.join();
             }
         }
-        let due = snapshot_due(
-            self.applied.saturating_sub(self.last_snapshot),
-            self.applied_bytes_since_snapshot,
-            self.last_snapshot_bytes.load(Ordering::Relaxed),
-            self.snapshot_threshold_entries,
-            self.snapshot_spacing_percent,
-        );
+        let due = force
+            || snapshot_due(
+                self.applied.saturating_sub(self.last_snapshot),
+                self.applied_bytes_since_snapshot,
+                self.last_snapshot_bytes.load(Ordering::Relaxed),
+                self.snapshot_threshold_entries,
+                self.snapshot_spacing_percent,
+            );
         if !due || in_flight.is_some() {
             return;
         }

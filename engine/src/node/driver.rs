@@ -449,7 +449,12 @@ impl Driver {
                             .any(|w| w.snapshot.as_ref().is_some_and(|s| s.index == i))
                 });
             }
-            Inbound::SnapshotSent { to, delivered } => self.core.report_snapshot(to, delivered),
+            Inbound::SnapshotSent { to, delivered } => {
+                self.core.report_snapshot(to, delivered);
+                if !delivered {
+                    self.replace_damaged_snapshot();
+                }
+            }
         }
     }
 
@@ -721,8 +726,19 @@ impl Driver {
                 Err(e) => {
                     tracing::warn!(index = snapshot.index, error = %e, "snapshot file unreadable");
                     self.core.report_snapshot(m.to, false);
+                    self.replace_damaged_snapshot();
                 }
             }
+        }
+    }
+
+    /// A snapshot found damaged as it streamed to a peer is never sent again: the followers
+    /// that need one wait for a new one, which the applier takes now (the state it holds in
+    /// memory is whole; only the file is not). Without this, the leader resent the damaged
+    /// file to each of them for good, and each refused it.
+    fn replace_damaged_snapshot(&mut self) {
+        if let Some(damaged) = self.store.damaged() {
+            let _ = self.apply.send(ApplyTask::ReplaceSnapshot { damaged });
         }
     }
 

@@ -13,7 +13,9 @@
 //! A snapshot stands for the log entries it replaced and is held to the same standard: every
 //! file ends with a trailer (the CRC32C and length of the data before it, and a magic number),
 //! checked before a node restores from the file or accepts one received. A damaged snapshot is
-//! refused with an error, never restored.
+//! refused with an error, never restored. One this node sends is checked as it streams: found
+//! damaged, it is never offered again, and the node takes a new one (see
+//! [`SnapshotStore::damaged`]).
 
 use std::collections::HashMap;
 use std::fs;
@@ -182,17 +184,58 @@ pub(crate) struct SnapshotStore {
     /// snapshot someone still reads is unlinked whole (its data lives on for the open file),
     /// never cut under the reader.
     readers: Arc<Mutex<HashMap<Index, usize>>>,
+    /// The index of a snapshot found damaged as it streamed to a peer, until a save at that
+    /// index or a later one replaces it (0: none). Shared by every clone of the store.
+    damaged: Arc<AtomicU64>,
 }
 
-/// A snapshot file streaming to a peer, counted among its readers while it lives.
+/// A snapshot file streaming to a peer, counted among its readers while it lives, and checked
+/// against its trailer on the way: the trailer's bytes go out only if the data matched it, so
+/// a peer never receives a damaged snapshot whole, and the store learns of the damage.
 struct Reading {
     file: fs::File,
-    _counted: ReaderCount,
+    counted: ReaderCount,
+    data_bytes: u64,
+    /// Data bytes not read yet; the trailer comes after them.
+    data_left: u64,
+    /// The CRC32C of the data read so far.
+    crc: u32,
+    /// The trailer, once read and found to match, and how many of its bytes went out.
+    trailer: Option<([u8; TRAILER_BYTES], usize)>,
+    damaged: Arc<AtomicU64>,
 }
 
 impl io::Read for Reading {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
+        if self.data_left > 0 {
+            let want =
+                usize::try_from(self.data_left).map_or(buf.len(), |left| left.min(buf.len()));
+            let n = self.file.read(&mut buf[..want])?;
+            self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+            self.data_left -= n as u64;
+            return Ok(n);
+        }
+        if self.trailer.is_none() {
+            let mut found = [0; TRAILER_BYTES];
+            let checked = self
+                .file
+                .read_exact(&mut found)
+                .and_then(|()| check_trailer(&found, self.crc, self.data_bytes));
+            if let Err(e) = checked {
+                let index = self.counted.index;
+                tracing::error!(index, error = %e, "this node's own snapshot is damaged");
+                self.damaged.store(index, Ordering::Release);
+                return Err(damaged(format!("snapshot {index}: {e}")));
+            }
+            self.trailer = Some((found, 0));
+        }
+        let Some((trailer, sent)) = &mut self.trailer else {
+            unreachable!("the trailer was read above");
+        };
+        let n = (TRAILER_BYTES - *sent).min(buf.len());
+        buf[..n].copy_from_slice(&trailer[*sent..*sent + n]);
+        *sent += n;
+        Ok(n)
     }
 }
 
@@ -223,6 +266,7 @@ impl SnapshotStore {
             sync,
             recorded,
             readers: Arc::default(),
+            damaged: Arc::default(),
         };
         store.remove_temporary_files()?;
         Ok(store)
@@ -302,8 +346,19 @@ impl SnapshotStore {
         Ok(io::BufReader::new(file).take(len_bytes))
     }
 
-    /// The snapshot at `index`, ready to stream to a peer.
+    /// The index of this node's snapshot if it was found damaged as it streamed to a peer and
+    /// no save replaced it yet: the node should take a new one, and sends none meanwhile.
+    pub(crate) fn damaged(&self) -> Option<Index> {
+        Some(self.damaged.load(Ordering::Acquire)).filter(|&index| index > 0)
+    }
+
+    /// The snapshot at `index`, ready to stream to a peer (checked as it streams).
     pub(crate) fn reader(&self, index: Index) -> io::Result<SnapshotReader> {
+        if self.damaged() == Some(index) {
+            return Err(damaged(format!(
+                "snapshot {index} was found damaged and is not sent again"
+            )));
+        }
         // Counted before the file is opened: a prune that retires the snapshot after this
         // either sees the count or, having renamed the file first, makes the open fail.
         *self.readers.lock().entry(index).or_default() += 1;
@@ -313,10 +368,16 @@ impl SnapshotStore {
         };
         let file = self.open_snapshot(index)?;
         let len_bytes = file.metadata()?.len();
+        let data_bytes = len_bytes.saturating_sub(TRAILER_BYTES as u64);
         Ok(SnapshotReader::new(
             Reading {
                 file,
-                _counted: counted,
+                counted,
+                data_bytes,
+                data_left: data_bytes,
+                crc: 0,
+                trailer: None,
+                damaged: self.damaged.clone(),
             },
             len_bytes,
         ))
@@ -326,6 +387,12 @@ impl SnapshotStore {
     /// one, under one directory sync.
     fn rename_into_place(&self, from: &Path, index: Index) -> io::Result<()> {
         fs::rename(from, self.path(index))?;
+        // A damaged snapshot at this index or before is replaced or superseded now.
+        let _ = self
+            .damaged
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                (d <= index).then_some(0)
+            });
         // The snapshot is in place: failing to retire older ones must not undo that.
         let retired = self.retire_old().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "older snapshots were not removed; will retry later");
@@ -497,6 +564,49 @@ mod tests {
                 "{what}: {refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_snapshot_found_damaged_as_it_streams_is_not_sent_whole_nor_again_until_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _record) = store_recording(dir.path(), 0);
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        store.save(5, &mut Fixed(data.clone())).unwrap();
+        let mut whole = Vec::new();
+        io::Read::read_to_end(&mut store.reader(5).unwrap(), &mut whole).unwrap();
+        assert_eq!(
+            whole,
+            file_bytes(&data),
+            "an undamaged snapshot streams whole"
+        );
+        assert_eq!(store.damaged(), None);
+
+        let mut flipped = whole.clone();
+        flipped[50_000] ^= 0x10;
+        fs::write(store.path(5), &flipped).unwrap();
+        let mut sent = Vec::new();
+        let streamed = io::Read::read_to_end(&mut store.reader(5).unwrap(), &mut sent);
+        assert!(
+            streamed.is_err_and(|e| e.kind() == io::ErrorKind::InvalidData),
+            "the damage is found"
+        );
+        assert_eq!(
+            sent.len(),
+            data.len(),
+            "everything but the trailer went out"
+        );
+        assert_eq!(store.damaged(), Some(5));
+        assert!(store.reader(5).is_err(), "not offered again");
+
+        store.save(5, &mut Fixed(data.clone())).unwrap();
+        assert_eq!(
+            store.damaged(),
+            None,
+            "a save at the same index replaces it"
+        );
+        let mut again = Vec::new();
+        io::Read::read_to_end(&mut store.reader(5).unwrap(), &mut again).unwrap();
+        assert_eq!(again, file_bytes(&data));
     }
 
     #[test]
