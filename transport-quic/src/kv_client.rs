@@ -250,6 +250,7 @@ impl KvClient {
         }
         let deadline = Instant::now() + self.cfg.request_timeout;
         let mut seed = 0usize;
+        let mut redirects = Redirects::default();
         let mut last_error = String::from("no attempt");
         let lost = |sent: bool, error: String| match (sent, resend) {
             (true, Resend::OnlyIfUnsent) => Err(ClientError::Indeterminate(error)),
@@ -263,6 +264,7 @@ impl KvClient {
                     self.cfg.seeds[seed]
                 }
             };
+            redirects.tried(target.0);
             let left = deadline.saturating_duration_since(Instant::now());
             // Whether this attempt began sending the request.
             let mut sent = false;
@@ -281,9 +283,14 @@ impl KvClient {
                 Ok(Ok(Reply::NotLeader(hint))) => {
                     last_error = format!("node {} is not the leader", target.0);
                     *self.leader.lock() = hint;
-                    if hint.is_none() {
+                    let pause = match hint {
+                        Some((leader, _)) => redirects.pause_before(leader),
                         // No leader known there: an election may be running; give it a moment.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        None => Duration::from_millis(20),
+                    };
+                    let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                 }
                 Ok(Err(e)) => {
@@ -365,6 +372,39 @@ enum Resend {
     OnlyIfUnsent,
 }
 
+/// The pause before following a first bounce back to a node already tried; each later one
+/// doubles it, up to [`BOUNCE_PAUSE_MAX`].
+const BOUNCE_PAUSE: Duration = Duration::from_millis(10);
+const BOUNCE_PAUSE_MAX: Duration = Duration::from_millis(160);
+
+/// The nodes one request tried, and how it paces the `NotLeader` hints it follows. A hint to a
+/// node not tried yet goes at once. One back to a node tried already means the nodes disagree
+/// on who leads (an election in progress, or stale news on both sides): followed at once, the
+/// client bounced between them as fast as a round trip, for as long as that lasted, and so did
+/// every other client at the same moment.
+#[derive(Debug, Default)]
+struct Redirects {
+    tried: Vec<NodeId>,
+    bounces: u32,
+}
+
+impl Redirects {
+    fn tried(&mut self, node: NodeId) {
+        if !self.tried.contains(&node) {
+            self.tried.push(node);
+        }
+    }
+
+    fn pause_before(&mut self, node: NodeId) -> Duration {
+        if !self.tried.contains(&node) {
+            return Duration::ZERO;
+        }
+        let pause = BOUNCE_PAUSE.saturating_mul(1 << self.bounces.min(16));
+        self.bounces += 1;
+        pause.min(BOUNCE_PAUSE_MAX)
+    }
+}
+
 enum Reply {
     Done(Outcome),
     NotLeader(Option<(NodeId, SocketAddr)>),
@@ -385,23 +425,25 @@ mod tests {
     use super::*;
     use crate::certs::DevCa;
 
-    /// A node that takes every request and closes the connection without answering: the
-    /// client cannot know whether a write it sent took effect.
-    struct Silent {
+    /// A node that counts every request it takes, then answers what `answer` holds or, if it
+    /// holds nothing, closes the connection without answering (the client cannot know whether
+    /// a write it sent took effect).
+    struct Fake {
         addr: SocketAddr,
         requests: Arc<AtomicU64>,
+        answer: Arc<Mutex<Option<Bytes>>>,
         _runtime: tokio::runtime::Runtime,
     }
 
-    fn silent_node(ca: &DevCa) -> Silent {
+    fn fake_node(ca: &DevCa, id: NodeId) -> Fake {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let identity = ca.issue_node(1).expect("node cert").identity;
+        let identity = ca.issue_node(id).expect("node cert").identity;
         let metrics = Arc::new(TransportMetrics::default());
-        let server = tls::server_config(&identity, &[ca.cert_der()], metrics, "silent".into())
+        let server = tls::server_config(&identity, &[ca.cert_der()], metrics, "fake".into())
             .expect("server config");
         let endpoint = {
             let _guard = runtime.enter();
@@ -410,30 +452,52 @@ mod tests {
         };
         let addr = endpoint.local_addr().expect("bound");
         let requests = Arc::new(AtomicU64::new(0));
-        let counted = requests.clone();
+        let answer: Arc<Mutex<Option<Bytes>>> = Arc::default();
+        let (counted, answering) = (requests.clone(), answer.clone());
         runtime.spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let Ok(conn) = incoming.await else { continue };
-                let Ok((_send, mut recv)) = conn.accept_bi().await else {
-                    continue;
-                };
-                if frame::expect_frame(&mut recv, FrameKind::KvRequest, 1 << 20)
-                    .await
-                    .is_ok()
-                {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                }
-                conn.close(quinn::VarInt::from_u32(1), b"gone");
+                let (counted, answering) = (counted.clone(), answering.clone());
+                tokio::spawn(async move {
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        if frame::expect_frame(&mut recv, FrameKind::KvRequest, 1 << 20)
+                            .await
+                            .is_ok()
+                        {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let answer = answering.lock().clone();
+                        let Some(body) = answer else {
+                            conn.close(quinn::VarInt::from_u32(1), b"gone");
+                            return;
+                        };
+                        let _ = frame::write_frame(&mut send, FrameKind::KvResponse, body).await;
+                        let _ = send.finish();
+                    }
+                });
             }
         });
-        Silent {
+        Fake {
             addr,
             requests,
+            answer,
             _runtime: runtime,
         }
     }
 
-    fn client_of(ca: &DevCa, node: &Silent) -> KvClient {
+    /// `NotLeader`, naming `leader` at `addr`.
+    fn not_leader(leader: NodeId, addr: SocketAddr) -> Bytes {
+        let response = crate::wire::WireKvResponse::Failed {
+            error: crate::wire::WireError::NotLeader {
+                leader: Some(leader),
+                term: 1,
+                leader_addr: Some(addr.to_string()),
+            },
+        };
+        frame::archive(&response).expect("archived")
+    }
+
+    fn client_of(ca: &DevCa, node: &Fake) -> KvClient {
         let identity = ca.issue_client().expect("client cert").identity;
         let mut cfg = KvClientConfig::new(vec![(1, node.addr)], identity, vec![ca.cert_der()]);
         cfg.request_timeout = Duration::from_secs(2);
@@ -443,7 +507,7 @@ mod tests {
     #[test]
     fn a_write_whose_answer_is_lost_is_indeterminate_and_sent_once() {
         let ca = DevCa::generate("test").expect("ca");
-        let node = silent_node(&ca);
+        let node = fake_node(&ca, 1);
         let client = client_of(&ca, &node);
         let result = client.compare_and_swap("k", None, Some(Bytes::from("v")));
         assert!(
@@ -456,7 +520,7 @@ mod tests {
     #[test]
     fn a_read_whose_answer_is_lost_is_retried() {
         let ca = DevCa::generate("test").expect("ca");
-        let node = silent_node(&ca);
+        let node = fake_node(&ca, 1);
         let client = client_of(&ca, &node);
         let result = client.get("k", Consistency::Linearizable);
         assert!(
@@ -464,5 +528,40 @@ mod tests {
             "{result:?}"
         );
         assert!(node.requests.load(Ordering::SeqCst) > 1, "read again");
+    }
+
+    #[test]
+    fn two_nodes_that_name_each_other_leader_are_bounced_between_at_a_growing_pace() {
+        let ca = DevCa::generate("test").expect("ca");
+        let (one, two) = (fake_node(&ca, 1), fake_node(&ca, 2));
+        *one.answer.lock() = Some(not_leader(2, two.addr));
+        *two.answer.lock() = Some(not_leader(1, one.addr));
+        let client = client_of(&ca, &one);
+        let result = client.get("k", Consistency::Linearizable);
+        assert!(
+            matches!(result, Err(ClientError::Unavailable(_))),
+            "{result:?}"
+        );
+        // Within the 2 s request timeout, pauses of 10, 20, 40, 80, then 160 ms allow some 15
+        // bounces; followed at once, it was thousands.
+        let requests = one.requests.load(Ordering::SeqCst) + two.requests.load(Ordering::SeqCst);
+        assert!((3..=40).contains(&requests), "{requests} requests");
+    }
+
+    #[test]
+    fn a_hint_is_followed_at_once_the_first_time_and_after_a_growing_pause_on_a_bounce() {
+        let mut redirects = Redirects::default();
+        redirects.tried(1);
+        assert_eq!(redirects.pause_before(2), Duration::ZERO, "a new node");
+        redirects.tried(2);
+        let pauses: Vec<u64> = (0..7)
+            .map(|_| redirects.pause_before(1).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 160, 160]);
+        assert_eq!(
+            redirects.pause_before(3),
+            Duration::ZERO,
+            "a node not tried yet"
+        );
     }
 }
