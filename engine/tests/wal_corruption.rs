@@ -201,7 +201,7 @@ fn a_flipped_byte_before_valid_records_in_the_last_segment_is_refused() {
     let (file, offset, _, reason) = fx.expect_corrupt();
     assert_eq!(file, fx.last());
     assert!(offset as usize <= at);
-    assert!(reason.contains("followed by a valid record"), "{reason}");
+    assert!(reason.contains("later write group"), "{reason}");
     assert_unchanged(fx.last(), &damaged);
 }
 
@@ -304,10 +304,111 @@ fn a_zeroed_range_inside_the_log_is_refused() {
 #[test]
 fn a_zeroed_last_write_is_a_torn_tail() {
     let fx = Fixture::new();
-    let from = fx.last_write_offset as usize + 10;
+    // Inside the last write's entry, after its group start (whose fields past the checksum
+    // are zeros anyway).
+    let from = fx.last_write_offset as usize + record::record_bytes(&Record::GroupStart) + 10;
     damage(fx.last(), |b| b[from..].fill(0));
     let rec = fx.expect_recovered();
     assert!(rec.torn_tail.is_some());
+}
+
+#[test]
+fn damage_followed_only_by_records_of_its_own_write_group_is_a_torn_tail() {
+    // The last write's entry is damaged, its hard state after it intact: a disk may persist the
+    // pages of an unsynced write in any order. No later group starts after the damage.
+    for kind in ["flipped", "zeroed"] {
+        let fx = Fixture::new();
+        let at = last_entry_offset(&fx);
+        damage(fx.last(), |b| match kind {
+            "flipped" => b[at] ^= 0x20,
+            _ => b[at..at + 16].fill(0),
+        });
+        let rec = fx.expect_recovered();
+        let torn = rec.torn_tail.expect("a torn tail is reported");
+        assert!(
+            torn.offset >= fx.last_write_offset && torn.offset as usize <= at,
+            "{kind}: cut at {}",
+            torn.offset
+        );
+        assert_eq!(rec.entries.len(), fx.entries_before_last_write, "{kind}");
+        assert_eq!(fs::metadata(fx.last()).unwrap().len(), torn.offset, "cut");
+    }
+}
+
+/// A byte of the last write's entry (after its group start) in the last segment.
+fn last_entry_offset(fx: &Fixture) -> usize {
+    fx.last_write_offset as usize + record::record_bytes(&Record::GroupStart) + 30
+}
+
+#[test]
+fn a_segment_written_before_group_starts_keeps_the_stricter_rule() {
+    // Format version 1 marks no groups: there, any valid record after damage is corruption.
+    let fx = Fixture::new();
+    let at = last_entry_offset(&fx);
+    let damaged = damage(fx.last(), |b| {
+        let header = SegmentHeader::decode(b).unwrap();
+        let old = SegmentHeader {
+            marks_groups: false,
+            ..header
+        };
+        b[..old.encode().len()].copy_from_slice(&old.encode());
+        b[at] ^= 0x20;
+    });
+    let (file, offset, _, reason) = fx.expect_corrupt();
+    assert_eq!(file, fx.last());
+    assert!(offset as usize <= at);
+    assert!(reason.contains("followed by a valid record"), "{reason}");
+    assert_unchanged(fx.last(), &damaged);
+}
+
+#[test]
+fn a_lost_first_page_of_a_large_last_write_is_a_torn_tail() {
+    // A group of 16 KiB whose first 4 KiB page never reached the disk while the rest did.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    let big = |index: Index| Entry {
+        index,
+        term: 1,
+        payload: Payload::Command(Bytes::from(vec![index as u8; 1000])),
+    };
+    for index in 1..=5 {
+        wal.append(&Write {
+            entries: vec![big(index)],
+            ..Write::default()
+        })
+        .unwrap();
+        wal.sync().unwrap();
+    }
+    let last = wal.segment_paths().pop().unwrap();
+    let group_at = wal_end(&last);
+    wal.append(&Write {
+        entries: (6..=21).map(big).collect(),
+        ..Write::default()
+    })
+    .unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let page = 4096;
+    let lost_from = group_at.next_multiple_of(page);
+    damage(&last, |b| b[lost_from..lost_from + page].fill(0));
+    let (_, rec) = Wal::open(tmp.path(), WalOptions::default()).expect("recovers");
+    let torn = rec.torn_tail.expect("a torn tail is reported");
+    assert!(torn.offset as usize <= lost_from, "cut at {}", torn.offset);
+    assert!(
+        rec.entries.len() >= 5,
+        "every synced group before it is kept"
+    );
+    assert_eq!(
+        rec.entries[..],
+        (1..=rec.entries.len() as u64).map(big).collect::<Vec<_>>()[..]
+    );
+}
+
+/// Where the records in a segment end (the file may run on in zeros, filled ahead of use).
+fn wal_end(path: &Path) -> usize {
+    let bytes = fs::read(path).unwrap();
+    let scan = keel_engine::wal::segment::scan(&bytes);
+    scan.unwritten_from.map_or(bytes.len(), |at| at as usize)
 }
 
 #[test]
@@ -332,6 +433,7 @@ fn a_segment_torn_at_creation_is_removed() {
     let header = SegmentHeader {
         seq: next_seq,
         first_index: 999,
+        marks_groups: true,
     }
     .encode();
     fs::write(&next, &header[..20]).unwrap();
@@ -362,6 +464,7 @@ fn a_hard_state_claiming_more_than_the_log_holds_is_refused() {
     let mut bytes = SegmentHeader {
         seq: 1,
         first_index: 1,
+        marks_groups: true,
     }
     .encode()
     .to_vec();
@@ -400,6 +503,7 @@ fn a_snapshot_newer_in_term_than_the_entry_after_it_is_refused() {
     let mut bytes = SegmentHeader {
         seq: 1,
         first_index: 10,
+        marks_groups: true,
     }
     .encode()
     .to_vec();
@@ -506,8 +610,11 @@ fn random_damage_is_cut_as_a_torn_tail_or_refused_never_lost() {
                 assert_eq!(rec.entries[..], fx.entries[..rec.entries.len()]);
                 assert!(rec.entries.len() as u64 >= rec.hard_state.commit);
                 if kind == 0 {
-                    // A flipped bit is a torn tail only in the very last record.
-                    assert_eq!(rec.entries.len(), fx.entries.len(), "round {round}");
+                    // A flipped bit is a torn tail only in the last write group.
+                    assert!(
+                        rec.entries.len() >= fx.entries_before_last_write,
+                        "round {round}"
+                    );
                 }
             }
             Err(other) => panic!("round {round}: unexpected error {other}"),

@@ -70,6 +70,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("truncate", Record::Truncate { from: 5 }),
         ("compact", Record::Compact(SnapshotMeta::default())),
+        ("group-start", Record::GroupStart),
     ];
     let mut out = Vec::new();
     let mut all = Vec::new();
@@ -82,6 +83,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut segment = SegmentHeader {
         seq: 1,
         first_index: 1,
+        marks_groups: true,
     }
     .encode()
     .to_vec();

@@ -279,6 +279,8 @@ pub struct Wal {
     buf: Vec<u8>,
     data_unsynced: bool,
     dir_unsynced: bool,
+    /// A group start was put since the last sync: records put now belong to its group.
+    group_open: bool,
     stats: SyncStats,
     data_syncs_attempted: u64,
     stopped: bool,
@@ -389,6 +391,7 @@ impl Wal {
             buf: Vec::new(),
             data_unsynced: false,
             dir_unsynced: false,
+            group_open: false,
             stats: SyncStats::default(),
             data_syncs_attempted: 0,
             stopped: false,
@@ -429,6 +432,7 @@ impl Wal {
             buf: Vec::new(),
             data_unsynced: false,
             dir_unsynced: true,
+            group_open: false,
             stats: SyncStats::default(),
             data_syncs_attempted: 0,
             stopped: false,
@@ -534,9 +538,20 @@ impl Wal {
         Ok(())
     }
 
+    /// Validates `record` against the log, then buffers it, after a group start if it is the
+    /// first since the last sync. Recovery tells a torn last group from damage inside the log
+    /// by them: valid records after damage are corruption only if a later group starts there.
+    fn put(&mut self, record: &Record) -> Result<(), WalError> {
+        if !self.group_open {
+            self.put_one(&Record::GroupStart)?;
+            self.group_open = true;
+        }
+        self.put_one(record)
+    }
+
     /// Validates `record` against the log, then buffers it (sealing the active segment first if
     /// the record would overflow it).
-    fn put(&mut self, record: &Record) -> Result<(), WalError> {
+    fn put_one(&mut self, record: &Record) -> Result<(), WalError> {
         if record.index() > INDEX_MAX {
             return Err(WalError::InvalidRequest {
                 reason: format!("index {} beyond {INDEX_MAX}", record.index()),
@@ -577,6 +592,7 @@ impl Wal {
             Record::Snapshot(s) => self.state.install(s).map_err(invalid)?,
             Record::Truncate { from } => self.state.truncate(*from).map_err(invalid)?,
             Record::Compact(s) => self.state.compact(s).map_err(invalid)?,
+            Record::GroupStart => {}
         }
         let written = record::encode(record, &mut self.buf)
             .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
@@ -658,8 +674,14 @@ impl Wal {
     /// segment still describes the log once the segments before it are removed.
     fn begin_segment(&mut self, seq: u64, first_index: Index) -> Result<(), WalError> {
         assert!(self.buf.is_empty() && self.active_written_bytes == 0);
-        self.buf
-            .extend_from_slice(&SegmentHeader { seq, first_index }.encode());
+        self.buf.extend_from_slice(
+            &SegmentHeader {
+                seq,
+                first_index,
+                marks_groups: true,
+            }
+            .encode(),
+        );
         for record in [
             Record::HardState(self.state.hard_state),
             Record::Compact(self.state.snapshot.clone()),
@@ -686,6 +708,7 @@ impl Wal {
             self.stopped = true;
             return Err(e);
         }
+        self.group_open = false;
         self.recorded_snapshot.publish(self.state.snapshot.index);
         if self.buf.capacity() > BUF_RETAIN_BYTES_MAX {
             self.buf = Vec::new();

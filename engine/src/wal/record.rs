@@ -4,15 +4,18 @@
 //! offset  size  field
 //!      0     4  body_len   bytes after the 8-byte prefix (kind .. end of payload), little-endian
 //!      4     4  crc        CRC32C over body_len's 4 bytes followed by the body
-//!      8     1  kind       1 entry, 2 hard state, 3 snapshot (install), 4 truncation, 5 compaction
-//!      9     8  index      entry index / commit / snapshot index / truncate-from
-//!     17     8  term       entry term / current term / snapshot term / 0
+//!      8     1  kind       1 entry, 2 hard state, 3 snapshot (install), 4 truncation,
+//!                          5 compaction, 6 group start
+//!      9     8  index      entry index / commit / snapshot index / truncate-from / 0
+//!     17     8  term       entry term / current term / snapshot term / 0 / 0
 //!     25     …  payload    kind-specific, length-prefixed, fully consumed
 //! ```
 //!
 //! Payloads: an entry is a tag (0 noop, 1 command, 2 membership) followed by the command's
 //! `u32` length and bytes, or the membership; a hard state is a vote flag and the vote; snapshot
-//! and compaction records carry the membership; a truncation has none. A membership is three
+//! and compaction records carry the membership; a truncation and a group start have none. A
+//! group start begins the records of each write group (one `fdatasync`; see
+//! [`super::recovery`] for what it tells recovery). A membership is three
 //! `u32`-counted lists of `u64` node ids (voters, outgoing, learners), each strictly ascending.
 //!
 //! The decoder is the first code to touch bytes from disk: it must never panic, never allocate
@@ -42,6 +45,7 @@ const KIND_HARD_STATE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_TRUNCATE: u8 = 4;
 const KIND_COMPACT: u8 = 5;
+const KIND_GROUP_START: u8 = 6;
 
 const PAYLOAD_NOOP: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
@@ -61,6 +65,9 @@ pub enum Record {
     /// A snapshot covers everything up to its index: entries after it stay. Also written at the
     /// start of every segment, so that a segment is readable once the ones before it are gone.
     Compact(SnapshotMeta),
+    /// The records after it, up to the next group start, were written together and made
+    /// durable by one `fdatasync`, after everything before them was. Changes nothing in the log.
+    GroupStart,
 }
 
 /// Why bytes did not decode to a record.
@@ -91,6 +98,7 @@ impl Record {
             Record::HardState(h) => h.commit,
             Record::Snapshot(s) | Record::Compact(s) => s.index,
             Record::Truncate { from } => *from,
+            Record::GroupStart => 0,
         }
     }
 }
@@ -108,7 +116,7 @@ pub fn record_bytes(record: &Record) -> usize {
             }
             Record::HardState(_) => 9,
             Record::Snapshot(s) | Record::Compact(s) => membership_bytes(&s.membership),
-            Record::Truncate { .. } => 0,
+            Record::Truncate { .. } | Record::GroupStart => 0,
         }
 }
 
@@ -152,6 +160,7 @@ pub fn encode(record: &Record, buf: &mut Vec<u8>) -> Result<usize, usize> {
             put_membership(buf, &s.membership);
         }
         Record::Truncate { from } => put_fixed(buf, KIND_TRUNCATE, *from, 0),
+        Record::GroupStart => put_fixed(buf, KIND_GROUP_START, 0, 0),
         Record::Compact(s) => {
             put_fixed(buf, KIND_COMPACT, s.index, s.term);
             put_membership(buf, &s.membership);
@@ -251,7 +260,7 @@ fn laid_out_bytes(body: &[u8]) -> Option<usize> {
         },
         KIND_HARD_STATE => 1 + 8,
         KIND_SNAPSHOT | KIND_COMPACT => r.membership_bytes()?,
-        KIND_TRUNCATE => 0,
+        KIND_TRUNCATE | KIND_GROUP_START => 0,
         _ => return None,
     };
     Some(BODY_FIXED_BYTES + payload)
@@ -314,6 +323,12 @@ fn decode_body(body: &[u8]) -> Result<Record, DecodeError> {
                 return Err(DecodeError::Malformed("bad truncation"));
             }
             Record::Truncate { from: index }
+        }
+        KIND_GROUP_START => {
+            if index != 0 || term != 0 {
+                return Err(DecodeError::Malformed("bad group start"));
+            }
+            Record::GroupStart
         }
         _ => return Err(DecodeError::Malformed("unknown record kind")),
     };
@@ -436,6 +451,7 @@ mod tests {
                 membership: joint.clone(),
             }),
             Record::Truncate { from: 17 },
+            Record::GroupStart,
             Record::Compact(SnapshotMeta::default()),
             Record::Compact(SnapshotMeta {
                 index: 9,
@@ -566,6 +582,8 @@ mod tests {
             index_zero,
             index_huge,
             fixed(KIND_TRUNCATE, 3, 9),
+            fixed(KIND_GROUP_START, 1, 0),
+            fixed(KIND_GROUP_START, 0, 1),
         ] {
             assert!(matches!(
                 decode(&seal(&body)),

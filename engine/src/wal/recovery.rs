@@ -4,8 +4,12 @@
 //! - sequence numbers have no gaps, and each segment starts where the log before it ended;
 //! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
 //!   so any damage in it is corruption;
-//! - in the last segment, damage followed by nothing valid is a torn tail (the last, unsynced
-//!   group); damage followed by a valid record is corruption; zeros to the end are space
+//! - in the last segment, damage is a torn tail (the last, unsynced write group, cut off) unless
+//!   a later group starts after it: each group is written only once the one before it is
+//!   durable, so a group whose start survived proves the damaged bytes were synced. Valid
+//!   records of the damaged group itself may follow the damage: a disk can persist the pages of
+//!   an unsynced write in any order. (In a segment of format version 1, written before group
+//!   starts, any valid record after damage is corruption.) Zeros to the end are space
 //!   zero-filled ahead of use, where appends continue;
 //! - every record obeys the log's rules ([`LogState`]);
 //! - the log covers everything up to the recovered commit index, and has no hole after its
@@ -157,11 +161,16 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         // the segments before it. Like a torn header, it was torn at creation.
         let ends_inside_checkpoint =
             matches!(scan.records.as_slice(), [] | [(_, Record::HardState(_))]);
-        let valid_after = scan
-            .damage
-            .as_ref()
-            .is_some_and(|d| d.valid_after.is_some());
-        if is_last && ends_inside_checkpoint && !valid_after {
+        // What after the damage proves it is not a torn tail: the start of a later group, or in
+        // a segment without group starts, any valid record.
+        let proof_after = scan.damage.as_ref().and_then(|d| {
+            let (at, record) = d.valid_after.clone()?;
+            if !header.marks_groups {
+                return Some((at, record));
+            }
+            segment::group_start_after(&bytes, d.offset + 1).map(|at| (at, Record::GroupStart))
+        });
+        if is_last && ends_inside_checkpoint && proof_after.is_none() {
             torn = Some(TornCut {
                 path: path.clone(),
                 offset: 0,
@@ -211,17 +220,22 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
                     ),
                 ));
             }
-            if let Some((at, record)) = damage.valid_after {
+            if let Some((at, record)) = proof_after {
                 let index_range = match record {
                     Record::Entry(e) => IndexRange::between(from, e.index),
                     _ => IndexRange::starting_at(from),
+                };
+                let what = if header.marks_groups {
+                    "the start of a later write group"
+                } else {
+                    "a valid record"
                 };
                 return Err(corrupt(
                     damage.offset,
                     index_range,
                     format!(
-                        "{}, followed by a valid record at byte {at}: damage inside the log, \
-                         not a torn tail",
+                        "{}, followed by {what} at byte {at}: damage inside the log, not a torn \
+                         tail",
                         damage.reason
                     ),
                 ));
@@ -319,6 +333,7 @@ fn apply(
         Record::Snapshot(s) => log.install(&s),
         Record::Truncate { from } => log.truncate(from),
         Record::Compact(s) => log.compact(&s),
+        Record::GroupStart => Ok(()),
     };
     result.map_err(|reason| (index, reason))
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic          "KEEL-WAL"
-//!      8     4  version        FORMAT_VERSION, little-endian
+//!      8     4  version        FORMAT_VERSION, little-endian (1: written before group starts)
 //!     12     4  flags          0 (reserved)
 //!     16     8  seq            the segment's sequence number, as in its file name
 //!     24     8  first_index    the index the next entry appended was to have when it was created
@@ -20,7 +20,10 @@ use super::record::{self, DecodeError, Record, INDEX_MAX};
 use crate::core::Index;
 
 pub const MAGIC: [u8; 8] = *b"KEEL-WAL";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 begins every write group with a [`Record::GroupStart`]; version 1 segments (which
+/// do not) are still read, under the stricter rule recovery had for them.
+pub const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION_WITHOUT_GROUPS: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 36;
 const SEGMENT_SUFFIX: &str = ".wal";
 
@@ -29,13 +32,20 @@ const SEGMENT_SUFFIX: &str = ".wal";
 pub struct SegmentHeader {
     pub seq: u64,
     pub first_index: Index,
+    /// Every write group in the segment begins with a group start (format version 2).
+    pub marks_groups: bool,
 }
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0; SEGMENT_HEADER_BYTES];
         out[..8].copy_from_slice(&MAGIC);
-        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = if self.marks_groups {
+            FORMAT_VERSION
+        } else {
+            FORMAT_VERSION_WITHOUT_GROUPS
+        };
+        out[8..12].copy_from_slice(&version.to_le_bytes());
         out[16..24].copy_from_slice(&self.seq.to_le_bytes());
         out[24..32].copy_from_slice(&self.first_index.to_le_bytes());
         let crc = crc32c::crc32c(&out[..32]);
@@ -59,9 +69,10 @@ impl SegmentHeader {
             return Err("segment header checksum mismatch".into());
         }
         let version = half(8);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_WITHOUT_GROUPS {
             return Err(format!(
-                "segment format version {version}; this build reads {FORMAT_VERSION}"
+                "segment format version {version}; this build reads \
+                 {FORMAT_VERSION_WITHOUT_GROUPS} and {FORMAT_VERSION}"
             ));
         }
         if half(12) != 0 {
@@ -74,6 +85,7 @@ impl SegmentHeader {
         Ok(Self {
             seq: word(16),
             first_index,
+            marks_groups: version == FORMAT_VERSION,
         })
     }
 }
@@ -198,6 +210,24 @@ pub fn find_valid_record(bytes: &[u8], from: usize) -> Option<(u64, Record)> {
         })
 }
 
+/// The offset of the first group start at or after `from` among the valid records there,
+/// searching past any further damage.
+pub fn group_start_after(bytes: &[u8], from: u64) -> Option<u64> {
+    let mut at = usize::try_from(from).ok()?;
+    while let Some((found, _)) = find_valid_record(bytes, at) {
+        // Records run back to back from the one found, up to the next damage.
+        let mut next = usize::try_from(found).ok()?;
+        while let Ok((record, n)) = record::decode(&bytes[next..]) {
+            if record == Record::GroupStart {
+                return Some(next as u64);
+            }
+            next += n;
+        }
+        at = next + 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +237,7 @@ mod tests {
         let mut buf = SegmentHeader {
             seq: 3,
             first_index: 1,
+            marks_groups: true,
         }
         .encode()
         .to_vec();
@@ -235,6 +266,7 @@ mod tests {
         let h = SegmentHeader {
             seq: 7,
             first_index: 1234,
+            marks_groups: true,
         };
         let bytes = h.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(h));
@@ -277,6 +309,32 @@ mod tests {
         assert_eq!(d.offset, second as u64);
         let (_, after) = d.valid_after.unwrap();
         assert_eq!(after.index(), 3);
+    }
+
+    #[test]
+    fn a_group_start_is_found_past_further_damage_and_only_after_the_offset_given() {
+        let mut bytes = segment_with(2);
+        let first_group = bytes.len() as u64;
+        record::encode(&Record::GroupStart, &mut bytes).unwrap();
+        let damaged_at = bytes.len();
+        bytes.extend_from_slice(&segment_with(3)[SEGMENT_HEADER_BYTES..]);
+        let second_group = bytes.len() as u64;
+        record::encode(&Record::GroupStart, &mut bytes).unwrap();
+        bytes.extend_from_slice(&segment_with(1)[SEGMENT_HEADER_BYTES..]);
+        bytes[damaged_at + 5] ^= 1;
+        assert_eq!(group_start_after(&bytes, 0), Some(first_group));
+        assert_eq!(
+            group_start_after(&bytes, first_group + 1),
+            Some(second_group),
+            "found past the damaged record"
+        );
+        assert_eq!(group_start_after(&bytes, second_group + 1), None);
+        bytes.resize(bytes.len() + 4096, 0);
+        assert_eq!(
+            group_start_after(&bytes, second_group + 1),
+            None,
+            "zeros after"
+        );
     }
 
     #[test]
