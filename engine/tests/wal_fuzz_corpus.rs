@@ -70,7 +70,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("truncate", Record::Truncate { from: 5 }),
         ("compact", Record::Compact(SnapshotMeta::default())),
-        ("group-start", Record::GroupStart),
+        ("group-start", Record::GroupStart { group_bytes: 80 }),
     ];
     let mut out = Vec::new();
     let mut all = Vec::new();

@@ -41,7 +41,23 @@ async fn serve_request(
     .await
     .map_err(|_| FrameError::Idle)??;
     add(&shared.metrics.kv_requests, 1);
-    let archived = frame::access::<ArchivedWireKvRequest>(&request.body)?;
+    let archived = match frame::access::<ArchivedWireKvRequest>(&request.body) {
+        Ok(archived) => archived,
+        Err(e) => {
+            // Read whole and refused, it will never execute: saying so lets the client report
+            // a definite failure (a write left unanswered is indeterminate to it). The stream
+            // is still closed and counted as malformed.
+            let refused = WireKvResponse::Failed {
+                error: WireError::from_node(
+                    &NodeError::Config(format!("malformed key-value request: {e}")),
+                    None,
+                ),
+            };
+            frame::write_frame(&mut send, FrameKind::KvResponse, frame::archive(&refused)?).await?;
+            let _ = send.finish();
+            return Err(e);
+        }
+    };
     let node = shared.kv.read().as_ref().and_then(|w| w.upgrade());
     let response = match node {
         None => Err(NodeError::Stopped {

@@ -14,6 +14,7 @@ use keel_engine::core::{Body, Entry, Membership, Message, Payload, SnapshotMeta}
 use keel_transport_quic::certs::{node_dns_name, DevCa, Validity};
 use keel_transport_quic::codec::{encode_batch, validate_frame};
 use keel_transport_quic::frame::{encode_contiguous, FrameKind, StreamKind, FORMAT_VERSION};
+use keel_transport_quic::wire::ArchivedWireKvResponse;
 use keel_transport_quic::{FrameRejection, HandshakeRefusal};
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -346,6 +347,51 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
         .put("after", "attack", WAIT)
         .expect("put");
     cluster.converge(index);
+}
+
+#[test]
+fn a_malformed_key_value_request_is_answered_as_refused_and_counted() {
+    let cluster = Cluster::new(&[1, 2, 3]);
+    let leader = cluster.leader();
+    let client = Rogue::speaking(
+        &cluster.ca.issue_client().expect("cert").identity,
+        &cluster.ca,
+        keel_transport_quic::tls::KV_ALPN,
+    );
+    let conn = client
+        .dial(leader, cluster.addrs[&leader])
+        .expect("a client certificate is accepted");
+    let metrics = cluster.transport(leader).metrics().clone();
+    let before = metrics.frames_rejected(FrameRejection::InvalidArchive);
+    let answer = client.runtime.block_on(async {
+        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+        let request = encode_contiguous(FrameKind::KvRequest, &[0xFF; 64]).expect("frame");
+        send.write_all(&request).await.expect("written");
+        let _ = send.finish();
+        tokio::time::timeout(
+            WAIT,
+            keel_transport_quic::frame::expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20),
+        )
+        .await
+        .expect("answered in time")
+        .expect("a response frame")
+    });
+    // A definite refusal: without it the client could not tell whether a write took effect.
+    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+        .expect("a valid response");
+    match response {
+        ArchivedWireKvResponse::Failed { error } => {
+            let error = error.to_node();
+            assert!(
+                matches!(&error, keel_engine::node::Error::Config(why) if why.contains("malformed")),
+                "{error}"
+            );
+        }
+        _ => panic!("expected a refusal"),
+    }
+    eventually("the request is counted as malformed", || {
+        metrics.frames_rejected(FrameRejection::InvalidArchive) > before
+    });
 }
 
 #[test]

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::ledger::{DurablePoint, SyncLedger};
-use self::record::{Record, INDEX_MAX, PREFIX_BYTES, RECORD_BODY_BYTES_MAX};
+use self::record::{Record, GROUP_START_BYTES, INDEX_MAX, PREFIX_BYTES, RECORD_BODY_BYTES_MAX};
 use self::remover::Remover;
 use self::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use self::spare::Spare;
@@ -281,6 +281,8 @@ pub struct Wal {
     dir_unsynced: bool,
     /// A group start was put since the last sync: records put now belong to its group.
     group_open: bool,
+    /// Where in `buf` the open group's start is, until written (its length is filled in then).
+    group_start_at: Option<usize>,
     stats: SyncStats,
     data_syncs_attempted: u64,
     stopped: bool,
@@ -392,6 +394,7 @@ impl Wal {
             data_unsynced: false,
             dir_unsynced: false,
             group_open: false,
+            group_start_at: None,
             stats: SyncStats::default(),
             data_syncs_attempted: 0,
             stopped: false,
@@ -433,6 +436,7 @@ impl Wal {
             data_unsynced: false,
             dir_unsynced: true,
             group_open: false,
+            group_start_at: None,
             stats: SyncStats::default(),
             data_syncs_attempted: 0,
             stopped: false,
@@ -538,20 +542,11 @@ impl Wal {
         Ok(())
     }
 
-    /// Validates `record` against the log, then buffers it, after a group start if it is the
-    /// first since the last sync. Recovery tells a torn last group from damage inside the log
-    /// by them: valid records after damage are corruption only if a later group starts there.
-    fn put(&mut self, record: &Record) -> Result<(), WalError> {
-        if !self.group_open {
-            self.put_one(&Record::GroupStart)?;
-            self.group_open = true;
-        }
-        self.put_one(record)
-    }
-
     /// Validates `record` against the log, then buffers it (sealing the active segment first if
-    /// the record would overflow it).
-    fn put_one(&mut self, record: &Record) -> Result<(), WalError> {
+    /// the record would overflow it). The first record since the last sync goes after a group
+    /// start, whose length [`Wal::write_buf`] fills in: recovery tells a torn last group from
+    /// damage inside the log by them (see [`recovery`]).
+    fn put(&mut self, record: &Record) -> Result<(), WalError> {
         if record.index() > INDEX_MAX {
             return Err(WalError::InvalidRequest {
                 reason: format!("index {} beyond {INDEX_MAX}", record.index()),
@@ -562,8 +557,11 @@ impl Wal {
         if body_bytes > RECORD_BODY_BYTES_MAX {
             return Err(WalError::RecordTooLarge { body_bytes });
         }
+        // A group start goes in the same segment as its group's first record.
+        let opens_group = !self.group_open;
+        let group_start_bytes = if opens_group { GROUP_START_BYTES } else { 0 };
         let end = self.active_end_bytes();
-        let past_end = end + record_bytes as u64;
+        let past_end = end + (group_start_bytes + record_bytes) as u64;
         // Past the zero-filled part, a ready spare is worth a new segment: every write in it is
         // cheaper to sync than one that grows a file. Taken only between groups, when all before
         // is synced: a group still costs one write and one fdatasync.
@@ -574,6 +572,12 @@ impl Wal {
         if (past_end > self.opts.segment_bytes_max || spare_due) && end > self.active_payload_start
         {
             self.roll()?;
+        }
+        if opens_group {
+            self.group_start_at = Some(self.buf.len());
+            record::encode(&Record::GroupStart { group_bytes: 0 }, &mut self.buf)
+                .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
+            self.group_open = true;
         }
         let offset = self.active_end_bytes();
         let seq = self.active_seq();
@@ -592,7 +596,7 @@ impl Wal {
             Record::Snapshot(s) => self.state.install(s).map_err(invalid)?,
             Record::Truncate { from } => self.state.truncate(*from).map_err(invalid)?,
             Record::Compact(s) => self.state.compact(s).map_err(invalid)?,
-            Record::GroupStart => {}
+            Record::GroupStart { .. } => {}
         }
         let written = record::encode(record, &mut self.buf)
             .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
@@ -719,6 +723,16 @@ impl Wal {
     fn write_buf(&mut self) -> Result<(), WalError> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if let Some(at) = self.group_start_at.take() {
+            // The group's part in this segment ends with the buffer.
+            let group_start = Record::GroupStart {
+                group_bytes: (self.buf.len() - at) as u64,
+            };
+            let mut encoded = Vec::with_capacity(GROUP_START_BYTES);
+            record::encode(&group_start, &mut encoded)
+                .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
+            self.buf[at..at + GROUP_START_BYTES].copy_from_slice(&encoded);
         }
         let started = Instant::now();
         let result = self

@@ -6,7 +6,7 @@
 //!      4     4  crc        CRC32C over body_len's 4 bytes followed by the body
 //!      8     1  kind       1 entry, 2 hard state, 3 snapshot (install), 4 truncation,
 //!                          5 compaction, 6 group start
-//!      9     8  index      entry index / commit / snapshot index / truncate-from / 0
+//!      9     8  index      entry index / commit / snapshot index / truncate-from / group bytes
 //!     17     8  term       entry term / current term / snapshot term / 0 / 0
 //!     25     …  payload    kind-specific, length-prefixed, fully consumed
 //! ```
@@ -31,6 +31,8 @@ use crate::core::{Entry, HardState, Index, Membership, NodeId, Payload, Snapshot
 pub const RECORD_HEADER_BYTES: usize = 25;
 /// Bytes before the body: body length and CRC.
 pub const PREFIX_BYTES: usize = 8;
+/// A group start's bytes: a header and no payload.
+pub const GROUP_START_BYTES: usize = RECORD_HEADER_BYTES;
 /// The body's fixed part: kind, index, term.
 const BODY_FIXED_BYTES: usize = RECORD_HEADER_BYTES - PREFIX_BYTES;
 /// The largest body a record may have. Bounds what a damaged length field can make the decoder
@@ -66,8 +68,9 @@ pub enum Record {
     /// start of every segment, so that a segment is readable once the ones before it are gone.
     Compact(SnapshotMeta),
     /// The records after it, up to the next group start, were written together and made
-    /// durable by one `fdatasync`, after everything before them was. Changes nothing in the log.
-    GroupStart,
+    /// durable by one `fdatasync`, after everything before them was. `group_bytes` is how far
+    /// the group runs in this segment, from the start of this record. Changes nothing in the log.
+    GroupStart { group_bytes: u64 },
 }
 
 /// Why bytes did not decode to a record.
@@ -98,7 +101,7 @@ impl Record {
             Record::HardState(h) => h.commit,
             Record::Snapshot(s) | Record::Compact(s) => s.index,
             Record::Truncate { from } => *from,
-            Record::GroupStart => 0,
+            Record::GroupStart { .. } => 0,
         }
     }
 }
@@ -116,7 +119,7 @@ pub fn record_bytes(record: &Record) -> usize {
             }
             Record::HardState(_) => 9,
             Record::Snapshot(s) | Record::Compact(s) => membership_bytes(&s.membership),
-            Record::Truncate { .. } | Record::GroupStart => 0,
+            Record::Truncate { .. } | Record::GroupStart { .. } => 0,
         }
 }
 
@@ -160,7 +163,9 @@ pub fn encode(record: &Record, buf: &mut Vec<u8>) -> Result<usize, usize> {
             put_membership(buf, &s.membership);
         }
         Record::Truncate { from } => put_fixed(buf, KIND_TRUNCATE, *from, 0),
-        Record::GroupStart => put_fixed(buf, KIND_GROUP_START, 0, 0),
+        Record::GroupStart { group_bytes } => {
+            put_fixed(buf, KIND_GROUP_START, *group_bytes, 0);
+        }
         Record::Compact(s) => {
             put_fixed(buf, KIND_COMPACT, s.index, s.term);
             put_membership(buf, &s.membership);
@@ -325,10 +330,10 @@ fn decode_body(body: &[u8]) -> Result<Record, DecodeError> {
             Record::Truncate { from: index }
         }
         KIND_GROUP_START => {
-            if index != 0 || term != 0 {
+            if index < RECORD_HEADER_BYTES as u64 || term != 0 {
                 return Err(DecodeError::Malformed("bad group start"));
             }
-            Record::GroupStart
+            Record::GroupStart { group_bytes: index }
         }
         _ => return Err(DecodeError::Malformed("unknown record kind")),
     };
@@ -451,7 +456,10 @@ mod tests {
                 membership: joint.clone(),
             }),
             Record::Truncate { from: 17 },
-            Record::GroupStart,
+            Record::GroupStart { group_bytes: 25 },
+            Record::GroupStart {
+                group_bytes: 1 << 30,
+            },
             Record::Compact(SnapshotMeta::default()),
             Record::Compact(SnapshotMeta {
                 index: 9,
@@ -582,8 +590,8 @@ mod tests {
             index_zero,
             index_huge,
             fixed(KIND_TRUNCATE, 3, 9),
-            fixed(KIND_GROUP_START, 1, 0),
-            fixed(KIND_GROUP_START, 0, 1),
+            fixed(KIND_GROUP_START, 24, 0),
+            fixed(KIND_GROUP_START, 100, 1),
         ] {
             assert!(matches!(
                 decode(&seal(&body)),

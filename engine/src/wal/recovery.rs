@@ -5,8 +5,9 @@
 //! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
 //!   so any damage in it is corruption;
 //! - in the last segment, damage is a torn tail (the last, unsynced write group, cut off) unless
-//!   a later group starts after it: each group is written only once the one before it is
-//!   durable, so a group whose start survived proves the damaged bytes were synced. Valid
+//!   a later group follows it: a valid group start after it, or valid records past the end its
+//!   own group's start records. Each group is written only once the one before it is durable,
+//!   so a later group proves the damaged bytes were synced. Valid
 //!   records of the damaged group itself may follow the damage: a disk can persist the pages of
 //!   an unsynced write in any order. (In a segment of format version 1, written before group
 //!   starts, any valid record after damage is corruption.) Zeros to the end are space
@@ -161,15 +162,10 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         // the segments before it. Like a torn header, it was torn at creation.
         let ends_inside_checkpoint =
             matches!(scan.records.as_slice(), [] | [(_, Record::HardState(_))]);
-        // What after the damage proves it is not a torn tail: the start of a later group, or in
-        // a segment without group starts, any valid record.
-        let proof_after = scan.damage.as_ref().and_then(|d| {
-            let (at, record) = d.valid_after.clone()?;
-            if !header.marks_groups {
-                return Some((at, record));
-            }
-            segment::group_start_after(&bytes, d.offset + 1).map(|at| (at, Record::GroupStart))
-        });
+        let proof_after = scan
+            .damage
+            .as_ref()
+            .and_then(|d| later_group_after(&bytes, header.marks_groups, &scan.records, d));
         if is_last && ends_inside_checkpoint && proof_after.is_none() {
             torn = Some(TornCut {
                 path: path.clone(),
@@ -226,7 +222,7 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
                     _ => IndexRange::starting_at(from),
                 };
                 let what = if header.marks_groups {
-                    "the start of a later write group"
+                    "a later write group"
                 } else {
                     "a valid record"
                 };
@@ -317,6 +313,40 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     }))
 }
 
+/// What after `damage` proves it is not a torn tail: a valid record of a write group after the
+/// damaged one (each group is written only once the one before it is durable, so the damaged
+/// bytes were synced), with its offset. In a segment without group starts, any valid record.
+fn later_group_after(
+    bytes: &[u8],
+    marks_groups: bool,
+    records: &[(u64, Record)],
+    damage: &segment::Damage,
+) -> Option<(u64, Record)> {
+    let first_valid = damage.valid_after.clone()?;
+    if !marks_groups {
+        return Some(first_valid);
+    }
+    // Damage inside a group whose start survived: anything valid past that group's end.
+    let group_end = records
+        .iter()
+        .rev()
+        .find_map(|(offset, record)| match record {
+            Record::GroupStart { group_bytes } => Some(offset + group_bytes),
+            _ => None,
+        });
+    if let Some(end) = group_end.filter(|&end| damage.offset < end) {
+        let found = usize::try_from(end)
+            .ok()
+            .and_then(|end| segment::find_valid_record(bytes, end));
+        if found.is_some() {
+            return found;
+        }
+    }
+    // Otherwise (its start is damaged, or the group began in the segment before): the start
+    // of a later group.
+    segment::group_start_after(bytes, damage.offset + 1)
+}
+
 /// Replays one record; on failure, the index it concerns and why it breaks the rules.
 fn apply(
     log: &mut LogState<(EntryLoc, Entry)>,
@@ -333,7 +363,7 @@ fn apply(
         Record::Snapshot(s) => log.install(&s),
         Record::Truncate { from } => log.truncate(from),
         Record::Compact(s) => log.compact(&s),
-        Record::GroupStart => Ok(()),
+        Record::GroupStart { .. } => Ok(()),
     };
     result.map_err(|reason| (index, reason))
 }

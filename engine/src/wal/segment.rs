@@ -210,16 +210,16 @@ pub fn find_valid_record(bytes: &[u8], from: usize) -> Option<(u64, Record)> {
         })
 }
 
-/// The offset of the first group start at or after `from` among the valid records there,
+/// The first group start at or after `from` among the valid records there, with its offset,
 /// searching past any further damage.
-pub fn group_start_after(bytes: &[u8], from: u64) -> Option<u64> {
+pub fn group_start_after(bytes: &[u8], from: u64) -> Option<(u64, Record)> {
     let mut at = usize::try_from(from).ok()?;
     while let Some((found, _)) = find_valid_record(bytes, at) {
         // Records run back to back from the one found, up to the next damage.
         let mut next = usize::try_from(found).ok()?;
         while let Ok((record, n)) = record::decode(&bytes[next..]) {
-            if record == Record::GroupStart {
-                return Some(next as u64);
+            if matches!(record, Record::GroupStart { .. }) {
+                return Some((next as u64, record));
             }
             next += n;
         }
@@ -313,28 +313,30 @@ mod tests {
 
     #[test]
     fn a_group_start_is_found_past_further_damage_and_only_after_the_offset_given() {
+        let group_start = Record::GroupStart { group_bytes: 500 };
         let mut bytes = segment_with(2);
         let first_group = bytes.len() as u64;
-        record::encode(&Record::GroupStart, &mut bytes).unwrap();
-        let damaged_at = bytes.len();
+        record::encode(&group_start, &mut bytes).unwrap();
+        let records_from = bytes.len();
         bytes.extend_from_slice(&segment_with(3)[SEGMENT_HEADER_BYTES..]);
         let second_group = bytes.len() as u64;
-        record::encode(&Record::GroupStart, &mut bytes).unwrap();
+        record::encode(&group_start, &mut bytes).unwrap();
         bytes.extend_from_slice(&segment_with(1)[SEGMENT_HEADER_BYTES..]);
-        bytes[damaged_at + 5] ^= 1;
-        assert_eq!(group_start_after(&bytes, 0), Some(first_group));
+        // The second of the three records after the first group start: the search walks the
+        // first, meets the damage, and searches on past it.
+        let entry_bytes = segment_with(1).len() - SEGMENT_HEADER_BYTES;
+        bytes[records_from + entry_bytes + 5] ^= 1;
+        let found = |from| group_start_after(&bytes, from).map(|(at, _)| at);
+        assert_eq!(found(0), Some(first_group));
         assert_eq!(
-            group_start_after(&bytes, first_group + 1),
+            found(first_group + 1),
             Some(second_group),
-            "found past the damaged record"
+            "past the damage"
         );
-        assert_eq!(group_start_after(&bytes, second_group + 1), None);
+        assert_eq!(found(second_group + 1), None);
         bytes.resize(bytes.len() + 4096, 0);
-        assert_eq!(
-            group_start_after(&bytes, second_group + 1),
-            None,
-            "zeros after"
-        );
+        let found = |from| group_start_after(&bytes, from).map(|(at, _)| at);
+        assert_eq!(found(second_group + 1), None, "zeros after");
     }
 
     #[test]
