@@ -715,6 +715,45 @@ fn a_leader_whose_snapshot_is_damaged_takes_a_new_one_for_a_lagging_follower() {
     );
 }
 
+/// A transport that sends nothing and can let go of its node's inbox, as one shut down before
+/// its node would.
+#[derive(Default)]
+struct Unplugged {
+    inbox: parking_lot::Mutex<Option<keel_engine::node::Inbox>>,
+}
+
+impl Transport for Unplugged {
+    fn attach(&self, inbox: keel_engine::node::Inbox) {
+        *self.inbox.lock() = Some(inbox);
+    }
+    fn send(&self, _: Vec<Message>) {}
+    fn send_snapshot(&self, _: Message, _: keel_engine::node::SnapshotReader) {}
+    fn forward(&self, _: NodeId, _: Bytes, _: keel_engine::node::ProposalReply) {}
+}
+
+#[test]
+fn a_node_whose_transport_let_go_of_its_inbox_keeps_serving_without_spinning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let transport = Arc::new(Unplugged::default());
+    let node = Node::start(
+        config(1, &[1]),
+        dir.path().join("node-1"),
+        transport.clone(),
+        KvStore::default(),
+    )
+    .expect("starts");
+    node.wait_for_leader(WAIT).expect("a single voter leads");
+    transport.inbox.lock().take();
+    let turns = || node.metrics().driver_turn_duration.snapshot().count;
+    let before = turns();
+    std::thread::sleep(Duration::from_millis(200));
+    // Ticks every 5 ms come to some 40 turns; spinning on the closed channel, millions.
+    let taken = turns() - before;
+    assert!(taken < 1_000, "{taken} driver turns in 200 ms");
+    put(&node, "still", "serving").expect("a single voter needs no messages");
+    node.stop();
+}
+
 #[test]
 fn bad_input_is_refused_and_calls_after_stop_fail() {
     let cluster = Cluster::with(1, |cfg| cfg.max_proposal_bytes = 16);

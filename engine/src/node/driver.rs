@@ -216,22 +216,28 @@ impl Driver {
                 }
                 Wake::Writer(Some(e)) => self.handle_writer(e),
                 Wake::Writer(None) => Err("the log writer stopped".to_string()),
-                Wake::Inbound(m) => {
-                    if let Some(m) = m {
-                        self.handle_inbound(m);
-                        // Take what else arrived meanwhile: one output for the lot.
-                        for _ in 0..1024 {
-                            let Ok(m) = self.inbound.try_recv() else {
-                                break;
-                            };
-                            // Each message is judged by the clock when it is handled: the
-                            // thread may have stalled since the turn began, and a lease read
-                            // judged by the turn's clock could outlive the lease.
-                            if !self.cfg.manual_ticks {
-                                self.catch_up_ticks(started);
-                            }
-                            self.handle_inbound(m);
+                Wake::Inbound(None) => {
+                    // Every inbox is gone (the transport shut down first): nothing can arrive
+                    // any more, and waiting on a disconnected channel returns at once, so the
+                    // driver would spin on it.
+                    tracing::warn!("the transport let go of this node's inbox: no messages arrive");
+                    self.inbound = never();
+                    Ok(())
+                }
+                Wake::Inbound(Some(m)) => {
+                    self.handle_inbound(m);
+                    // Take what else arrived meanwhile: one output for the lot.
+                    for _ in 0..1024 {
+                        let Ok(m) = self.inbound.try_recv() else {
+                            break;
+                        };
+                        // Each message is judged by the clock when it is handled: the thread
+                        // may have stalled since the turn began, and a lease read judged by the
+                        // turn's clock could outlive the lease.
+                        if !self.cfg.manual_ticks {
+                            self.catch_up_ticks(started);
                         }
+                        self.handle_inbound(m);
                     }
                     Ok(())
                 }
