@@ -298,6 +298,11 @@ impl Core {
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
+    /// Where [`Core::membership`] comes from: the index of its entry (or of the snapshot that
+    /// holds it). It is in force for good once the commit index reaches this.
+    pub fn membership_index(&self) -> Index {
+        self.membership_index
+    }
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

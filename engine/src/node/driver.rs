@@ -702,7 +702,13 @@ impl Driver {
             }
         }
         if let Some(soft) = out.soft_state {
+            let was_leader = self.state.soft.is_some_and(|s| s.role == Role::Leader);
             self.soft_state_changed(soft);
+            let removed = !self.core.membership().contains(self.cfg.id)
+                && self.core.membership_index() <= self.core.commit_index();
+            if was_leader && soft.role != Role::Leader && removed {
+                self.settle_removed();
+            }
         }
         NodeMetrics::set(&self.metrics.commit_index, self.core.commit_index());
         NodeMetrics::set(&self.metrics.last_log_index, self.core.last_index());
@@ -746,6 +752,25 @@ impl Driver {
         if let Some(damaged) = self.store.damaged() {
             let _ = self.apply.send(ApplyTask::ReplaceSnapshot { damaged });
         }
+    }
+
+    /// This leader stepped down once its own removal committed. The proposals and changes
+    /// waiting after the commit index may still be committed by the next leader, but this node
+    /// no longer receives the log and would never learn: they are answered now, outcome
+    /// unknown (left waiting, a caller awaiting one without a timeout waited for good). Those
+    /// at or below it committed; they are answered once this node's own write of them is done.
+    fn settle_removed(&mut self) {
+        let error = Error::OutcomeUnknown;
+        let commit = self.core.commit_index();
+        for waiting in self.state.proposals.take_after(commit) {
+            self.metrics.failed(&error, 1);
+            waiting.reply.fail(error.clone());
+        }
+        self.state.changes.fail_after(commit, &error);
+        NodeMetrics::set(
+            &self.metrics.proposals_pending,
+            self.state.proposals.len() as u64,
+        );
     }
 
     /// A leader's snapshot replaced this node's log through `snapshot.index`: the proposals

@@ -17,9 +17,13 @@ pub enum Error {
     #[error("the proposal was dropped: a new leader overwrote its entry")]
     Dropped,
     /// The entry may or may not have committed, and this node cannot tell: a leader's snapshot
-    /// replaced the part of its log that held it. Retry only what is safe to apply twice, or
-    /// read the state to learn what happened.
-    #[error("the proposal's outcome is unknown: a leader's snapshot replaced its entry")]
+    /// replaced the part of its log that held it, or this leader was removed from the cluster
+    /// with the entry not yet committed (it no longer receives the log). Retry only what is
+    /// safe to apply twice, or read the state to learn what happened.
+    #[error(
+        "the proposal's outcome is unknown to this node: a snapshot replaced its entry, or the \
+         node was removed before it committed"
+    )]
     OutcomeUnknown,
     #[error("the node stopped: {reason}")]
     Stopped { reason: String },

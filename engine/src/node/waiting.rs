@@ -70,6 +70,19 @@ impl Waiting {
         self.queue.len() + self.displaced.values().map(Vec::len).sum::<usize>()
     }
 
+    /// The waiting proposals at indexes after `index`, leaving those at or below it.
+    pub(crate) fn take_after(&mut self, index: Index) -> Vec<WaitingProposal> {
+        let keep = self.queue.partition_point(|w| w.index <= index);
+        let mut after: Vec<WaitingProposal> = self.queue.drain(keep..).collect();
+        after.extend(
+            self.displaced
+                .split_off(&(index + 1))
+                .into_values()
+                .flatten(),
+        );
+        after
+    }
+
     /// Every waiting proposal, leaving none.
     pub(crate) fn take_all(&mut self) -> Vec<WaitingProposal> {
         let mut all: Vec<WaitingProposal> = self.queue.drain(..).collect();
@@ -157,6 +170,17 @@ impl WaitingChanges {
         through
     }
 
+    /// Fails the changes appended after `index` with `error`.
+    pub(crate) fn fail_after(&mut self, index: Index, error: &Error) {
+        let (through, after) = std::mem::take(&mut self.appended)
+            .into_iter()
+            .partition(|(i, _, _)| *i <= index);
+        self.appended = through;
+        for (_, _, reply) in after {
+            reply.complete(Err(error.clone()));
+        }
+    }
+
     /// Fails every waiting change with `error`.
     pub(crate) fn fail_all(&mut self, error: &Error) {
         let appended = std::mem::take(&mut self.appended)
@@ -229,6 +253,25 @@ mod tests {
             .map(|w| (w.index, w.term))
             .collect();
         assert_eq!(rest, [(7, 2)]);
+    }
+
+    #[test]
+    fn proposals_after_an_index_are_taken_and_those_through_it_stay() {
+        let mut w = Waiting::default();
+        let mut handles = Vec::new();
+        for index in [3, 5, 7] {
+            let (p, waiting) = waiting(index, 1);
+            handles.push(p);
+            w.push(waiting);
+        }
+        // A later append replaced 5 and 7 (set aside), then 6 came.
+        let (p, waiting6) = waiting(5, 2);
+        handles.push(p);
+        w.push(waiting6);
+        let taken: Vec<Index> = w.take_after(4).iter().map(|p| p.index).collect();
+        assert_eq!(taken, [5, 5, 7]);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.pop_through(3).map(|p| p.index), Some(3));
     }
 
     #[test]
