@@ -25,7 +25,7 @@ use super::pending::Completer;
 use super::proposal::Committed;
 use super::snapshot_transfer::ReceivedSnapshot;
 use super::snapshots::SnapshotStore;
-use super::transport::{Inbound, ProposalRequest, Transport};
+use super::transport::{Inbound, ProposalRequest, SnapshotReport, Transport};
 use super::waiting::{replaced_outcome, Waiting, WaitingChanges, WaitingProposal};
 use super::{Error, NodeConfig};
 
@@ -84,6 +84,7 @@ pub(crate) struct Driver {
     pub(crate) writer: Option<LogWriter>,
     pub(crate) writer_events: Receiver<WriterEvent>,
     pub(crate) inbound: Receiver<Inbound>,
+    pub(crate) snapshot_reports: Receiver<SnapshotReport>,
     pub(crate) proposals: Receiver<ProposalRequest>,
     pub(crate) control: Receiver<Control>,
     pub(crate) applier_events: Receiver<ApplierEvent>,
@@ -191,6 +192,7 @@ impl Driver {
                 recv(self.control) -> c => Wake::Control(c.ok()),
                 recv(self.writer_events) -> e => Wake::Writer(e.ok()),
                 recv(self.inbound) -> m => Wake::Inbound(m.ok()),
+                recv(self.snapshot_reports) -> r => Wake::SnapshotReport(r.ok()),
                 recv(proposals) -> p => Wake::Proposal(p.ok()),
                 recv(self.applier_events) -> e => Wake::Applier(e.ok()),
                 recv(ticker) -> _ => Wake::Tick,
@@ -239,6 +241,15 @@ impl Driver {
                         }
                         self.handle_inbound(m);
                     }
+                    Ok(())
+                }
+                Wake::SnapshotReport(Some(report)) => {
+                    self.handle_snapshot_report(report);
+                    Ok(())
+                }
+                Wake::SnapshotReport(None) => {
+                    // Gone with every inbox (see `Wake::Inbound(None)`).
+                    self.snapshot_reports = never();
                     Ok(())
                 }
                 Wake::Proposal(p) => {
@@ -455,12 +466,13 @@ impl Driver {
                             .any(|w| w.snapshot.as_ref().is_some_and(|s| s.index == i))
                 });
             }
-            Inbound::SnapshotSent { to, delivered } => {
-                self.core.report_snapshot(to, delivered);
-                if !delivered {
-                    self.replace_damaged_snapshot();
-                }
-            }
+        }
+    }
+
+    fn handle_snapshot_report(&mut self, report: SnapshotReport) {
+        self.core.report_snapshot(report.to, report.delivered);
+        if !report.delivered {
+            self.replace_damaged_snapshot();
         }
     }
 
@@ -987,6 +999,7 @@ enum Wake {
     Control(Option<Control>),
     Writer(Option<WriterEvent>),
     Inbound(Option<Inbound>),
+    SnapshotReport(Option<SnapshotReport>),
     Proposal(Option<ProposalRequest>),
     Applier(Option<ApplierEvent>),
     Tick,
@@ -998,6 +1011,7 @@ impl Wake {
             Wake::Control(_) => "control",
             Wake::Writer(_) => "log writer event",
             Wake::Inbound(_) => "messages",
+            Wake::SnapshotReport(_) => "snapshot report",
             Wake::Proposal(_) => "proposals",
             Wake::Applier(_) => "applier event",
             Wake::Tick => "tick",

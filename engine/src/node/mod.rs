@@ -208,6 +208,7 @@ impl<S: StateMachine> Node<S> {
         );
         let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_depth);
         let (inbound_tx, inbound_rx) = bounded(65_536);
+        let (snapshot_reports_tx, snapshot_reports_rx) = crossbeam_channel::unbounded();
         let (control_tx, control_rx) = bounded(4096);
         // Unbounded: the driver must never block on the applier. What bounds it is the driver
         // taking no proposals while the applier lags (`APPLY_LAG_ENTRIES_MAX`).
@@ -242,6 +243,7 @@ impl<S: StateMachine> Node<S> {
             writer: Some(writer),
             writer_events,
             inbound: inbound_rx,
+            snapshot_reports: snapshot_reports_rx,
             proposals: proposals_rx,
             control: control_rx,
             applier_events: applier_events_rx,
@@ -283,6 +285,7 @@ impl<S: StateMachine> Node<S> {
         transport.attach(Inbox {
             id,
             inbound: inbound_tx,
+            snapshot_reports: snapshot_reports_tx,
             proposals: proposals_tx.clone(),
             max_proposal_bytes: config.max_proposal_bytes,
             metrics: metrics.clone(),

@@ -292,9 +292,11 @@ mod tests {
     fn inbox(dir: &Path, queue: usize) -> (Inbox, Receiver<Inbound>) {
         let (inbound, received) = bounded(queue);
         let (proposals, _) = bounded(1);
+        let (snapshot_reports, _) = bounded(1);
         let inbox = Inbox {
             id: 2,
             inbound,
+            snapshot_reports,
             proposals,
             max_proposal_bytes: 1 << 20,
             metrics: Default::default(),

@@ -94,10 +94,13 @@ pub(crate) enum Inbound {
     Message(Message),
     /// A complete snapshot file, received with its message.
     Snapshot(Message, ReceivedSnapshot),
-    SnapshotSent {
-        to: NodeId,
-        delivered: bool,
-    },
+}
+
+/// How sending a snapshot to a peer ended: whether its node took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotReport {
+    pub(crate) to: NodeId,
+    pub(crate) delivered: bool,
 }
 
 /// A proposal on its way to the driver.
@@ -113,6 +116,10 @@ pub(crate) struct ProposalRequest {
 pub struct Inbox {
     pub(crate) id: NodeId,
     pub(crate) inbound: Sender<Inbound>,
+    /// Unbounded and apart from `inbound`: a report is sent once, never again like a message,
+    /// so it must not be dropped when the node is busy, nor block a transport that reports from
+    /// the driver's own thread. One per snapshot sent: few.
+    pub(crate) snapshot_reports: Sender<SnapshotReport>,
     pub(crate) proposals: Sender<ProposalRequest>,
     /// The node's `max_proposal_bytes`, which forwarded proposals are held to as well.
     pub(crate) max_proposal_bytes: usize,
@@ -144,9 +151,12 @@ impl Inbox {
         SnapshotSink::create(self.clone(), message, total_bytes)
     }
 
-    /// The transport finished sending a snapshot to `to`.
+    /// The transport finished sending a snapshot to `to`. Never dropped (a report dropped
+    /// when the node's queue was full left the leader waiting on that follower's snapshot until
+    /// leadership changed), and never blocks.
     pub fn snapshot_sent(&self, to: NodeId, delivered: bool) {
-        self.push(Inbound::SnapshotSent { to, delivered });
+        // Fails only once the node stopped, when nothing waits for it.
+        let _ = self.snapshot_reports.send(SnapshotReport { to, delivered });
     }
 
     /// A proposal forwarded by another node. Held to this node's `max_proposal_bytes`: the
@@ -323,6 +333,7 @@ fn copy_snapshot(
 mod tests {
     use super::*;
     use crate::core::SnapshotMeta;
+    use crate::wal::RecordedSnapshot;
 
     /// Records what it is asked to send.
     #[derive(Default)]
@@ -372,5 +383,32 @@ mod tests {
         send(&mut waiting);
         assert_eq!(waiting.len(), 1, "a stopped node sends nothing");
         assert_eq!(*transport.0.lock(), [2, 3, 5]);
+    }
+
+    #[test]
+    fn a_snapshot_report_is_kept_when_the_queue_drops_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbound, queue) = crossbeam_channel::bounded(1);
+        let (snapshot_reports, reports) = crossbeam_channel::unbounded();
+        let (proposals, _proposals) = crossbeam_channel::bounded(1);
+        let inbox = Inbox {
+            id: 1,
+            inbound,
+            snapshot_reports,
+            proposals,
+            max_proposal_bytes: 1024,
+            metrics: Arc::default(),
+            store: SnapshotStore::open(dir.path(), false, RecordedSnapshot::default()).unwrap(),
+        };
+        let vote = || Body::VoteResponse { granted: true };
+        inbox.deliver(message(1, vote()));
+        inbox.deliver(message(1, vote())); // The queue is full: dropped, Raft resends it.
+        inbox.snapshot_sent(2, false);
+        assert_eq!(queue.len(), 1);
+        let report = SnapshotReport {
+            to: 2,
+            delivered: false,
+        };
+        assert_eq!(reports.try_recv(), Ok(report));
     }
 }
