@@ -675,6 +675,32 @@ fn a_leader_that_removes_itself_answers_every_proposal_still_waiting() {
 }
 
 #[test]
+fn a_proposal_appended_when_its_node_stops_has_an_unknown_outcome() {
+    let mut cluster = Cluster::new(3);
+    let leader_id = cluster.leader();
+    let leader = cluster.node(leader_id).clone();
+    // The followers store what the leader sends, but their answers never come back.
+    for id in (1..=3).filter(|&id| id != leader_id) {
+        cluster.net.cut(id, leader_id);
+    }
+    let last_index = || NodeMetrics::get(&leader.metrics().last_log_index);
+    let before = last_index();
+    let proposal = leader.propose(Bytes::from_static(b"in flight"));
+    let deadline = Instant::now() + WAIT;
+    while last_index() == before {
+        assert!(Instant::now() < deadline, "the proposal is never appended");
+        std::thread::yield_now();
+    }
+    cluster.stop(leader_id);
+    // The others may yet commit it: `Stopped` would tell a caller it failed.
+    assert_eq!(proposal.wait(WAIT).map(|_| ()), Err(Error::OutcomeUnknown));
+    assert!(matches!(
+        leader.propose(Bytes::from_static(b"after")).wait(WAIT),
+        Err(Error::Stopped { .. })
+    ));
+}
+
+#[test]
 fn a_lagging_follower_catches_up_from_a_snapshot() {
     let mut cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
     let leader = cluster.leader();

@@ -24,13 +24,23 @@ pub(crate) async fn send(shared: &Shared, leader: NodeId, command: Bytes, reply:
         return reply.fail(not_reachable());
     };
     let mut state = ReplyState::Waiting(reply);
-    let exchange = relay(shared, &conn, command, &mut state);
+    // Whether any of the command may have reached the leader.
+    let mut sent = false;
+    let exchange = relay(shared, &conn, command, &mut state, &mut sent);
     let outcome = tokio::time::timeout(shared.cfg.request_timeout, exchange).await;
     let error = match outcome {
         Ok(Ok(())) => return,
-        Ok(Err(e)) => NodeError::Stopped {
-            reason: format!("forwarding to node {leader} failed: {e}"),
+        // Committed (the caller heard so), only the state machine's response is lost.
+        Ok(Err(e)) if matches!(state, ReplyState::Committed(_)) => NodeError::Stopped {
+            reason: format!("forwarding to node {leader} failed after the commit: {e}"),
         },
+        // The leader may have proposed it: its outcome is unknown here, not failed (a caller
+        // told the forward failed could retry what gets applied).
+        Ok(Err(e)) if sent => {
+            tracing::debug!(leader, error = %e, "a forwarded proposal's answer was lost");
+            NodeError::OutcomeUnknown
+        }
+        Ok(Err(_)) => not_reachable(),
         Err(_) => NodeError::Timeout,
     };
     state.fail(error);
@@ -58,12 +68,14 @@ async fn relay(
     conn: &quinn::Connection,
     command: Bytes,
     state: &mut ReplyState,
+    sent: &mut bool,
 ) -> Result<(), FrameError> {
     let io = |e: &dyn std::fmt::Display| FrameError::Io(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
     send.write_all(&[StreamKind::Forward as u8])
         .await
         .map_err(|e| io(&e))?;
+    *sent = true;
     frame::write_frame(&mut send, FrameKind::ForwardRequest, command).await?;
     send.finish().map_err(|e| io(&e))?;
     loop {

@@ -120,6 +120,39 @@ fn a_restarted_follower_catches_up_from_its_own_log() {
 }
 
 #[test]
+fn a_forwarded_proposal_whose_leader_stops_before_its_commit_has_an_unknown_outcome() {
+    let mut cluster = Cluster::new(&[1, 2, 3, 4, 5]);
+    let leader = cluster.leader();
+    let follower = cluster.follower();
+    // Two of five: the leader appends what it is forwarded, and cannot commit it.
+    let others: Vec<_> = (1..=5)
+        .filter(|&id| id != leader && id != follower)
+        .collect();
+    for id in others {
+        cluster.stop(id);
+    }
+    let served = || {
+        cluster
+            .transport(leader)
+            .metrics()
+            .snapshot()
+            .forwards_served
+    };
+    let before = served();
+    let proposal = cluster.node(follower).propose_forwarded("in flight");
+    eventually("the leader takes the forwarded proposal", || {
+        served() > before
+    });
+    cluster.stop(leader);
+    // It reached the leader, which may have passed it on before stopping: neither node can
+    // say it failed (`Stopped` said so before).
+    assert_eq!(
+        proposal.wait(WAIT).map(|_| ()),
+        Err(keel_engine::node::Error::OutcomeUnknown)
+    );
+}
+
+#[test]
 fn followers_forward_proposals_and_clients_follow_leader_hints() {
     let cluster = Cluster::new(&[1, 2, 3]);
     let leader = cluster.leader();

@@ -957,10 +957,15 @@ impl Driver {
         self.halted.halt(reason);
         // What every later call hears too: the first reason (`stop()`'s, if that came first).
         let error = self.halted.error();
+        // Appended here and not known committed: the rest of the cluster may still commit
+        // them, so their outcome is unknown, not failed (a caller told `Stopped` could retry
+        // what gets applied). Proposals still queued were never appended: those did fail.
+        let unknown = Error::OutcomeUnknown;
         for waiting in self.state.proposals.take_all() {
-            waiting.reply.fail(error.clone());
+            self.metrics.failed(&unknown, 1);
+            waiting.reply.fail(unknown.clone());
         }
-        self.state.changes.fail_all(&error);
+        self.state.changes.fail_all(&unknown);
         for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {
             reply.complete(Err(error.clone()));
         }

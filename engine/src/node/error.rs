@@ -17,14 +17,20 @@ pub enum Error {
     #[error("the proposal was dropped: a new leader overwrote its entry")]
     Dropped,
     /// The entry may or may not have committed, and this node cannot tell: a leader's snapshot
-    /// replaced the part of its log that held it, or this leader was removed from the cluster
-    /// with the entry not yet committed (it no longer receives the log). Retry only what is
-    /// safe to apply twice, or read the state to learn what happened.
+    /// replaced the part of its log that held it, this leader was removed from the cluster with
+    /// the entry not yet committed (it no longer receives the log), or the node stopped with
+    /// the entry appended but not known committed. Retry only what is safe to apply twice, or
+    /// read the state to learn what happened.
     #[error(
-        "the proposal's outcome is unknown to this node: a snapshot replaced its entry, or the \
-         node was removed before it committed"
+        "the proposal's outcome is unknown to this node: its entry may commit on the others \
+         (replaced by a snapshot, or the node was removed or stopped first)"
     )]
     OutcomeUnknown,
+    /// The node stopped. Proposals it had appended and not seen commit fail with
+    /// `OutcomeUnknown` instead, so one failing with `Stopped` was never appended, except where
+    /// it had committed already (its commit was reported first) and only its state machine
+    /// response was still to come, or where the node's own threads failed (a panic: every
+    /// waiter hears `Stopped`).
     #[error("the node stopped: {reason}")]
     Stopped { reason: String },
     #[error("proposal of {size_bytes} bytes exceeds max_proposal_bytes = {max_bytes}")]
