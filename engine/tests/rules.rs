@@ -441,6 +441,35 @@ fn a_lease_read_is_never_stale_even_after_a_forced_campaign() {
     }
 }
 
+#[test]
+fn a_read_a_deposed_leader_held_fails_naming_the_new_leader() {
+    let mut c = cluster_led_by_1();
+    // Node 1 is cut off with a read it cannot confirm; nodes 2 and 3 elect one of them.
+    c.partition(vec![BTreeSet::from([1])]);
+    c.read(1, 7, ReadMode::Quorum);
+    c.deliver_all();
+    let mut elected = None;
+    for _ in 0..100 {
+        c.tick(2);
+        c.tick(3);
+        c.deliver_all();
+        elected = [2, 3]
+            .into_iter()
+            .find(|&id| c.core(id).role() == Role::Leader);
+        if elected.is_some() {
+            break;
+        }
+    }
+    let elected = elected.expect("nodes 2 and 3 elect a leader");
+    // The new leader's first message to node 1 deposes it: the read fails naming the new leader.
+    c.heal();
+    c.tick(elected);
+    c.deliver_all();
+    assert_eq!(c.core(1).role(), Role::Follower);
+    let read = c.node(1).reads.iter().find(|r| r.id == 7).copied();
+    assert_eq!(read.map(|r| r.index), Some(Err(Some(elected))));
+}
+
 /// Without a margin, a follower whose first tick came right after the heartbeat that renewed
 /// the lease counts a tick less than the leader and may vote while the leader still serves on
 /// its lease (the simulator's checker shows it with drifting clocks).

@@ -914,9 +914,10 @@ impl Core {
             self.term = term;
             self.vote = None;
         }
+        // Known before leaving: the reads that leadership fails carry it as their hint.
+        self.leader = leader;
         self.leave_leadership();
         self.role = Role::Follower;
-        self.leader = leader;
         self.votes.clear();
         self.heartbeat_elapsed_ticks = 0;
         // The election timer is left alone: only hearing from a leader or granting a vote resets
