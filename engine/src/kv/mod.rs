@@ -8,6 +8,7 @@
 mod map;
 mod table;
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::time::Duration;
 
@@ -225,24 +226,47 @@ impl KvStore {
     }
 
     /// Executes a command read with [`CommandRef::parse`]; `key` is its key, hashed.
-    fn execute(&mut self, command: CommandRef<'_>, key: map::Key<'_>) -> Bytes {
+    /// `refusals` holds this batch's compare-failed responses by key, while the key is not
+    /// written: each carries the key's whole value, and a batch of thousands of failing
+    /// compare-and-swaps on one large value built a copy each (gigabytes, on every replica),
+    /// where they can share one.
+    fn execute<'a>(
+        &mut self,
+        command: CommandRef<'a>,
+        key: map::Key<'_>,
+        refusals: &mut HashMap<&'a [u8], Bytes>,
+    ) -> Bytes {
         let map = &mut self.map;
+        let mut written = || {
+            if !refusals.is_empty() {
+                refusals.remove(command.key());
+            }
+        };
         match command {
             CommandRef::Put { value, .. } => {
                 map.insert(key, value);
+                written();
                 Bytes::from_static(&[RESPONSE_OK])
             }
             CommandRef::Delete { .. } => match map.remove(key) {
-                true => Bytes::from_static(&[RESPONSE_OK]),
+                true => {
+                    written();
+                    Bytes::from_static(&[RESPONSE_OK])
+                }
                 false => Bytes::from_static(&[RESPONSE_NOT_FOUND]),
             },
             CommandRef::CompareAndSwap { expected, new, .. } => {
                 let current = map.get(key);
                 if current != expected {
-                    let mut b = BytesMut::new();
-                    b.put_u8(RESPONSE_COMPARE_FAILED);
-                    put_option(&mut b, current);
-                    return b.freeze();
+                    return refusals
+                        .entry(command.key())
+                        .or_insert_with(|| {
+                            let mut b = BytesMut::new();
+                            b.put_u8(RESPONSE_COMPARE_FAILED);
+                            put_option(&mut b, current);
+                            b.freeze()
+                        })
+                        .clone();
                 }
                 match new {
                     Some(v) => map.insert(key, v),
@@ -250,6 +274,7 @@ impl KvStore {
                         map.remove(key);
                     }
                 }
+                written();
                 Bytes::from_static(&[RESPONSE_OK])
             }
         }
@@ -293,6 +318,7 @@ impl StateMachine for KvStore {
             *slot = parse(&self.map, i);
         }
         let mut responses = Vec::with_capacity(commands.len());
+        let mut refusals = HashMap::new();
         for i in 0..commands.len() {
             ring[(i + LOOKAHEAD) % RING] = parse(&self.map, i + LOOKAHEAD);
             for (ahead, stage) in [
@@ -305,7 +331,7 @@ impl StateMachine for KvStore {
                 }
             }
             responses.push(match ring[i % RING] {
-                Some((command, key)) => self.execute(command, key),
+                Some((command, key)) => self.execute(command, key, &mut refusals),
                 None => Bytes::from_static(&[RESPONSE_MALFORMED]),
             });
         }
@@ -649,6 +675,71 @@ mod tests {
         assert_eq!(
             decode_response(&r),
             Err(KvError::CompareFailed { current: None })
+        );
+    }
+
+    #[test]
+    fn failed_compare_and_swaps_on_one_value_share_one_response_until_it_changes() {
+        let mut kv = KvStore::default();
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let commands: Vec<Bytes> = [
+            KvCommand::Put {
+                key: Bytes::from_static(b"k"),
+                value: big.clone(),
+            },
+            KvCommand::CompareAndSwap {
+                key: Bytes::from_static(b"k"),
+                expected: None,
+                new: None,
+            },
+        ]
+        .into_iter()
+        .chain((0..100).map(|_| KvCommand::CompareAndSwap {
+            key: Bytes::from_static(b"k"),
+            expected: None,
+            new: None,
+        }))
+        .chain([KvCommand::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"small"),
+        }])
+        .chain([KvCommand::CompareAndSwap {
+            key: Bytes::from_static(b"k"),
+            expected: None,
+            new: None,
+        }])
+        .map(|c| c.encode())
+        .collect();
+        let batch: Vec<Command<'_>> = commands
+            .iter()
+            .enumerate()
+            .map(|(i, data)| Command {
+                index: i as u64 + 1,
+                term: 1,
+                data,
+            })
+            .collect();
+        let responses = kv.apply(&batch).expect("applies");
+        let refused = &responses[1..102];
+        for r in refused {
+            assert_eq!(
+                decode_response(r),
+                Err(KvError::CompareFailed {
+                    current: Some(big.clone())
+                })
+            );
+            assert_eq!(
+                r.as_ptr(),
+                refused[0].as_ptr(),
+                "one copy of the value, shared"
+            );
+        }
+        // Once the value changes, a refusal carries the new one.
+        assert_eq!(
+            decode_response(&responses[103]),
+            Err(KvError::CompareFailed {
+                current: Some(Bytes::from_static(b"small"))
+            })
         );
     }
 
