@@ -701,6 +701,39 @@ fn a_proposal_appended_when_its_node_stops_has_an_unknown_outcome() {
 }
 
 #[test]
+fn a_follower_whose_state_machine_lags_takes_no_more_entries_until_it_catches_up() {
+    let cluster = Cluster::with(3, |cfg| cfg.max_apply_lag_entries = 20);
+    let leader = cluster.leader();
+    let slow = (1..=3).find(|&id| id != leader).expect("a follower");
+    let metrics = |id: NodeId| cluster.node(id).metrics();
+    let last_index = |id: NodeId| NodeMetrics::get(&metrics(id).last_log_index);
+    let applied = |id: NodeId| NodeMetrics::get(&metrics(id).applied_index);
+    let mut last = 0;
+    {
+        // Held, the read lock stops the follower's applier at its next batch.
+        let _held = cluster.node(slow).state_machine();
+        for i in 0..200 {
+            last = put(cluster.node(leader), &format!("k{i}"), "v").expect("the others commit");
+        }
+        let dropped = NodeMetrics::get(&metrics(slow).appends_dropped_apply_lag);
+        assert!(dropped > 0, "the slow follower dropped appends");
+        // Its log stops about the limit past what it applied (plus the append that crossed it),
+        // far short of the leader's.
+        assert!(
+            last_index(slow) < applied(slow) + 20 + 100 && last_index(slow) < last,
+            "log {} applied {} leader {last}",
+            last_index(slow),
+            applied(slow)
+        );
+    }
+    cluster
+        .node(slow)
+        .wait_applied(last)
+        .wait(WAIT)
+        .expect("released, it catches up");
+}
+
+#[test]
 fn a_lagging_follower_catches_up_from_a_snapshot() {
     let mut cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
     let leader = cluster.leader();

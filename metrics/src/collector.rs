@@ -130,6 +130,11 @@ const FAMILIES: &[(&str, &str, Kind)] = &[
         Kind::Counter,
     ),
     (
+        "keel_appends_dropped_apply_lag_total",
+        "Appends a follower dropped while its state machine lagged by max_apply_lag_entries.",
+        Kind::Counter,
+    ),
+    (
         "keel_snapshots_taken_total",
         "Snapshots taken of the local state.",
         Kind::Counter,
@@ -356,6 +361,10 @@ fn collect_node(source: &NodeSource, put: &mut impl FnMut(&str, proto::Metric)) 
     put(
         "keel_snapshots_installed_total",
         counter(&base, get(&m.snapshots_installed)),
+    );
+    put(
+        "keel_appends_dropped_apply_lag_total",
+        counter(&base, get(&m.appends_dropped_apply_lag)),
     );
     put(
         "keel_snapshots_taken_total",

@@ -56,6 +56,11 @@ pub struct NodeConfig {
     /// check-quorum notices): its log and the proposals waiting on it stay bounded in memory,
     /// and callers feel the back-pressure.
     pub max_uncommitted_entries: u64,
+    /// Committed entries the state machine may fall behind by. Beyond it a leader takes no more
+    /// proposals, and a follower takes no more entries: it drops the appends that bring them
+    /// (its leader sends them again once it answers), so a slow state machine holds the log
+    /// kept in memory where it is instead of growing it.
+    pub max_apply_lag_entries: u64,
     /// Append messages in flight per follower.
     pub max_inflight_appends: usize,
     /// Bytes of entries in flight per follower: what a lagging follower can be sent before it
@@ -112,6 +117,7 @@ impl NodeConfig {
             max_batch_entries: 8192,
             proposal_queue_depth: 65_536,
             max_uncommitted_entries: 65_536,
+            max_apply_lag_entries: 65_536,
             max_inflight_appends: 64,
             max_inflight_bytes: 16 << 20,
             snapshot_threshold_entries: 100_000,
@@ -158,6 +164,7 @@ impl NodeConfig {
         if self.max_batch_entries == 0
             || self.proposal_queue_depth == 0
             || self.max_uncommitted_entries == 0
+            || self.max_apply_lag_entries == 0
         {
             return Err(Error::Config(
                 "batch and queue limits must be at least 1".into(),

@@ -172,22 +172,21 @@ impl Driver {
             // And on a leader while `max_uncommitted_entries` of its log wait to commit: with
             // followers that store entries slower than it takes them (or a quorum gone that
             // check-quorum has not noticed yet) its log would grow without bound.
-            let lag = self
-                .core
-                .commit_index()
-                .saturating_sub(self.core.applied_index());
+            let lag = self.apply_lag();
             let uncommitted = self
                 .core
                 .last_index()
                 .saturating_sub(self.core.commit_index());
             let flooded =
                 self.core.role() == Role::Leader && uncommitted >= self.cfg.max_uncommitted_entries;
-            let proposals =
-                if lag < APPLY_LAG_ENTRIES_MAX && !flooded && self.state.writes_in_flight == 0 {
-                    &self.proposals
-                } else {
-                    &paused
-                };
+            let proposals = if lag < self.cfg.max_apply_lag_entries
+                && !flooded
+                && self.state.writes_in_flight == 0
+            {
+                &self.proposals
+            } else {
+                &paused
+            };
             let wake = select! {
                 recv(self.control) -> c => Wake::Control(c.ok()),
                 recv(self.writer_events) -> e => Wake::Writer(e.ok()),
@@ -428,10 +427,29 @@ impl Driver {
         }
     }
 
+    /// Committed entries the state machine has yet to apply.
+    fn apply_lag(&self) -> u64 {
+        self.core
+            .commit_index()
+            .saturating_sub(self.core.applied_index())
+    }
+
     fn handle_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Message(m) => {
                 match m.body {
+                    // A follower whose state machine lags by the limit takes no more entries:
+                    // the leader sends them again once this node answers (heartbeats still
+                    // count, so no election starts). Its log, and the applier's queue, stay
+                    // bounded however slow the state machine.
+                    Body::Append { ref entries, .. }
+                        if !entries.is_empty()
+                            && self.core.role() != Role::Leader
+                            && self.apply_lag() >= self.cfg.max_apply_lag_entries =>
+                    {
+                        NodeMetrics::add(&self.metrics.appends_dropped_apply_lag, 1);
+                        return;
+                    }
                     Body::HeartbeatResponse { lease_tick, .. } => {
                         self.time_round_trip(m.from, lease_tick);
                     }
@@ -995,9 +1013,6 @@ fn first_read_id() -> ReadId {
         .map_or(0, |d| d.as_micros());
     u64::try_from(micros).map_or(0, |m| m.wrapping_shl(12))
 }
-
-/// Committed entries the applier may lag behind before the driver stops taking proposals.
-const APPLY_LAG_ENTRIES_MAX: u64 = 65_536;
 
 /// What woke the driver; `None` where that channel's other end is gone.
 enum Wake {

@@ -35,6 +35,8 @@ pub struct NodeMetrics {
     pub snapshots_taken: AtomicU64,
     pub snapshots_installed: AtomicU64,
     pub snapshots_sent: AtomicU64,
+    /// Appends a follower dropped while its state machine lagged by `max_apply_lag_entries`.
+    pub appends_dropped_apply_lag: AtomicU64,
     pub wal_syncs: AtomicU64,
     pub wal_synced_entries: AtomicU64,
     /// Entries per proposal batch handed to the core.
@@ -97,6 +99,7 @@ impl Default for NodeMetrics {
             snapshots_taken: zero(),
             snapshots_installed: zero(),
             snapshots_sent: zero(),
+            appends_dropped_apply_lag: zero(),
             wal_syncs: zero(),
             wal_synced_entries: zero(),
             proposal_batch_entries: Histogram::new(COUNT_BOUNDS),

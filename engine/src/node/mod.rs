@@ -211,7 +211,7 @@ impl<S: StateMachine> Node<S> {
         let (snapshot_reports_tx, snapshot_reports_rx) = crossbeam_channel::unbounded();
         let (control_tx, control_rx) = bounded(4096);
         // Unbounded: the driver must never block on the applier. What bounds it is the driver
-        // taking no proposals while the applier lags (`APPLY_LAG_ENTRIES_MAX`).
+        // taking no entries while the applier lags (`NodeConfig::max_apply_lag_entries`).
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
         let (applier_events_tx, applier_events_rx) = crossbeam_channel::unbounded();
         let applied_progress = Arc::new(AtomicU64::new(applied));
