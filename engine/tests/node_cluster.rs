@@ -795,6 +795,8 @@ fn a_leader_whose_snapshot_is_damaged_takes_a_new_one_for_a_lagging_follower() {
         assert!(Instant::now() < deadline, "the leader never snapshotted");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Counted before the damage: a save still running then may end after it, and counts.
+    let taken_before = NodeMetrics::get(&cluster.node(leader).metrics().snapshots_taken);
     // One bit flipped in every snapshot file the leader keeps; its state in memory is whole.
     let snapshots = cluster.dir.path().join(format!("node-{leader}/snapshots"));
     let mut damaged = 0;
@@ -809,7 +811,6 @@ fn a_leader_whose_snapshot_is_damaged_takes_a_new_one_for_a_lagging_follower() {
         }
     }
     assert!(damaged > 0, "no snapshot file in {}", snapshots.display());
-    let taken_before = NodeMetrics::get(&cluster.node(leader).metrics().snapshots_taken);
     let mut cfg = config(follower, &cluster.voters);
     cfg.snapshot_threshold_entries = 20;
     cluster.start_with(follower, cfg);

@@ -53,8 +53,15 @@ async fn serve_request(
                     None,
                 ),
             };
-            frame::write_frame(&mut send, FrameKind::KvResponse, frame::archive(&refused)?).await?;
-            let _ = send.finish();
+            // Counted whatever becomes of the answer.
+            if let Ok(body) = frame::archive(&refused) {
+                if frame::write_frame(&mut send, FrameKind::KvResponse, body)
+                    .await
+                    .is_ok()
+                {
+                    let _ = send.finish();
+                }
+            }
             return Err(e);
         }
     };

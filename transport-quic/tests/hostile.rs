@@ -381,9 +381,10 @@ fn a_malformed_key_value_request_is_answered_as_refused_and_counted() {
         .expect("a valid response");
     match response {
         ArchivedWireKvResponse::Failed { error } => {
+            use keel_engine::node::Error;
             let error = error.to_node();
             assert!(
-                matches!(&error, keel_engine::node::Error::Config(why) if why.contains("malformed")),
+                matches!(&error, Error::Config(why) if why.contains("malformed")),
                 "{error}"
             );
         }

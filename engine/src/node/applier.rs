@@ -39,7 +39,7 @@ pub(crate) enum ApplyTask {
         data: ReceivedSnapshot,
     },
     /// The snapshot at this index was found damaged: take a new one now, whatever the
-    /// thresholds say, unless a later one is taken already.
+    /// thresholds say, unless one is being saved.
     ReplaceSnapshot { damaged: Index },
 }
 
@@ -118,7 +118,9 @@ impl<S: StateMachine> Applier<S> {
                     }
                 }
                 ApplyTask::ReplaceSnapshot { damaged } => {
-                    if self.last_snapshot <= damaged {
+                    // Asked again after each refused send until a save replaces it (one that
+                    // failed, or a later one still running, leaves it damaged meanwhile).
+                    if self.store.damaged() == Some(damaged) {
                         self.maybe_snapshot(&mut snapshotting, true);
                     }
                 }

@@ -58,8 +58,9 @@ pub struct NodeConfig {
     pub max_uncommitted_entries: u64,
     /// Committed entries the state machine may fall behind by. Beyond it a leader takes no more
     /// proposals, and a follower takes no more entries: it drops the appends that bring them
-    /// (its leader sends them again once it answers), so a slow state machine holds the log
-    /// kept in memory where it is instead of growing it.
+    /// (its leader sends them again once that follower's replication has stalled for an
+    /// election timeout), so a slow state machine holds the log kept in memory where it is
+    /// instead of growing it.
     pub max_apply_lag_entries: u64,
     /// Append messages in flight per follower.
     pub max_inflight_appends: usize,

@@ -439,9 +439,10 @@ impl Driver {
             Inbound::Message(m) => {
                 match m.body {
                     // A follower whose state machine lags by the limit takes no more entries:
-                    // the leader sends them again once this node answers (heartbeats still
-                    // count, so no election starts). Its log, and the applier's queue, stay
-                    // bounded however slow the state machine.
+                    // the leader sends them again once this follower's replication has stalled
+                    // for an election timeout (heartbeats still count, so no election starts).
+                    // Its log, and the applier's queue, stay bounded however slow the state
+                    // machine.
                     Body::Append { ref entries, .. }
                         if !entries.is_empty()
                             && self.core.role() != Role::Leader
@@ -983,7 +984,8 @@ impl Driver {
             self.metrics.failed(&unknown, 1);
             waiting.reply.fail(unknown.clone());
         }
-        self.state.changes.fail_all(&unknown);
+        // A change whose joint entry committed is known to have taken effect that far.
+        self.state.changes.fail_all(&unknown, &error);
         for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {
             reply.complete(Err(error.clone()));
         }

@@ -194,6 +194,8 @@ pub(crate) struct SnapshotStore {
 /// a peer never receives a damaged snapshot whole, and the store learns of the damage.
 struct Reading {
     file: fs::File,
+    /// Where the file was opened: a save at the same index may have replaced it since.
+    path: PathBuf,
     counted: ReaderCount,
     data_bytes: u64,
     /// Data bytes not read yet; the trailer comes after them.
@@ -203,6 +205,16 @@ struct Reading {
     /// The trailer, once read and found to match, and how many of its bytes went out.
     trailer: Option<([u8; TRAILER_BYTES], usize)>,
     damaged: Arc<AtomicU64>,
+}
+
+impl Reading {
+    fn still_in_place(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let (Ok(open), Ok(named)) = (self.file.metadata(), fs::metadata(&self.path)) else {
+            return false;
+        };
+        (open.dev(), open.ino()) == (named.dev(), named.ino())
+    }
 }
 
 impl io::Read for Reading {
@@ -224,7 +236,11 @@ impl io::Read for Reading {
             if let Err(e) = checked {
                 let index = self.counted.index;
                 tracing::error!(index, error = %e, "this node's own snapshot is damaged");
-                self.damaged.store(index, Ordering::Release);
+                // Only if the file is still the snapshot at its index (a save at that index may
+                // have replaced it while this one streamed), and never lowering a newer mark.
+                if self.still_in_place() {
+                    self.damaged.fetch_max(index, Ordering::AcqRel);
+                }
                 return Err(damaged(format!("snapshot {index}: {e}")));
             }
             self.trailer = Some((found, 0));
@@ -372,6 +388,7 @@ impl SnapshotStore {
         Ok(SnapshotReader::new(
             Reading {
                 file,
+                path: self.path(index),
                 counted,
                 data_bytes,
                 data_left: data_bytes,

@@ -181,13 +181,14 @@ impl WaitingChanges {
         }
     }
 
-    /// Fails every waiting change with `error`.
-    pub(crate) fn fail_all(&mut self, error: &Error) {
-        let appended = std::mem::take(&mut self.appended)
-            .into_iter()
-            .map(|(_, _, r)| r);
-        for reply in appended.chain(self.joint.drain(..)) {
-            reply.complete(Err(error.clone()));
+    /// Fails every waiting change: those appended with `appended`, those whose joint entry
+    /// committed (only leaving it was still to come) with `joint`.
+    pub(crate) fn fail_all(&mut self, appended: &Error, joint: &Error) {
+        for (_, _, reply) in std::mem::take(&mut self.appended) {
+            reply.complete(Err(appended.clone()));
+        }
+        for reply in self.joint.drain(..) {
+            reply.complete(Err(joint.clone()));
         }
     }
 }
@@ -355,7 +356,8 @@ mod tests {
         changes.replaced(&snapshot);
         assert_eq!(joint.try_get(), Some(Ok(18)));
         assert!(later.try_get().is_none(), "20 lies past the snapshot");
-        changes.fail_all(&Error::stopped("stop() was called"));
+        let stopped = Error::stopped("stop() was called");
+        changes.fail_all(&stopped, &stopped);
         assert_eq!(
             later.try_get(),
             Some(Err(Error::stopped("stop() was called")))

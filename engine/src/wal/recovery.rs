@@ -5,13 +5,13 @@
 //! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
 //!   so any damage in it is corruption;
 //! - in the last segment, damage is a torn tail (the last, unsynced write group, cut off) unless
-//!   a later group follows it: a valid group start after it, or valid records past the end its
-//!   own group's start records. Each group is written only once the one before it is durable,
-//!   so a later group proves the damaged bytes were synced. Valid
-//!   records of the damaged group itself may follow the damage: a disk can persist the pages of
-//!   an unsynced write in any order. (In a segment of format version 1, written before group
-//!   starts, any valid record after damage is corruption.) Zeros to the end are space
-//!   zero-filled ahead of use, where appends continue;
+//!   a later group follows it: a valid group start after it, or valid records past the end
+//!   that its own group's start records. Each group is written only once the one before it is
+//!   durable, so a later group proves the damaged bytes were synced. Valid records of the
+//!   damaged group itself may follow the damage: a disk can persist the pages of an unsynced
+//!   write in any order. (In a segment of format version 1, written before group starts, any
+//!   valid record after damage is corruption.) Zeros to the end are space zero-filled ahead of
+//!   use, where appends continue;
 //! - every record obeys the log's rules ([`LogState`]);
 //! - the log covers everything up to the recovered commit index, and has no hole after its
 //!   snapshot.
