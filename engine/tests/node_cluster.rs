@@ -471,22 +471,10 @@ fn a_node_refuses_to_start_from_a_damaged_snapshot() {
     }
     cluster.stop(follower);
     // One bit of one value flipped on disk, in every snapshot the node keeps.
-    let snapshots = cluster
-        .dir
-        .path()
-        .join(format!("node-{follower}/snapshots"));
-    let mut damaged = 0;
-    for file in std::fs::read_dir(&snapshots).expect("snapshot dir") {
-        let path = file.expect("entry").path();
-        if path.extension().is_some_and(|x| x == "snap") {
-            let mut bytes = std::fs::read(&path).expect("read");
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x01;
-            std::fs::write(&path, bytes).expect("write");
-            damaged += 1;
-        }
-    }
-    assert!(damaged > 0, "no snapshot file in {}", snapshots.display());
+    assert!(
+        damage_snapshot_files(&cluster, follower) > 0,
+        "no snapshot file"
+    );
     let started = Node::start(
         config(follower, &[1, 2, 3]),
         cluster.dir.path().join(format!("node-{follower}")),
@@ -733,8 +721,10 @@ fn a_follower_whose_state_machine_lags_takes_no_more_entries_until_it_catches_up
         .expect("released, it catches up");
 }
 
-#[test]
-fn a_lagging_follower_catches_up_from_a_snapshot() {
+/// A cluster snapshotting every 20 entries, one of whose followers was stopped and the leader
+/// then wrote 100 keys and compacted its log past what that follower holds. Returns the
+/// cluster, the leader, the stopped follower and the last index written.
+fn leader_compacted_past_a_stopped_follower() -> (Cluster, NodeId, NodeId, u64) {
     let mut cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
     let leader = cluster.leader();
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
@@ -743,7 +733,6 @@ fn a_lagging_follower_catches_up_from_a_snapshot() {
     for i in 0..100 {
         last = put(cluster.node(leader), &format!("k{i}"), "v").expect("put");
     }
-    // Wait until the leader compacted past what the follower has.
     let deadline = Instant::now() + WAIT;
     while cluster
         .node(leader)
@@ -755,6 +744,29 @@ fn a_lagging_follower_catches_up_from_a_snapshot() {
         assert!(Instant::now() < deadline, "the leader never snapshotted");
         std::thread::sleep(Duration::from_millis(5));
     }
+    (cluster, leader, follower, last)
+}
+
+/// Flips one bit in the middle of every snapshot file node `id` keeps; returns how many.
+fn damage_snapshot_files(cluster: &Cluster, id: NodeId) -> usize {
+    let snapshots = cluster.dir.path().join(format!("node-{id}/snapshots"));
+    let mut damaged = 0;
+    for file in std::fs::read_dir(&snapshots).expect("snapshot dir") {
+        let path = file.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "snap") {
+            let mut bytes = std::fs::read(&path).expect("read");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&path, bytes).expect("write");
+            damaged += 1;
+        }
+    }
+    damaged
+}
+
+#[test]
+fn a_lagging_follower_catches_up_from_a_snapshot() {
+    let (mut cluster, _, follower, last) = leader_compacted_past_a_stopped_follower();
     let events = {
         let mut cfg = config(follower, &cluster.voters);
         cfg.snapshot_threshold_entries = 20;
@@ -776,41 +788,14 @@ fn a_lagging_follower_catches_up_from_a_snapshot() {
 
 #[test]
 fn a_leader_whose_snapshot_is_damaged_takes_a_new_one_for_a_lagging_follower() {
-    let mut cluster = Cluster::with(3, |cfg| cfg.snapshot_threshold_entries = 20);
-    let leader = cluster.leader();
-    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
-    cluster.stop(follower);
-    let mut last = 0;
-    for i in 0..100 {
-        last = put(cluster.node(leader), &format!("k{i}"), "v").expect("put");
-    }
-    let deadline = Instant::now() + WAIT;
-    while cluster
-        .node(leader)
-        .status()
-        .expect("status")
-        .snapshot_index
-        < 40
-    {
-        assert!(Instant::now() < deadline, "the leader never snapshotted");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (mut cluster, leader, follower, last) = leader_compacted_past_a_stopped_follower();
     // Counted before the damage: a save still running then may end after it, and counts.
     let taken_before = NodeMetrics::get(&cluster.node(leader).metrics().snapshots_taken);
-    // One bit flipped in every snapshot file the leader keeps; its state in memory is whole.
-    let snapshots = cluster.dir.path().join(format!("node-{leader}/snapshots"));
-    let mut damaged = 0;
-    for file in std::fs::read_dir(&snapshots).expect("snapshot dir") {
-        let path = file.expect("entry").path();
-        if path.extension().is_some_and(|x| x == "snap") {
-            let mut bytes = std::fs::read(&path).expect("read");
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x01;
-            std::fs::write(&path, bytes).expect("write");
-            damaged += 1;
-        }
-    }
-    assert!(damaged > 0, "no snapshot file in {}", snapshots.display());
+    // Its state in memory is whole; only the files are damaged.
+    assert!(
+        damage_snapshot_files(&cluster, leader) > 0,
+        "no snapshot file"
+    );
     let mut cfg = config(follower, &cluster.voters);
     cfg.snapshot_threshold_entries = 20;
     cluster.start_with(follower, cfg);

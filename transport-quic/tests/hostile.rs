@@ -353,14 +353,7 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
 fn a_malformed_key_value_request_is_answered_as_refused_and_counted() {
     let cluster = Cluster::new(&[1, 2, 3]);
     let leader = cluster.leader();
-    let client = Rogue::speaking(
-        &cluster.ca.issue_client().expect("cert").identity,
-        &cluster.ca,
-        keel_transport_quic::tls::KV_ALPN,
-    );
-    let conn = client
-        .dial(leader, cluster.addrs[&leader])
-        .expect("a client certificate is accepted");
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
     let metrics = cluster.transport(leader).metrics().clone();
     let before = metrics.frames_rejected(FrameRejection::InvalidArchive);
     let answer = client.runtime.block_on(async {

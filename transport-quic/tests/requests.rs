@@ -32,14 +32,7 @@ fn a_client_that_announces_requests_and_never_sends_them_holds_nothing_for_them(
         |q| q.handshake_timeout = Duration::from_secs(1),
     );
     let leader = cluster.leader();
-    let client = Rogue::speaking(
-        &cluster.ca.issue_client().expect("cert").identity,
-        &cluster.ca,
-        keel_transport_quic::tls::KV_ALPN,
-    );
-    let conn = client
-        .dial(leader, cluster.addrs[&leader])
-        .expect("a client certificate is accepted");
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
     let metrics = cluster.transport(leader).metrics().clone();
     let idle_before = metrics.frames_rejected(FrameRejection::Idle);
     let peak_before = peak_virtual_mib();

@@ -266,6 +266,20 @@ impl Rogue {
         }
     }
 
+    /// A key-value client of `cluster` (its certificate from the cluster CA, the key-value
+    /// ALPN), connected to node `id`.
+    pub fn kv_client_of(cluster: &Cluster, id: NodeId) -> (Self, quinn::Connection) {
+        let client = Self::speaking(
+            &cluster.ca.issue_client().expect("cert").identity,
+            &cluster.ca,
+            tls::KV_ALPN,
+        );
+        let conn = client
+            .dial(id, cluster.addrs[&id])
+            .expect("a client certificate is accepted");
+        (client, conn)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound")
     }
