@@ -663,6 +663,36 @@ fn a_leader_that_removes_itself_answers_every_proposal_still_waiting() {
 }
 
 #[test]
+fn a_leader_deposed_with_its_removal_appended_answers_what_it_waits_for() {
+    let cluster = Cluster::new(3);
+    let old = cluster.leader();
+    let leader = cluster.node(old).clone();
+    put(&leader, "before", "1").expect("a leader changes the membership once it committed");
+    // The followers store what it sends; their answers never come back. Check-quorum deposes
+    // it, its removal and a proposal after it appended and uncommitted. The others, whose
+    // membership leaves it out, never send it the log again.
+    for id in (1..=3).filter(|&id| id != old) {
+        cluster.net.cut(id, old);
+    }
+    let removal = leader.remove(old);
+    let last_index = || NodeMetrics::get(&leader.metrics().last_log_index);
+    let deadline = Instant::now() + WAIT;
+    while leader.status().expect("running").membership.contains(old) {
+        assert!(Instant::now() < deadline, "the removal is never appended");
+        std::thread::yield_now();
+    }
+    let before = last_index();
+    let proposal = leader.propose(Bytes::from_static(b"after the removal"));
+    while last_index() == before {
+        assert!(Instant::now() < deadline, "the proposal is never appended");
+        std::thread::yield_now();
+    }
+    // Before, both waited until the node stopped.
+    assert_eq!(proposal.wait(WAIT).map(|_| ()), Err(Error::OutcomeUnknown));
+    assert_eq!(removal.wait(WAIT), Err(Error::OutcomeUnknown));
+}
+
+#[test]
 fn a_proposal_appended_when_its_node_stops_has_an_unknown_outcome() {
     let mut cluster = Cluster::new(3);
     let leader_id = cluster.leader();

@@ -733,13 +733,14 @@ impl Driver {
             }
         }
         if let Some(soft) = out.soft_state {
-            let was_leader = self.state.soft.is_some_and(|s| s.role == Role::Leader);
             self.soft_state_changed(soft);
-            let removed = !self.core.membership().contains(self.cfg.id)
-                && self.core.membership_index() <= self.core.commit_index();
-            if was_leader && soft.role != Role::Leader && removed {
-                self.settle_removed();
-            }
+        }
+        let waiting = !self.state.proposals.is_empty() || !self.state.changes.is_empty();
+        if waiting
+            && self.core.role() != Role::Leader
+            && !self.core.membership().contains(self.cfg.id)
+        {
+            self.settle_removed();
         }
         NodeMetrics::set(&self.metrics.commit_index, self.core.commit_index());
         NodeMetrics::set(&self.metrics.last_log_index, self.core.last_index());
@@ -785,11 +786,13 @@ impl Driver {
         }
     }
 
-    /// This leader stepped down once its own removal committed. The proposals and changes
-    /// waiting after the commit index may still be committed by the next leader, but this node
-    /// no longer receives the log and would never learn: they are answered now, outcome
-    /// unknown (left waiting, a caller awaiting one without a timeout waited for good). Those
-    /// at or below it committed; they are answered once this node's own write of them is done.
+    /// This node led, and no longer leads nor belongs to the latest membership in its log: it
+    /// stepped down once its own removal committed, or was deposed with the removal appended.
+    /// The proposals and changes waiting after the commit index may still be committed by the
+    /// next leader, but this node no longer receives the log and would never learn: they are
+    /// answered now, outcome unknown (left waiting, a caller awaiting one without a timeout
+    /// waited for good). Those at or below it committed; they are answered once this node's own
+    /// write of them is done.
     fn settle_removed(&mut self) {
         let error = Error::OutcomeUnknown;
         let commit = self.core.commit_index();
@@ -798,6 +801,10 @@ impl Driver {
             waiting.reply.fail(error.clone());
         }
         self.state.changes.fail_after(commit, &error);
+        if self.core.membership_index() > commit {
+            // The entry leaving a joint configuration, not known committed.
+            self.state.changes.fail_joint(&error);
+        }
         NodeMetrics::set(
             &self.metrics.proposals_pending,
             self.state.proposals.len() as u64,

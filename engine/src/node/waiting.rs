@@ -66,6 +66,10 @@ impl Waiting {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.displaced.is_empty()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.queue.len() + self.displaced.values().map(Vec::len).sum::<usize>()
     }
@@ -118,6 +122,10 @@ pub(crate) struct WaitingChanges {
 impl WaitingChanges {
     pub(crate) fn push(&mut self, index: Index, term: Term, reply: Completer<Index>) {
         self.appended.push((index, term, reply));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.appended.is_empty() && self.joint.is_empty()
     }
 
     /// `entry` committed (entries come in log order, none skipped).
@@ -177,6 +185,14 @@ impl WaitingChanges {
             .partition(|(i, _, _)| *i <= index);
         self.appended = through;
         for (_, _, reply) in after {
+            reply.complete(Err(error.clone()));
+        }
+    }
+
+    /// Fails with `error` the changes whose joint entry committed and that wait for the entry
+    /// leaving it.
+    pub(crate) fn fail_joint(&mut self, error: &Error) {
+        for reply in self.joint.drain(..) {
             reply.complete(Err(error.clone()));
         }
     }
