@@ -203,9 +203,7 @@ impl WaitingChanges {
         for (_, _, reply) in std::mem::take(&mut self.appended) {
             reply.complete(Err(appended.clone()));
         }
-        for reply in self.joint.drain(..) {
-            reply.complete(Err(joint.clone()));
-        }
+        self.fail_joint(joint);
     }
 }
 
