@@ -796,10 +796,8 @@ impl Driver {
     fn settle_removed(&mut self) {
         let error = Error::OutcomeUnknown;
         let commit = self.core.commit_index();
-        for waiting in self.state.proposals.take_after(commit) {
-            self.metrics.failed(&error, 1);
-            waiting.reply.fail(error.clone());
-        }
+        let after = self.state.proposals.take_after(commit);
+        self.fail_proposals(after, &error);
         self.state.changes.fail_after(commit, &error);
         if self.core.membership_index() > commit {
             // The entry leaving a joint configuration, not known committed.
@@ -809,6 +807,14 @@ impl Driver {
             &self.metrics.proposals_pending,
             self.state.proposals.len() as u64,
         );
+    }
+
+    /// Answers `waiting` with `error`, counted.
+    fn fail_proposals(&self, waiting: Vec<WaitingProposal>, error: &Error) {
+        self.metrics.failed(error, waiting.len() as u64);
+        for w in waiting {
+            w.reply.fail(error.clone());
+        }
     }
 
     /// A leader's snapshot replaced this node's log through `snapshot.index`: the proposals
@@ -987,10 +993,8 @@ impl Driver {
         // them, so their outcome is unknown, not failed (a caller told `Stopped` could retry
         // what gets applied). Proposals still queued were never appended: those did fail.
         let unknown = Error::OutcomeUnknown;
-        for waiting in self.state.proposals.take_all() {
-            self.metrics.failed(&unknown, 1);
-            waiting.reply.fail(unknown.clone());
-        }
+        let appended = self.state.proposals.take_all();
+        self.fail_proposals(appended, &unknown);
         // A change whose joint entry committed is known to have taken effect that far.
         self.state.changes.fail_all(&unknown, &error);
         for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {

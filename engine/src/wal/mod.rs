@@ -574,9 +574,9 @@ impl Wal {
             self.roll()?;
         }
         if opens_group {
+            // Room for it: `write_buf` writes it in once the group's length is known.
             self.group_start_at = Some(self.buf.len());
-            record::encode(&Record::GroupStart { group_bytes: 0 }, &mut self.buf)
-                .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
+            self.buf.extend_from_slice(&[0; GROUP_START_BYTES]);
             self.group_open = true;
         }
         let offset = self.active_end_bytes();
@@ -726,13 +726,8 @@ impl Wal {
         }
         if let Some(at) = self.group_start_at.take() {
             // The group's part in this segment ends with the buffer.
-            let group_start = Record::GroupStart {
-                group_bytes: (self.buf.len() - at) as u64,
-            };
-            let mut encoded = Vec::with_capacity(GROUP_START_BYTES);
-            record::encode(&group_start, &mut encoded)
-                .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
-            self.buf[at..at + GROUP_START_BYTES].copy_from_slice(&encoded);
+            let group_bytes = (self.buf.len() - at) as u64;
+            self.buf[at..at + GROUP_START_BYTES].copy_from_slice(&record::group_start(group_bytes));
         }
         let started = Instant::now();
         let result = self

@@ -106,6 +106,13 @@ impl Record {
     }
 }
 
+/// A group start's encoding, for a group of `group_bytes` (see [`Record::GroupStart`]).
+pub fn group_start(group_bytes: u64) -> [u8; GROUP_START_BYTES] {
+    let mut out = Vec::with_capacity(GROUP_START_BYTES);
+    encode(&Record::GroupStart { group_bytes }, &mut out).expect("a group start has no payload");
+    out.try_into().expect("a group start is a header alone")
+}
+
 /// The bytes `record` takes on disk, without encoding it.
 pub fn record_bytes(record: &Record) -> usize {
     RECORD_HEADER_BYTES
