@@ -534,7 +534,7 @@ impl Wal {
             self.put(&Record::Truncate { from })?;
         }
         for entry in &write.entries {
-            self.put(&Record::Entry(entry.clone()))?;
+            self.put(&Record::Entry(entry))?;
         }
         if let Some(hard_state) = write.hard_state {
             self.put(&Record::HardState(hard_state))?;
@@ -546,7 +546,7 @@ impl Wal {
     /// the record would overflow it). The first record since the last sync goes after a group
     /// start, whose length [`Wal::write_buf`] fills in: recovery tells a torn last group from
     /// damage inside the log by them (see [`recovery`]).
-    fn put(&mut self, record: &Record) -> Result<(), WalError> {
+    fn put(&mut self, record: &Record<&Entry>) -> Result<(), WalError> {
         if record.index() > INDEX_MAX {
             return Err(WalError::InvalidRequest {
                 reason: format!("index {} beyond {INDEX_MAX}", record.index()),
@@ -687,7 +687,7 @@ impl Wal {
             .encode(),
         );
         for record in [
-            Record::HardState(self.state.hard_state),
+            Record::<Entry>::HardState(self.state.hard_state),
             Record::Compact(self.state.snapshot.clone()),
         ] {
             record::encode(&record, &mut self.buf)

@@ -21,6 +21,7 @@
 //! The decoder is the first code to touch bytes from disk: it must never panic, never allocate
 //! more than the input justifies, and accept only what the encoder can produce.
 
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
@@ -53,11 +54,13 @@ const PAYLOAD_NOOP: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
 const PAYLOAD_MEMBERSHIP: u8 = 2;
 
-/// One decoded record.
+/// One record. Decoding gives an owned entry; the log encodes a borrowed one (`Record<&Entry>`),
+/// which spares each entry a reference-count round trip on its payload, shared with the threads
+/// that send and apply it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+pub enum Record<E = Entry> {
     /// A log entry.
-    Entry(Entry),
+    Entry(E),
     /// The hard state from here on.
     HardState(HardState),
     /// A snapshot was installed: it replaces the whole log.
@@ -93,11 +96,11 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
-impl Record {
+impl<E: Borrow<Entry>> Record<E> {
     /// The entry index this record is about, for naming damage near it.
     pub fn index(&self) -> Index {
         match self {
-            Record::Entry(e) => e.index,
+            Record::Entry(e) => e.borrow().index,
             Record::HardState(h) => h.commit,
             Record::Snapshot(s) | Record::Compact(s) => s.index,
             Record::Truncate { from } => *from,
@@ -109,16 +112,17 @@ impl Record {
 /// A group start's encoding, for a group of `group_bytes` (see [`Record::GroupStart`]).
 pub fn group_start(group_bytes: u64) -> [u8; GROUP_START_BYTES] {
     let mut out = Vec::with_capacity(GROUP_START_BYTES);
-    encode(&Record::GroupStart { group_bytes }, &mut out).expect("a group start has no payload");
+    encode(&Record::<Entry>::GroupStart { group_bytes }, &mut out)
+        .expect("a group start has no payload");
     out.try_into().expect("a group start is a header alone")
 }
 
 /// The bytes `record` takes on disk, without encoding it.
-pub fn record_bytes(record: &Record) -> usize {
+pub fn record_bytes<E: Borrow<Entry>>(record: &Record<E>) -> usize {
     RECORD_HEADER_BYTES
         + match record {
             Record::Entry(e) => {
-                1 + match &e.payload {
+                1 + match &e.borrow().payload {
                     Payload::Noop => 0,
                     Payload::Command(data) => 4 + data.len(),
                     Payload::Membership(m) => membership_bytes(m),
@@ -137,11 +141,12 @@ fn membership_bytes(m: &Membership) -> usize {
 /// Appends the encoding of `record` to `buf`. Returns the record's size in bytes.
 ///
 /// Fails (leaving `buf` as it was) only if the body would exceed [`RECORD_BODY_BYTES_MAX`].
-pub fn encode(record: &Record, buf: &mut Vec<u8>) -> Result<usize, usize> {
+pub fn encode<E: Borrow<Entry>>(record: &Record<E>, buf: &mut Vec<u8>) -> Result<usize, usize> {
     let start = buf.len();
     buf.extend_from_slice(&[0; PREFIX_BYTES]);
     match record {
         Record::Entry(e) => {
+            let e = e.borrow();
             put_fixed(buf, KIND_ENTRY, e.index, e.term);
             match &e.payload {
                 Payload::Noop => buf.push(PAYLOAD_NOOP),

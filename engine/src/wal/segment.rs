@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_group_start_is_found_past_further_damage_and_only_after_the_offset_given() {
-        let group_start = Record::GroupStart { group_bytes: 500 };
+        let group_start = Record::<Entry>::GroupStart { group_bytes: 500 };
         let mut bytes = segment_with(2);
         let first_group = bytes.len() as u64;
         record::encode(&group_start, &mut bytes).unwrap();

@@ -122,7 +122,7 @@ fn cut_file(path: &Path, len_bytes: u64) {
 #[test]
 fn a_segment_torn_inside_its_checkpoint_is_removed_and_the_hard_state_kept() {
     let header = segment::SEGMENT_HEADER_BYTES as u64;
-    let hard_state = record::record_bytes(&Record::HardState(hs(5, Some(2), 1))) as u64;
+    let hard_state = record::record_bytes(&Record::<Entry>::HardState(hs(5, Some(2), 1))) as u64;
     // Torn inside the checkpoint's hard state, or inside the snapshot record after it.
     for cut in [header + 10, header + hard_state + 5] {
         let dir = tempfile::tempdir().unwrap();
@@ -153,8 +153,8 @@ fn a_segment_torn_inside_its_checkpoint_is_removed_and_the_hard_state_kept() {
 fn a_segment_that_ends_with_its_whole_checkpoint_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (segment, last) = rolled_over_in_the_last_write(dir.path());
-    let checkpoint = record::record_bytes(&Record::HardState(hs(5, Some(2), 1)))
-        + record::record_bytes(&Record::Compact(SnapshotMeta::default()));
+    let checkpoint = record::record_bytes(&Record::<Entry>::HardState(hs(5, Some(2), 1)))
+        + record::record_bytes(&Record::<Entry>::Compact(SnapshotMeta::default()));
     cut_file(
         &segment,
         (segment::SEGMENT_HEADER_BYTES + checkpoint) as u64,
