@@ -1,5 +1,7 @@
 //! A small key-value client over QUIC with mutual TLS: it sends each request to the node it
 //! believes leads, follows `NotLeader` hints (id and address), and falls back to its seed nodes.
+//! A node that leaves an attempt unanswered for `attempt_timeout` (stopped, cut off, its host
+//! gone, while its connection still looks open) is left for the other nodes.
 //! Blocking calls, safe to share between threads; it runs on a runtime of its own.
 //!
 //! Retries never apply a command twice: a write is sent again only after an answer proving it
@@ -10,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +39,10 @@ pub struct KvClientConfig {
     pub ca: Vec<CertificateDer<'static>>,
     /// The whole call, retries included, must finish within this.
     pub request_timeout: Duration,
+    /// How long one node has to answer before the call moves on to another (a read, or a write
+    /// not yet sent) and the client stops sending to it. A write that may have reached the node
+    /// waits for its answer up to `request_timeout`, since it cannot go elsewhere.
+    pub attempt_timeout: Duration,
     /// The local address to bind (port 0 picks one).
     pub bind: SocketAddr,
     /// The largest request body the nodes take: their `QuicConfig::frame_bytes_max`. A larger
@@ -60,6 +67,7 @@ impl KvClientConfig {
             identity,
             ca,
             request_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
             bind,
             max_request_bytes: crate::config::FRAME_BYTES_MAX_DEFAULT,
         }
@@ -96,13 +104,18 @@ enum Outcome {
 
 /// A key-value client. See the module docs.
 pub struct KvClient {
-    runtime: tokio::runtime::Runtime,
+    /// Taken when the client drops: shut down without blocking, which may be inside another
+    /// runtime's task (dropping a runtime there panics).
+    runtime: Option<tokio::runtime::Runtime>,
     endpoint: quinn::Endpoint,
     tls: quinn::ClientConfig,
     cfg: KvClientConfig,
     conns: Mutex<BTreeMap<NodeId, quinn::Connection>>,
     /// The node believed to lead, with its address.
     leader: Mutex<Option<(NodeId, SocketAddr)>>,
+    /// The seed to try next when no leader is known, kept across calls so that calls spread
+    /// over the seeds rather than each starting at the same one.
+    next_seed: AtomicUsize,
     metrics: Arc<TransportMetrics>,
 }
 
@@ -139,14 +152,21 @@ impl KvClient {
             quinn::Endpoint::client(cfg.bind).map_err(|e| ClientError::Setup(e.to_string()))?
         };
         Ok(Self {
-            runtime,
+            runtime: Some(runtime),
             endpoint,
             tls,
             cfg,
             conns: Mutex::new(BTreeMap::new()),
             leader: Mutex::new(None),
+            next_seed: AtomicUsize::new(0),
             metrics,
         })
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime is taken only on drop")
     }
 
     /// The node the client currently sends to, if it learned one.
@@ -190,7 +210,7 @@ impl KvClient {
     /// Proposes a command on the leader; returns the index it was applied at, or the store's
     /// refusal (`NotFound`, `CompareFailed`).
     pub fn execute(&self, command: &KvCommand) -> Result<Index, ClientError> {
-        self.runtime.block_on(self.execute_async(command))
+        self.runtime().block_on(self.execute_async(command))
     }
 
     /// [`KvClient::execute`] for callers on a tokio runtime of their own.
@@ -214,7 +234,7 @@ impl KvClient {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<Bytes, ClientError> {
-        self.runtime
+        self.runtime()
             .block_on(self.get_async(key.into(), consistency))
     }
 
@@ -249,31 +269,41 @@ impl KvClient {
             .into());
         }
         let deadline = Instant::now() + self.cfg.request_timeout;
-        let mut seed = 0usize;
         let mut redirects = Redirects::default();
+        // Nodes that let an attempt of this call time out: seeds pass over them while another
+        // is left to try.
+        let mut unresponsive = Vec::new();
         let mut last_error = String::from("no attempt");
         let lost = |sent: bool, error: String| match (sent, resend) {
             (true, Resend::OnlyIfUnsent) => Err(ClientError::Indeterminate(error)),
             _ => Ok(error),
         };
         while Instant::now() < deadline {
-            let target = match *self.leader.lock() {
-                Some(t) => t,
-                None => {
-                    seed = (seed + 1) % self.cfg.seeds.len();
-                    self.cfg.seeds[seed]
-                }
-            };
+            let leader = *self.leader.lock();
+            let target = leader.unwrap_or_else(|| self.next_seed(&unresponsive));
             redirects.tried(target.0);
-            let left = deadline.saturating_duration_since(Instant::now());
             // Whether this attempt began sending the request.
-            let mut sent = false;
-            let attempt =
-                tokio::time::timeout(left, self.attempt(target, body.clone(), &mut sent)).await;
-            match attempt {
+            let sent = AtomicBool::new(false);
+            let attempt = self.attempt(target, body.clone(), &sent);
+            tokio::pin!(attempt);
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            let mut answer =
+                tokio::time::timeout(left.min(self.cfg.attempt_timeout), &mut attempt).await;
+            if answer.is_err() && resend == Resend::OnlyIfUnsent && sent.load(Ordering::Relaxed) {
+                // It may have reached the node: only its answer can say whether it took effect.
+                let left = deadline.saturating_duration_since(Instant::now());
+                answer = tokio::time::timeout(left, attempt).await;
+            }
+            match answer {
                 Err(_) => {
-                    last_error = lost(sent, format!("node {}: no answer in time", target.0))?;
-                    break;
+                    // A node that does not answer (stopped, cut off, or its host gone) keeps a
+                    // connection that looks open until it idles out: leave it, so that this
+                    // call, or the next if this one cannot go elsewhere, tries another node.
+                    self.forget(target);
+                    unresponsive.push(target.0);
+                    let error = format!("node {}: no answer in time", target.0);
+                    last_error = lost(sent.load(Ordering::Relaxed), error)?;
                 }
                 Ok(Ok(Reply::Done(outcome))) => {
                     *self.leader.lock() = Some(target);
@@ -296,12 +326,40 @@ impl KvClient {
                 Ok(Err(e)) => {
                     self.conns.lock().remove(&target.0);
                     *self.leader.lock() = None;
-                    last_error = lost(sent, format!("node {}: {e}", target.0))?;
+                    last_error = lost(
+                        sent.load(Ordering::Relaxed),
+                        format!("node {}: {e}", target.0),
+                    )?;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
         Err(ClientError::Unavailable(last_error))
+    }
+
+    /// The next seed in turn, passing over those in `unresponsive` unless every seed is.
+    fn next_seed(&self, unresponsive: &[NodeId]) -> (NodeId, SocketAddr) {
+        let seeds = &self.cfg.seeds;
+        let pick = || seeds[self.next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len()];
+        let first = pick();
+        if !unresponsive.contains(&first.0) {
+            return first;
+        }
+        (1..seeds.len())
+            .map(|_| pick())
+            .find(|s| !unresponsive.contains(&s.0))
+            .unwrap_or(first)
+    }
+
+    /// Stops sending to `target`: closes its connection, and forgets it led.
+    fn forget(&self, target: (NodeId, SocketAddr)) {
+        if let Some(conn) = self.conns.lock().remove(&target.0) {
+            conn.close(quinn::VarInt::from_u32(0), b"no answer in time");
+        }
+        let mut leader = self.leader.lock();
+        if leader.is_some_and(|(id, _)| id == target.0) {
+            *leader = None;
+        }
     }
 
     async fn connection(
@@ -327,12 +385,12 @@ impl KvClient {
         &self,
         target: (NodeId, SocketAddr),
         body: Bytes,
-        sent: &mut bool,
+        sent: &AtomicBool,
     ) -> Result<Reply, FrameError> {
         let conn = self.connection(target).await?;
         let io = |e: &dyn std::fmt::Display| FrameError::Io(e.to_string());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
-        *sent = true;
+        sent.store(true, Ordering::Relaxed);
         frame::write_frame(&mut send, FrameKind::KvRequest, body).await?;
         send.finish().map_err(|e| io(&e))?;
         let f = frame::expect_frame(&mut recv, FrameKind::KvResponse, 64 << 20).await?;
@@ -415,23 +473,28 @@ impl Drop for KvClient {
     fn drop(&mut self) {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"client closed");
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     use super::*;
     use crate::certs::DevCa;
 
     /// A node that counts every request it takes, then answers what `answer` holds or, if it
     /// holds nothing, closes the connection without answering (the client cannot know whether
-    /// a write it sent took effect).
+    /// a write it sent took effect). While `silent`, it takes requests and never answers, and
+    /// its connections stay open (a node stopped, or cut off after the handshake).
     struct Fake {
         addr: SocketAddr,
         requests: Arc<AtomicU64>,
         answer: Arc<Mutex<Option<Bytes>>>,
+        silent: Arc<AtomicBool>,
         _runtime: tokio::runtime::Runtime,
     }
 
@@ -453,11 +516,12 @@ mod tests {
         let addr = endpoint.local_addr().expect("bound");
         let requests = Arc::new(AtomicU64::new(0));
         let answer: Arc<Mutex<Option<Bytes>>> = Arc::default();
-        let (counted, answering) = (requests.clone(), answer.clone());
+        let silent = Arc::new(AtomicBool::new(false));
+        let (counted, answering, mute) = (requests.clone(), answer.clone(), silent.clone());
         runtime.spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let Ok(conn) = incoming.await else { continue };
-                let (counted, answering) = (counted.clone(), answering.clone());
+                let (counted, answering, mute) = (counted.clone(), answering.clone(), mute.clone());
                 tokio::spawn(async move {
                     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                         if frame::expect_frame(&mut recv, FrameKind::KvRequest, 1 << 20)
@@ -465,6 +529,10 @@ mod tests {
                             .is_ok()
                         {
                             counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if mute.load(Ordering::SeqCst) {
+                            // Holds this stream and takes no other on the connection.
+                            std::future::pending::<()>().await;
                         }
                         let answer = answering.lock().clone();
                         let Some(body) = answer else {
@@ -481,6 +549,7 @@ mod tests {
             addr,
             requests,
             answer,
+            silent,
             _runtime: runtime,
         }
     }
@@ -493,6 +562,14 @@ mod tests {
                 term: 1,
                 leader_addr: Some(addr.to_string()),
             },
+        };
+        frame::archive(&response).expect("archived")
+    }
+
+    /// The answer to a read that found `value`.
+    fn value(value: &'static str) -> Bytes {
+        let response = crate::wire::WireKvResponse::Value {
+            value: Some(Bytes::from(value)),
         };
         frame::archive(&response).expect("archived")
     }
@@ -546,6 +623,99 @@ mod tests {
         // bounces; followed at once, it was thousands.
         let requests = one.requests.load(Ordering::SeqCst) + two.requests.load(Ordering::SeqCst);
         assert!((3..=40).contains(&requests), "{requests} requests");
+    }
+
+    /// A client of `seeds` that gives each node 300 ms to answer, and a call 3 s.
+    fn client_of_seeds(ca: &DevCa, seeds: Vec<(NodeId, SocketAddr)>) -> KvClient {
+        let identity = ca.issue_client().expect("client cert").identity;
+        let mut cfg = KvClientConfig::new(seeds, identity, vec![ca.cert_der()]);
+        cfg.request_timeout = Duration::from_secs(3);
+        cfg.attempt_timeout = Duration::from_millis(300);
+        KvClient::connect(cfg).expect("client")
+    }
+
+    #[test]
+    fn a_call_moves_on_from_a_seed_that_never_answers() {
+        let ca = DevCa::generate("test").expect("ca");
+        let node = fake_node(&ca, 2);
+        *node.answer.lock() = Some(value("v"));
+        // Bound and never read: the handshake to it gets no answer.
+        let hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("bound");
+        let hole_addr = hole.local_addr().expect("bound");
+        let client = client_of_seeds(&ca, vec![(1, hole_addr), (2, node.addr)]);
+        for _ in 0..3 {
+            let started = Instant::now();
+            let got = client.get("k", Consistency::Linearizable);
+            assert_eq!(got.expect("served by the seed that answers"), "v");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "within one attempt's wait"
+            );
+        }
+    }
+
+    #[test]
+    fn a_leader_that_stops_answering_is_left_for_the_other_nodes() {
+        let ca = DevCa::generate("test").expect("ca");
+        let (one, two) = (fake_node(&ca, 1), fake_node(&ca, 2));
+        *one.answer.lock() = Some(value("from one"));
+        *two.answer.lock() = Some(not_leader(1, one.addr));
+        let client = client_of_seeds(&ca, vec![(1, one.addr), (2, two.addr)]);
+        assert_eq!(
+            client.get("k", Consistency::Linearizable).expect("read"),
+            "from one"
+        );
+        assert_eq!(client.leader(), Some(1));
+
+        // Node 1 stops answering with its connection open; node 2 now serves.
+        one.silent.store(true, Ordering::SeqCst);
+        *two.answer.lock() = Some(value("from two"));
+        let got = client.get("k", Consistency::Linearizable);
+        assert_eq!(got.expect("read again at node 2"), "from two");
+
+        // A write sent to a silent leader cannot be retried, but the next call goes elsewhere.
+        *two.answer.lock() = Some(not_leader(1, one.addr));
+        one.silent.store(false, Ordering::SeqCst);
+        assert_eq!(
+            client.get("k", Consistency::Linearizable).expect("read"),
+            "from one"
+        );
+        one.silent.store(true, Ordering::SeqCst);
+        let write = client.compare_and_swap("k", None, Some(Bytes::from("v")));
+        assert!(
+            matches!(write, Err(ClientError::Indeterminate(_))),
+            "{write:?}"
+        );
+        assert_eq!(
+            client.leader(),
+            None,
+            "the silent node is no longer taken to lead"
+        );
+        *two.answer.lock() = Some(value("from two"));
+        assert_eq!(
+            client.get("k", Consistency::Linearizable).expect("read"),
+            "from two"
+        );
+    }
+
+    #[test]
+    fn a_client_dropped_inside_another_runtime_shuts_down_without_panicking() {
+        let ca = DevCa::generate("test").expect("ca");
+        let node = fake_node(&ca, 1);
+        *node.answer.lock() = Some(value("v"));
+        let client = client_of(&ca, &node);
+        let outer = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        outer.block_on(async move {
+            let got = client
+                .get_async(Bytes::from("k"), Consistency::Linearizable)
+                .await;
+            assert_eq!(got.expect("read"), "v");
+            drop(client);
+        });
     }
 
     #[test]
