@@ -154,8 +154,8 @@ async fn read_messages(
             &peer.counters.bytes_received,
             (HEADER_BYTES + frame.body.len()) as u64,
         );
-        add(&peer.counters.frames_received, 1);
         let messages = codec::decode_batch(&frame, peer.id, shared.id)?;
+        add(&peer.counters.frames_received, 1);
         if let Some(inbox) = shared.inbox() {
             for m in messages {
                 inbox.deliver(m);

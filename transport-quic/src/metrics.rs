@@ -109,6 +109,7 @@ pub struct PeerCounters {
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub frames_sent: AtomicU64,
+    /// Frames of messages that passed validation (refused ones count in `frames_rejected`).
     pub frames_received: AtomicU64,
     /// Messages dropped because the queue was full or the peer unreachable (Raft retries).
     pub messages_dropped: AtomicU64,

@@ -107,16 +107,28 @@ fn a_restarted_follower_catches_up_from_its_own_log() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     let leader = cluster.leader();
     let follower = cluster.follower();
-    cluster.node(leader).put("before", "1", WAIT).expect("put");
+    let before = cluster.node(leader).put("before", "1", WAIT).expect("put");
+    cluster.converge(before);
     cluster.stop(follower);
     let during = cluster
         .node(leader)
         .put("during", "2", WAIT)
         .expect("a majority of two commits");
     cluster.restart(follower);
+    // Read as it starts, before its peers reconnect: what it holds came from its own disk.
+    let recovered = cluster.node(follower).status().expect("running");
+    assert!(
+        recovered.last_index >= before,
+        "its log came back from disk: {recovered:?}"
+    );
     cluster.converge(during);
     let restarted = cluster.node(follower);
     assert_eq!(restarted.state_machine().len(), 2);
+    assert_eq!(
+        restarted.status().expect("running").snapshot_index,
+        0,
+        "caught up with entries, not a snapshot"
+    );
 }
 
 #[test]

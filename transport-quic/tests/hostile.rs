@@ -182,6 +182,7 @@ fn messages_frame(messages: &[Message]) -> Vec<u8> {
 
 #[test]
 fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
+    const STREAMS_UNI_MAX: u32 = 8;
     // Voters 2, 3, 4; node 1 is a known peer (the lowest id, so it dials) that the test plays
     // with node 1's genuine certificate.
     let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
@@ -192,6 +193,7 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
         |q| {
             q.frame_bytes_max = 1 << 20;
             q.batch_bytes_max = 1 << 19;
+            q.streams_uni_max = STREAMS_UNI_MAX;
         },
     );
     let leader = cluster.leader();
@@ -308,15 +310,24 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
         });
     }
 
-    // A flood of streams: the node grants a bounded number at a time; the rest wait for credit
-    // on the rogue's side, and nobody else notices.
-    rogue.runtime.block_on(async {
+    // A flood of streams, each left open: the node grants a bounded number at a time; the rest
+    // wait for credit on the rogue's side, and nobody else notices.
+    let flood = rogue.runtime.block_on(async {
+        let mut open = Vec::new();
         for _ in 0..64 {
-            let opened = tokio::time::timeout(Duration::from_millis(50), conn.open_uni()).await;
+            let opened = tokio::time::timeout(Duration::from_millis(200), conn.open_uni()).await;
             let Ok(Ok(mut s)) = opened else { break };
             let _ = s.write_all(&[replication]).await;
+            open.push(s);
         }
+        open
     });
+    assert!(
+        (1..=STREAMS_UNI_MAX as usize).contains(&flood.len()),
+        "{} streams opened at once, {STREAMS_UNI_MAX} granted",
+        flood.len()
+    );
+    drop(flood);
 
     // The connection itself survived its bad streams: a valid frame from node 1 is accepted.
     let received = || metrics.snapshot().peers[&1].frames_received;
