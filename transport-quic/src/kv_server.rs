@@ -15,6 +15,10 @@ use crate::metrics::add;
 use crate::shared::Shared;
 use crate::wire::{ArchivedWireKvRequest, WireError, WireKvResponse};
 
+/// What a request adds to the command it carries: its archive's framing and a read's key
+/// (a key is part of the command in a write).
+const REQUEST_OVERHEAD_BYTES: usize = 4 << 10;
+
 /// Serves a client connection's requests until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     while let Ok((send, mut recv)) = conn.accept_bi().await {
@@ -32,40 +36,46 @@ async fn serve_request(
     mut send: quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FrameError> {
+    let node = shared.kv.read().as_ref().and_then(|w| w.upgrade());
+    // No larger than the largest command the node takes, so that a client cannot make it hold
+    // frames of up to `frame_bytes_max` (16 MiB) on each of its streams only to refuse them.
+    let max_body_bytes = node.as_ref().map_or(shared.cfg.frame_bytes_max, |n| {
+        (n.config().max_proposal_bytes + REQUEST_OVERHEAD_BYTES).min(shared.cfg.frame_bytes_max)
+    });
     // Bounded in time: a client that opens streams and sends a request slowly, or never
     // finishes one, would otherwise hold them (and their buffers) for as long as it likes.
     let request = tokio::time::timeout(
         shared.cfg.handshake_timeout,
-        frame::expect_frame(recv, FrameKind::KvRequest, shared.cfg.frame_bytes_max),
+        frame::expect_frame(recv, FrameKind::KvRequest, max_body_bytes),
     )
     .await
-    .map_err(|_| FrameError::Idle)??;
-    add(&shared.metrics.kv_requests, 1);
-    let archived = match frame::access::<ArchivedWireKvRequest>(&request.body) {
-        Ok(archived) => archived,
+    .map_err(|_| FrameError::Idle)?;
+    let request = match request {
+        Ok(request) => request,
         Err(e) => {
-            // Read whole and refused, it will never execute: saying so lets the client report
-            // a definite failure (a write left unanswered is indeterminate to it). The stream
-            // is still closed and counted as malformed.
-            let refused = WireKvResponse::Failed {
-                error: WireError::from_node(
-                    &NodeError::Config(format!("malformed key-value request: {e}")),
-                    None,
-                ),
-            };
-            // Counted whatever becomes of the answer.
-            if let Ok(body) = frame::archive(&refused) {
-                if frame::write_frame(&mut send, FrameKind::KvResponse, body)
-                    .await
-                    .is_ok()
-                {
-                    let _ = send.finish();
-                }
+            if let FrameError::TooLarge {
+                body_bytes,
+                max_bytes,
+            } = e
+            {
+                let too_large = NodeError::TooLarge {
+                    size_bytes: body_bytes,
+                    max_bytes,
+                };
+                refuse(&mut send, &too_large).await;
             }
             return Err(e);
         }
     };
-    let node = shared.kv.read().as_ref().and_then(|w| w.upgrade());
+    add(&shared.metrics.kv_requests, 1);
+    let archived = match frame::access::<ArchivedWireKvRequest>(&request.body) {
+        Ok(archived) => archived,
+        Err(e) => {
+            let malformed = NodeError::Config(format!("malformed key-value request: {e}"));
+            refuse(&mut send, &malformed).await;
+            return Err(e);
+        }
+    };
     let response = match node {
         None => Err(NodeError::Stopped {
             reason: "this node serves no key-value store".into(),
@@ -78,6 +88,23 @@ async fn serve_request(
     frame::write_frame(&mut send, FrameKind::KvResponse, frame::archive(&response)?).await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Answers a request refused before it could execute. Saying so lets the client report a
+/// definite failure (a write left unanswered is indeterminate to it); the stream is still closed
+/// and counted as rejected, whatever becomes of the answer.
+async fn refuse(send: &mut quinn::SendStream, error: &NodeError) {
+    let refused = WireKvResponse::Failed {
+        error: WireError::from_node(error, None),
+    };
+    if let Ok(body) = frame::archive(&refused) {
+        if frame::write_frame(send, FrameKind::KvResponse, body)
+            .await
+            .is_ok()
+        {
+            let _ = send.finish();
+        }
+    }
 }
 
 async fn execute(

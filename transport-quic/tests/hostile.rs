@@ -361,42 +361,63 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
 }
 
 #[test]
-fn a_malformed_key_value_request_is_answered_as_refused_and_counted() {
+fn a_malformed_or_oversized_key_value_request_is_answered_as_refused_and_counted() {
+    use keel_engine::node::Error;
     let cluster = Cluster::new(&[1, 2, 3]);
     let leader = cluster.leader();
     let (client, conn) = Rogue::kv_client_of(&cluster, leader);
     let metrics = cluster.transport(leader).metrics().clone();
-    let before = metrics.frames_rejected(FrameRejection::InvalidArchive);
-    let answer = client.runtime.block_on(async {
-        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
-        let request = encode_contiguous(FrameKind::KvRequest, &[0xFF; 64]).expect("frame");
-        send.write_all(&request).await.expect("written");
-        let _ = send.finish();
-        tokio::time::timeout(
-            WAIT,
-            keel_transport_quic::frame::expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20),
-        )
-        .await
-        .expect("answered in time")
-        .expect("a response frame")
-    });
-    // A definite refusal: without it the client could not tell whether a write took effect.
-    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
-        .expect("a valid response");
-    match response {
-        ArchivedWireKvResponse::Failed { error } => {
-            use keel_engine::node::Error;
-            let error = error.to_node();
-            assert!(
-                matches!(&error, Error::Config(why) if why.contains("malformed")),
-                "{error}"
-            );
+    let malformed = encode_contiguous(FrameKind::KvRequest, &[0xFF; 64]).expect("frame");
+    // Only a header, announcing twice the largest command the node takes (1 MiB) and less than
+    // a frame may carry (16 MiB): refused before any of it is read.
+    let announced = 2 << 20;
+    let oversized =
+        keel_transport_quic::frame::FrameHeader::encode(FrameKind::KvRequest, announced)
+            .expect("header")
+            .to_vec();
+    type Check = fn(&Error) -> bool;
+    let cases: [(&str, Vec<u8>, FrameRejection, Check); 2] = [
+        (
+            "malformed",
+            malformed,
+            FrameRejection::InvalidArchive,
+            |e| matches!(e, Error::Config(why) if why.contains("malformed")),
+        ),
+        (
+            "oversized",
+            oversized,
+            FrameRejection::TooLarge,
+            |e| matches!(e, Error::TooLarge { size_bytes, .. } if *size_bytes == 2 << 20),
+        ),
+    ];
+    for (what, request, rejection, expected) in cases {
+        let before = metrics.frames_rejected(rejection);
+        let answer = client.runtime.block_on(async {
+            let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+            send.write_all(&request).await.expect("written");
+            let _ = send.finish();
+            tokio::time::timeout(
+                WAIT,
+                keel_transport_quic::frame::expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20),
+            )
+            .await
+            .expect("answered in time")
+            .expect("a response frame")
+        });
+        // A definite refusal: without it the client could not tell whether a write took effect.
+        let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+            .expect("a valid response");
+        match response {
+            ArchivedWireKvResponse::Failed { error } => {
+                let error = error.to_node();
+                assert!(expected(&error), "{what}: {error}");
+            }
+            _ => panic!("{what}: expected a refusal"),
         }
-        _ => panic!("expected a refusal"),
+        eventually(&format!("the {what} request is counted"), || {
+            metrics.frames_rejected(rejection) > before
+        });
     }
-    eventually("the request is counted as malformed", || {
-        metrics.frames_rejected(FrameRejection::InvalidArchive) > before
-    });
 }
 
 #[test]
