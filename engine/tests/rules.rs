@@ -609,6 +609,28 @@ fn a_vote_request_from_an_unknown_node_is_ignored_in_lease_and_judged_on_term_an
 }
 
 #[test]
+fn a_follower_in_lease_grants_no_vote_at_a_term_it_reached_without_a_leader() {
+    // Node 2 follows node 1 and is in its lease. A stale answer from node 3 at a newer term
+    // raises node 2's term and names no leader. A vote request at that term must still wait for
+    // the lease to run out: node 1 serves lease reads counting on node 2 granting none before.
+    let mut c = cluster_led_by_1();
+    let last = (c.core(2).last_index(), c.core(2).last_term());
+    c.step(msg(3, 2, 2, Body::VoteResponse { granted: false }));
+    assert_eq!(c.core(2).term(), 2);
+    c.step(vote(3, 2, 2, last));
+    assert_eq!(c.core(2).vote(), None, "no vote inside the lease");
+    assert_eq!(c.core(2).stats().votes_ignored_in_lease, 1);
+
+    // Once the lease has run out, the same request is granted.
+    let election_ticks = c.core(2).config().election_ticks;
+    for _ in 0..election_ticks {
+        c.with_core_quiet(2, |core| core.tick());
+    }
+    c.step(vote(3, 2, 2, last));
+    assert_eq!(c.core(2).vote(), Some(3));
+}
+
+#[test]
 fn vote_responses_and_acks_from_unknown_nodes_are_counted_and_ignored() {
     let mut cfg = Config::new(1);
     cfg.pre_vote = false;

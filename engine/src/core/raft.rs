@@ -374,14 +374,19 @@ impl Core {
             self.stats.misaddressed += 1;
             return;
         }
-        if m.term > self.term {
-            if let Body::PreVote { .. } | Body::Vote { .. } = m.body {
-                let transfer = matches!(m.body, Body::Vote { transfer: true, .. });
-                if self.in_lease() && !transfer {
-                    self.stats.votes_ignored_in_lease += 1;
-                    return;
-                }
+        if let Body::PreVote { .. } | Body::Vote { .. } = m.body {
+            // The lease is a promise to grant no vote until it runs out, whatever the term: a
+            // node can reach a newer term without a leader (a stale vote answer from a
+            // candidate) and keep the promise it made to the leader before. Only the vote
+            // already cast in this term may be granted again.
+            let transfer = matches!(m.body, Body::Vote { transfer: true, .. });
+            let cast = m.term == self.term && self.vote == Some(m.from);
+            if m.term >= self.term && self.in_lease() && !transfer && !cast {
+                self.stats.votes_ignored_in_lease += 1;
+                return;
             }
+        }
+        if m.term > self.term {
             match m.body {
                 // A pre-vote never changes anyone's term; a granted response carries the term
                 // the pre-candidate asked about.
