@@ -631,6 +631,49 @@ fn a_follower_in_lease_grants_no_vote_at_a_term_it_reached_without_a_leader() {
 }
 
 #[test]
+fn a_voter_added_just_before_a_check_quorum_round_ends_does_not_depose_the_leader() {
+    // Node 3 is down; nodes 1 and 2 are a quorum of three. Node 1 adds voter 4 on the last tick
+    // of a check-quorum round: four voters need three active, and node 4 has had no chance to
+    // answer yet. It counts as active for that round, and is judged from the next one on.
+    let mut c = cluster_led_by_1();
+    c.crash(3);
+    let election_ticks = c.core(1).config().election_ticks;
+    // `cluster_led_by_1` ticked the new leader once, in a round node 3 answered in. The round
+    // after it, only node 2 answers: to its last tick.
+    for _ in 1..2 * election_ticks - 1 {
+        c.tick(1);
+        c.deliver_all();
+    }
+    let target = voters(&[1, 2, 3, 4]);
+    c.with_core(1, |core| core.propose_membership(&target))
+        .expect("one voter added");
+    eprintln!(
+        "DBG membership {:?} stats {:?}",
+        c.core(1).membership(),
+        c.core(1).stats()
+    );
+    c.tick(1);
+    eprintln!(
+        "DBG after tick role {:?} stats {:?}",
+        c.core(1).role(),
+        c.core(1).stats()
+    );
+    assert_eq!(
+        c.core(1).role(),
+        Role::Leader,
+        "still leading with 1 and 2 active"
+    );
+    assert_eq!(c.core(1).stats().check_quorum_step_downs, 0);
+
+    // Node 4 never answers: with only 2 of 4 voters active, the next round deposes node 1.
+    for _ in 0..election_ticks {
+        c.tick(1);
+        c.deliver_all();
+    }
+    assert_eq!(c.core(1).stats().check_quorum_step_downs, 1);
+}
+
+#[test]
 fn vote_responses_and_acks_from_unknown_nodes_are_counted_and_ignored() {
     let mut cfg = Config::new(1);
     cfg.pre_vote = false;

@@ -1434,9 +1434,14 @@ impl Core {
             self.progress.retain(|id, _| members.contains(id));
             for id in members {
                 if id != self.id {
-                    self.progress
-                        .entry(id)
-                        .or_insert_with(|| Progress::new(next));
+                    self.progress.entry(id).or_insert_with(|| {
+                        // Counted active in the check-quorum round under way, as etcd does: a
+                        // member added near its end has had no time to answer, and a leader that
+                        // added voters then found too few of them active and stepped down.
+                        let mut added = Progress::new(next);
+                        added.recent_active = true;
+                        added
+                    });
                 }
             }
         }
