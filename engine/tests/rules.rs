@@ -674,6 +674,42 @@ fn a_voter_added_just_before_a_check_quorum_round_ends_does_not_depose_the_leade
 }
 
 #[test]
+fn a_removed_voter_is_sent_its_removal_and_its_commit_and_then_stays_quiet() {
+    let mut c = cluster_led_by_1();
+    let index = c
+        .with_core(1, |core| core.propose_membership(&voters(&[1, 2])))
+        .expect("one voter removed");
+    c.deliver_all();
+    assert!(c.core(1).commit_index() >= index);
+    let removed = c.core(3);
+    assert!(
+        removed.commit_index() >= index,
+        "node 3 heard the removal commit"
+    );
+    assert!(
+        !removed.membership().contains(3),
+        "{:?}",
+        removed.membership()
+    );
+    assert!(
+        c.core(1).progress().all(|(id, _)| id != 3),
+        "the leader let node 3 go"
+    );
+
+    // Out of the cluster, it never campaigns.
+    let elections = |c: &Cluster| {
+        let s = c.core(3).stats();
+        s.elections_started + s.pre_elections_started
+    };
+    let before = elections(&c);
+    for _ in 0..4 * c.core(3).config().election_ticks {
+        c.tick(3);
+    }
+    assert_eq!(elections(&c), before);
+    assert!(c.in_flight().is_empty(), "{:?}", c.in_flight());
+}
+
+#[test]
 fn vote_responses_and_acks_from_unknown_nodes_are_counted_and_ignored() {
     let mut cfg = Config::new(1);
     cfg.pre_vote = false;

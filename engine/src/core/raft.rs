@@ -1223,6 +1223,16 @@ impl Core {
         if self.role != Role::Leader || self.membership_index > self.log.committed {
             return;
         }
+        let removed: Vec<NodeId> = (self.progress.keys().copied())
+            .filter(|&id| !self.membership.contains(id))
+            .collect();
+        for id in removed {
+            // A last message carries the commit, then the node is let go.
+            if !self.send_append(id, true) {
+                self.send_heartbeat(id);
+            }
+            self.progress.remove(&id);
+        }
         if self.membership.is_joint() {
             let next = self.membership.leave_joint();
             self.append_as_leader(vec![Payload::Membership(next)]);
@@ -1429,9 +1439,11 @@ impl Core {
         self.membership = membership;
         self.membership_index = index;
         if self.role == Role::Leader {
+            // Members this change removes keep their progress until it commits: they are sent
+            // the change and then its commit (see `after_membership_commit`), and so learn they
+            // are out. Dropped at once, they never heard, and campaigned for good.
             let next = self.log.last_index() + 1;
             let members: Vec<NodeId> = self.membership.members().collect();
-            self.progress.retain(|id, _| members.contains(id));
             for id in members {
                 if id != self.id {
                     self.progress.entry(id).or_insert_with(|| {
