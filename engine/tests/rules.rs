@@ -710,6 +710,46 @@ fn a_removed_voter_is_sent_its_removal_and_its_commit_and_then_stays_quiet() {
 }
 
 #[test]
+fn a_joint_configuration_that_commits_during_a_transfer_is_left_when_the_transfer_ends() {
+    let mut opts = Options::voters(&[1, 2, 3]);
+    opts.learners = vec![4, 5];
+    let mut c = Cluster::new(opts);
+    c.campaign(1).expect("node 1 votes");
+    c.deliver_all();
+    assert_eq!(c.core(1).role(), Role::Leader);
+    // Node 3 is down, so a transfer to it stays under way until it is abandoned.
+    c.crash(3);
+    let joint = c
+        .with_core(1, |core| core.propose_membership(&voters(&[1, 4, 5])))
+        .expect("two voters replaced: joint");
+    c.with_core(1, |core| core.transfer_leadership(3))
+        .expect("a transfer to node 3");
+    c.deliver_all();
+    let leader = c.core(1);
+    assert!(
+        leader.commit_index() >= joint,
+        "the joint configuration committed"
+    );
+    assert!(
+        leader.membership().is_joint(),
+        "and is not left during the transfer"
+    );
+    assert_eq!(leader.last_index(), joint);
+
+    for _ in 0..c.core(1).config().election_ticks {
+        c.tick(1);
+        c.deliver_all();
+    }
+    let leader = c.core(1);
+    assert_eq!(leader.role(), Role::Leader);
+    assert!(
+        !leader.membership().is_joint(),
+        "left once the transfer was abandoned"
+    );
+    assert_eq!(leader.membership().voters, voters(&[1, 4, 5]).voters);
+}
+
+#[test]
 fn vote_responses_and_acks_from_unknown_nodes_are_counted_and_ignored() {
     let mut cfg = Config::new(1);
     cfg.pre_vote = false;

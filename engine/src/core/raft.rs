@@ -346,6 +346,8 @@ impl Core {
             t.elapsed_ticks += 1;
             if t.elapsed_ticks >= self.cfg.election_ticks {
                 self.transfer = None;
+                // A joint configuration that committed during the transfer is left now.
+                self.after_membership_commit();
             }
         }
         if self.election_elapsed_ticks >= self.cfg.election_ticks {
@@ -1234,6 +1236,12 @@ impl Core {
             self.progress.remove(&id);
         }
         if self.membership.is_joint() {
+            if self.transfer.is_some() {
+                // Not while a transfer runs: its target, told to campaign, may lack the entry,
+                // and the nodes that hold it would refuse it their votes. Its election, or the
+                // transfer's end, leaves the joint configuration.
+                return;
+            }
             let next = self.membership.leave_joint();
             self.append_as_leader(vec![Payload::Membership(next)]);
         } else if !self.membership.is_voter(self.id) {
