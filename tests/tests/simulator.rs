@@ -195,7 +195,11 @@ fn checker_catches_a_vote_that_is_not_persisted() {
         crash_heavy,
         2000,
     );
-    assert_is_safety_violation(&failure);
+    // A node that forgets its vote votes again in the same term: two leaders of one term.
+    assert!(
+        failure.violation.starts_with("election safety"),
+        "expected two leaders in a term, got: {failure}"
+    );
 }
 
 /// Lease reads are only as safe as the drift margin: with the smallest the core accepts (one

@@ -493,7 +493,17 @@ impl World {
                 node.leader_checked_term = core.term();
                 self.summary.leaders_elected += 1;
                 self.checker.on_leader_elected(id, core)?;
-                node.leading_unconfirmed = Some(core.term());
+                // With other voters, the votes that elected it were asked for only once its own
+                // was durable: it led this term, and is counted now. A sole voter elects itself
+                // before writing its vote, and is counted once that is durable (if it crashes
+                // first, nothing of that leadership existed).
+                let m = core.membership();
+                let others = m.voters.iter().chain(&m.outgoing).any(|&v| v != id);
+                if others {
+                    self.checker.on_leader(core.term(), id)?;
+                } else {
+                    node.leading_unconfirmed = Some(core.term());
+                }
             }
             if self.opts.trace {
                 if let Some(ss) = out.soft_state {
@@ -589,7 +599,7 @@ impl World {
         }
     }
 
-    /// Counts a leadership for election safety once the leader's term and vote are durable.
+    /// Counts a sole voter's leadership for election safety once its term and vote are durable.
     fn confirm_leadership(&mut self, id: NodeId) -> Result<(), Violation> {
         let node = self.nodes.get_mut(&id).expect("known node");
         let Some(term) = node.leading_unconfirmed else {
