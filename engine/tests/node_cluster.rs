@@ -604,6 +604,15 @@ fn membership_changes_under_load() {
     let status = leader.status().expect("status");
     assert!(status.membership.voters.contains(&4));
     assert!(!status.membership.voters.contains(&removed));
+    // Its per-peer metrics (commit lag, round trips) go with it, not frozen at their last values.
+    let deadline = Instant::now() + WAIT;
+    while leader.metrics().peers.lock().contains_key(&removed) {
+        assert!(
+            Instant::now() < deadline,
+            "node {removed}'s metrics outlived its removal"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let index = put(&leader, "final", "1").expect("put");
     cluster
         .node(4)

@@ -924,6 +924,9 @@ impl Driver {
     /// interval, never per message).
     fn publish_peer_progress(&self) {
         let mut peers = self.metrics.peers.lock();
+        // A removed member's series end with it, not frozen at their last values.
+        let membership = self.core.membership();
+        peers.retain(|&id, _| membership.contains(id));
         if self.core.role() != Role::Leader {
             for p in peers.values_mut() {
                 p.match_index = 0;
@@ -933,6 +936,9 @@ impl Driver {
         }
         let commit = self.core.commit_index();
         for (id, progress) in self.core.progress() {
+            if !membership.contains(id) {
+                continue; // removed, and sent the removal until it commits
+            }
             let p = peers.entry(id).or_insert_with(PeerMetrics::new);
             p.match_index = progress.match_index;
             p.commit_lag_entries = commit.saturating_sub(progress.match_index);
