@@ -485,10 +485,10 @@ impl Worker<'_> {
         if result.timeline.len() <= step {
             result.timeline.resize_with(step + 1, new_step_histogram);
         }
-        let _ = result.timeline[step].record(latency_us.max(1));
+        result.timeline[step].saturating_record(latency_us.max(1));
         match o.op {
             Op::Write { key, id } => {
-                let _ = result.writes_h.record(latency_us.max(1));
+                result.writes_h.saturating_record(latency_us.max(1));
                 match index {
                     Some(index) => {
                         result.acks.push(Acknowledged { key, id, index });
@@ -500,7 +500,7 @@ impl Worker<'_> {
                 }
             }
             Op::Read => {
-                let _ = result.reads_h.record(latency_us.max(1));
+                result.reads_h.saturating_record(latency_us.max(1));
             }
         }
     }

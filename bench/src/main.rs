@@ -277,20 +277,29 @@ fn local(args: LocalArgs) -> Result<(), String> {
             .join(" ")
     );
     let target: Arc<dyn Target> = cluster.clone();
+    // Counted from the measured run's start: a prefill's batches are not the run's.
+    let mut batching_before = Vec::new();
     let Run {
         result,
         ledger,
         rss,
-    } = run_load(target.clone(), &args.load);
+    } = run_load(target.clone(), &args.load, || {
+        batching_before = cluster
+            .nodes
+            .iter()
+            .map(|n| Batching::of(&n.metrics()))
+            .collect();
+    });
     // Every acknowledged write must be read back: the key holds that write or a later one.
     let Verification {
         keys: verified_keys,
         failures: verification_failures,
     } = ledger.verify(target.as_ref());
 
-    let m = cluster.leader().metrics();
-    let syncs = NodeMetrics::get(&m.wal_syncs).max(1);
-    let batches = m.proposal_batch_entries.snapshot();
+    let leader = cluster.leader();
+    let at = cluster.nodes.iter().position(|n| Arc::ptr_eq(n, leader));
+    let before = at.and_then(|i| batching_before.get(i).copied());
+    let batching = Batching::of(&leader.metrics()).since(before.unwrap_or_default());
     let histograms = LoadHistograms::of(&result, args.load.settings());
     let mut report = Report::of(&histograms);
     report.nodes = args.nodes;
@@ -298,8 +307,9 @@ fn local(args: LocalArgs) -> Result<(), String> {
     report.fsync = Some(!args.no_fsync);
     report.fdatasync = Some(LatencySummary::of(&fdatasync));
     report.fdatasync_append = Some(LatencySummary::of(&fdatasync_append));
-    report.entries_per_fsync = Some(NodeMetrics::get(&m.wal_synced_entries) as f64 / syncs as f64);
-    report.mean_batch_entries = Some(batches.sum as f64 / batches.count.max(1) as f64);
+    report.entries_per_fsync = Some(batching.synced_entries as f64 / batching.syncs.max(1) as f64);
+    report.mean_batch_entries =
+        Some(batching.batched_entries as f64 / batching.batches.max(1) as f64);
     report.verified_keys = verified_keys;
     report.verification_failures = verification_failures;
     report.memory = memory::summarize(&rss, result.elapsed.as_secs_f64());
@@ -323,7 +333,7 @@ fn load_remote(args: LoadArgs) -> Result<(), String> {
         REQUEST_TIMEOUT,
     )?;
     let target: Arc<dyn Target> = Arc::new(cluster);
-    let Run { result, ledger, .. } = run_load(target.clone(), &args.load);
+    let Run { result, ledger, .. } = run_load(target.clone(), &args.load, || {});
     let Verification {
         keys: verified_keys,
         failures: verification_failures,
@@ -415,17 +425,50 @@ struct Run {
 }
 
 /// Runs the load (after the prefill, with `--prefill`) with a progress bar on a terminal.
-fn run_load(target: Arc<dyn Target>, flags: &LoadFlags) -> Run {
+/// A prefill (if asked for), then the measured run; `measured_start` runs between them.
+fn run_load(target: Arc<dyn Target>, flags: &LoadFlags, measured_start: impl FnOnce()) -> Run {
     let spec = flags.spec();
     let ledger = Ledger::new(&spec.key_prefix, spec.key_space);
     if flags.prefill {
         prefill(&target, &spec, &ledger);
     }
+    measured_start();
     let (result, rss) = run_measured(target, flags, &spec, &ledger);
     Run {
         result,
         ledger,
         rss,
+    }
+}
+
+/// A node's counters of log writes and proposal batches.
+#[derive(Clone, Copy, Debug, Default)]
+struct Batching {
+    syncs: u64,
+    synced_entries: u64,
+    batches: u64,
+    batched_entries: u64,
+}
+
+impl Batching {
+    fn of(m: &NodeMetrics) -> Self {
+        let batches = m.proposal_batch_entries.snapshot();
+        Self {
+            syncs: NodeMetrics::get(&m.wal_syncs),
+            synced_entries: NodeMetrics::get(&m.wal_synced_entries),
+            batches: batches.count,
+            batched_entries: batches.sum,
+        }
+    }
+
+    /// What was counted after `earlier`.
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            syncs: self.syncs - earlier.syncs,
+            synced_entries: self.synced_entries - earlier.synced_entries,
+            batches: self.batches - earlier.batches,
+            batched_entries: self.batched_entries - earlier.batched_entries,
+        }
     }
 }
 

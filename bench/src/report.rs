@@ -224,6 +224,15 @@ impl Report {
             ms(l.stddev_us),
             ms(l.max_us as f64)
         );
+        let failed = self.total - self.ok;
+        if failed > 0 {
+            let _ = writeln!(
+                o,
+                "                (of the {} requests that succeeded: the {failed} that failed are \
+                 not in the latency figures)",
+                self.ok
+            );
+        }
         let _ = writeln!(o, "\nLatency distribution:");
         for (p, v) in [
             ("50", l.p50_us),

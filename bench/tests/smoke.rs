@@ -112,6 +112,8 @@ fn prefill_writes_every_key_before_the_measured_run() {
             "--key-space",
             "3000",
             "--prefill",
+            "--rate",
+            "200",
         ])
         .arg("--json")
         .arg(&json)
@@ -133,6 +135,12 @@ fn prefill_writes_every_key_before_the_measured_run() {
         Some(0),
         "{report}"
     );
+    // Batching is the measured run's: at 200 writes/s each write goes alone, where the prefill
+    // (16 clients at full speed) batched several.
+    for figure in ["entries_per_fsync", "mean_batch_entries"] {
+        let value = report[figure].as_f64().expect("reported");
+        assert!((1.0..2.0).contains(&value), "{figure} {value}: {report}");
+    }
 }
 
 #[test]
