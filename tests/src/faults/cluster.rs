@@ -394,6 +394,11 @@ impl Cluster {
             let Some(&id) = missing.first() else {
                 return Ok(leader);
             };
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("healing: nodes {missing:?} never became voters"),
+                });
+            }
             // Membership changes fail while another is pending, or when the learner lags:
             // retry until the deadline.
             let command = if status.learners.contains(&id) {
@@ -401,11 +406,11 @@ impl Cluster {
             } else {
                 format!("add-learner {id}")
             };
-            if let Err(e) = self.admin(leader, &command) {
-                if Instant::now() > deadline {
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            match self.admin(leader, &command) {
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                // Taken; the next status shows it in force.
+                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
     }

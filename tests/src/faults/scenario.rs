@@ -42,6 +42,9 @@ pub struct Scenario {
     pub cooldown: Duration,
     /// The command that runs this scenario again.
     pub replay: String,
+    /// Whether a fault may find nothing to act on (no leader, say) and be skipped. A schedule
+    /// written for what it tests may not: skipped, it would pass without testing it.
+    pub faults_may_skip: bool,
 }
 
 impl Scenario {
@@ -60,6 +63,7 @@ impl Scenario {
                 "KEEL_FAULT_SEED={seed} cargo test --release -p keel-tests --test faults {name} \
                  -- --nocapture"
             ),
+            faults_may_skip: false,
         }
     }
 }
@@ -75,6 +79,11 @@ pub struct Report {
     /// Wrong behaviour the harness saw outside the history (e.g. a node that kept running
     /// after its fsync failed).
     pub problems: Vec<String>,
+    /// Faults that found nothing to act on, or did not take.
+    pub skipped: Vec<String>,
+    /// Writes acknowledged among those invoked after the last fault was undone: the healed
+    /// cluster must serve.
+    pub writes_after_faults: usize,
     pub network: ProxyStats,
     pub elapsed: Duration,
     /// The end of every node's stderr.
@@ -93,6 +102,22 @@ impl Report {
             }
         }
         counts
+    }
+
+    /// What fails the run besides its verdict: wrong behaviour seen, faults that did not take
+    /// (unless the scenario allows it), and a healed cluster that served no write.
+    pub fn failures(&self, scenario: &Scenario) -> Vec<String> {
+        let mut failures = self.problems.clone();
+        if !scenario.faults_may_skip && !self.skipped.is_empty() {
+            failures.push(format!(
+                "faults that did not take, so the run did not test them: {:?}",
+                self.skipped
+            ));
+        }
+        if self.writes_after_faults == 0 {
+            failures.push("no write was acknowledged after the last fault was undone".into());
+        }
+        failures
     }
 
     pub fn summary(&self, scenario: &Scenario) -> String {
@@ -185,14 +210,27 @@ pub fn run(scenario: &Scenario) -> Result<Report, Box<Aborted>> {
         })
     })?;
     match drive(scenario, &mut cluster, &mut log) {
-        Ok((history, agreement, problems)) => {
+        Ok(Driven {
+            history,
+            agreement,
+            problems,
+            skipped,
+            faults_over_ns,
+        }) => {
             let verdict = check(&history).expect("recorded times never run backwards");
+            let writes_after_faults = history
+                .iter()
+                .filter(|o| o.invoked_ns >= faults_over_ns && o.client != READ_BACK_CLIENT)
+                .filter(|o| !matches!(o.op, Op::Get { .. }) && status(&o.op) == 0)
+                .count();
             Ok(Report {
                 verdict,
                 history,
                 agreement,
                 log,
                 problems,
+                skipped,
+                writes_after_faults,
                 network: cluster.net().stats(),
                 elapsed: started.elapsed(),
                 node_logs: cluster.log_tails(20),
@@ -210,7 +248,14 @@ pub fn run(scenario: &Scenario) -> Result<Report, Box<Aborted>> {
     }
 }
 
-type Driven = (Vec<Operation>, Agreement, Vec<String>);
+struct Driven {
+    history: Vec<Operation>,
+    agreement: Agreement,
+    problems: Vec<String>,
+    skipped: Vec<String>,
+    /// When the last fault was undone, on the history's clock.
+    faults_over_ns: u64,
+}
 
 fn drive(
     scenario: &Scenario,
@@ -230,16 +275,24 @@ fn drive(
         targets: vec![Vec::new(); scenario.schedule.faults.len()],
         log,
         problems: Vec::new(),
+        skipped: Vec::new(),
         faults_began: Instant::now(),
     };
     injector.run(cluster, &scenario.schedule)?;
+    let faults_over_ns = clock.now_ns();
     std::thread::sleep(scenario.cooldown);
     let mut history = workload.stop();
     injector.note(format!("healing ({} operations recorded)", history.len()));
     cluster.heal(SETTLE_TIMEOUT)?;
     let agreement = cluster.check_agreement(SETTLE_TIMEOUT)?;
     history.extend(read_back(cluster, scenario, clock)?);
-    Ok((history, agreement, injector.problems))
+    Ok(Driven {
+        history,
+        agreement,
+        problems: injector.problems,
+        skipped: injector.skipped,
+        faults_over_ns,
+    })
 }
 
 /// Every key read once more, linearizably, through a fresh client.
@@ -276,6 +329,7 @@ struct Injector<'a> {
     targets: Vec<Vec<NodeId>>,
     log: &'a mut Vec<String>,
     problems: Vec<String>,
+    skipped: Vec<String>,
     faults_began: Instant,
 }
 
@@ -285,6 +339,12 @@ impl Injector<'_> {
         let line = format!("{at:>6} ms: {line}");
         println!("  {line}");
         self.log.push(line);
+    }
+
+    /// Notes a fault that found nothing to act on, or did not take.
+    fn skip(&mut self, line: String) {
+        self.skipped.push(line.clone());
+        self.note(line);
     }
 
     fn run(&mut self, cluster: &mut Cluster, schedule: &Schedule) -> Result<(), HarnessError> {
@@ -350,7 +410,7 @@ impl Injector<'_> {
                 .iter()
                 .map(|s| format!("{}:{}@{}->{:?}", s.id, s.role, s.term, s.leader))
                 .collect();
-            self.note(format!(
+            self.skip(format!(
                 "{fault:?}: skipped, no leader ({})",
                 seen.join(" ")
             ));
@@ -358,7 +418,7 @@ impl Injector<'_> {
         }
         let l = leader.unwrap_or(0);
         let Some(f) = follower else {
-            self.note(format!("{fault:?}: skipped, no follower up"));
+            self.skip(format!("{fault:?}: skipped, no follower up"));
             return Ok(());
         };
         let targets = match fault {
@@ -411,7 +471,7 @@ impl Injector<'_> {
                 match cluster.admin(l, &command) {
                     Ok(_) => vec![f],
                     Err(e) => {
-                        self.note(format!("{command}: {e}"));
+                        self.skip(format!("{command}: {e}"));
                         Vec::new()
                     }
                 }
@@ -427,7 +487,7 @@ impl Injector<'_> {
             },
             Fault::TransferLeadership => {
                 if let Err(e) = cluster.admin(l, &format!("transfer {f}")) {
-                    self.note(format!("transfer {f}: {e}"));
+                    self.skip(format!("transfer {f}: {e}"));
                 }
                 vec![f]
             }
@@ -515,7 +575,7 @@ impl Injector<'_> {
                         "node {n} with a failing fsync (after {syncs} syncs) exited with \
                          {status}, not code 3"
                     )),
-                    None => self.note(format!(
+                    None => self.skip(format!(
                         "node {n}: the fsync failpoint (after {syncs} syncs) did not fire"
                     )),
                 }
@@ -562,14 +622,15 @@ pub fn assert_passes(scenario: &Scenario) -> Report {
         ),
     };
     println!("{}", report.summary(scenario));
-    if !report.verdict.is_linearizable() || !report.problems.is_empty() {
+    let problems = report.failures(scenario);
+    if !report.verdict.is_linearizable() || !problems.is_empty() {
         panic!(
             "fault scenario {} (seed {}) failed: {}\nproblems: {:?}\nschedule:\n{}faults \
              applied:\n  {}\n{}replay: {}",
             scenario.name,
             scenario.seed,
             report.verdict,
-            report.problems,
+            problems,
             scenario.schedule,
             report.log.join("\n  "),
             report.node_logs,
@@ -577,4 +638,46 @@ pub fn assert_passes(scenario: &Scenario) -> Report {
         );
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(skipped: &[&str], writes_after_faults: usize) -> Report {
+        Report {
+            verdict: Verdict::Linearizable,
+            history: Vec::new(),
+            agreement: Agreement {
+                applied: 0,
+                digest: String::new(),
+                nodes: Vec::new(),
+            },
+            log: Vec::new(),
+            problems: Vec::new(),
+            skipped: skipped.iter().map(|s| s.to_string()).collect(),
+            writes_after_faults,
+            network: ProxyStats::default(),
+            elapsed: Duration::ZERO,
+            node_logs: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_fails_when_a_fault_did_not_take_or_the_healed_cluster_served_no_write() {
+        let scenario = Scenario::new("test", 1, Schedule::default());
+        assert!(report(&[], 10).failures(&scenario).is_empty());
+        assert_eq!(
+            report(&["KillLeader: skipped, no leader"], 10)
+                .failures(&scenario)
+                .len(),
+            1
+        );
+        assert_eq!(report(&[], 0).failures(&scenario).len(), 1);
+        let mut random = scenario.clone();
+        random.faults_may_skip = true;
+        assert!(report(&["KillLeader: skipped, no leader"], 10)
+            .failures(&random)
+            .is_empty());
+    }
 }
