@@ -306,8 +306,23 @@ impl Worker<'_> {
         let mut idle: Vec<usize> = (0..self.clients).rev().collect();
         let mut sent = 0u64;
         let mut next_timeout_check = Instant::now() + TIMEOUT_CHECK_INTERVAL;
+        let mut backlog_counted = false;
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
+            if stopping && !backlog_counted {
+                backlog_counted = true;
+                // An open loop that fell behind stops with requests due and never sent: the
+                // slowest of the run, had they gone. Counted, not forgotten: those due over
+                // `LATE_SEND` before the stop (the last moment's are only waiting their turn).
+                if let (Some(rate), Some(duration)) = (self.rate, self.spec.duration) {
+                    let due_by = duration.saturating_sub(LATE_SEND);
+                    let due = (due_by.as_secs_f64() * rate).ceil() as u64;
+                    let not_sent = due.saturating_sub(sent);
+                    if not_sent > 0 {
+                        *result.errors.entry("not_sent".into()).or_default() += not_sent;
+                    }
+                }
+            }
             // Issue: closed loop fills every idle client; open loop sends what is due.
             let mut next_due = None;
             while !stopping && !idle.is_empty() {
@@ -642,6 +657,25 @@ mod tests {
             "the fast write was timed at {} us",
             h.min()
         );
+    }
+
+    #[test]
+    fn an_open_loop_counts_the_requests_due_but_never_sent_when_it_stops() {
+        // One client whose requests take 300 ms, asked for 100 a second over one second: it
+        // can send four; the other ninety-odd were due all the same.
+        let target = Arc::new(Delayed {
+            started: AtomicU64::new(0),
+            delays: |_| Some(Duration::from_millis(300)),
+        });
+        let mut spec = spec(u64::MAX, Duration::from_secs(5));
+        spec.clients = 1;
+        spec.total = None;
+        spec.duration = Some(Duration::from_secs(1));
+        spec.rate = Some(100.0);
+        let result = run(target, &spec, &Ledger::new("t", 10), &AtomicU64::new(0));
+        let not_sent = result.errors.get("not_sent").copied().unwrap_or(0);
+        assert!(result.ok <= 5, "{} answered", result.ok);
+        assert_eq!(result.ok + not_sent, 100, "{:?}", result.errors);
     }
 
     #[test]
