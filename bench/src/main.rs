@@ -287,7 +287,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
         batching_before = cluster
             .nodes
             .iter()
-            .map(|n| Batching::of(&n.metrics()))
+            .map(|n| Batching::of(n.metrics()))
             .collect();
     });
     // Every acknowledged write must be read back: the key holds that write or a later one.
@@ -299,7 +299,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
     let leader = cluster.leader();
     let at = cluster.nodes.iter().position(|n| Arc::ptr_eq(n, leader));
     let before = at.and_then(|i| batching_before.get(i).copied());
-    let batching = Batching::of(&leader.metrics()).since(before.unwrap_or_default());
+    let batching = Batching::of(leader.metrics()).since(before.unwrap_or_default());
     let histograms = LoadHistograms::of(&result, args.load.settings());
     let mut report = Report::of(&histograms);
     report.nodes = args.nodes;
