@@ -255,6 +255,14 @@ fn local(args: LocalArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let probe =
         |method| fsync::probe(dir.path(), 200, method).map_err(|e| format!("fdatasync probe: {e}"));
+    let filesystem = fsync::filesystem_of(dir.path());
+    if let Some(fs) = filesystem.as_deref().filter(|fs| fsync::is_volatile(fs)) {
+        eprintln!(
+            "keel-bench: warning: {} is on {fs}: fdatasync reaches no disk (set TMPDIR to a \
+             directory on one)",
+            dir.path().display()
+        );
+    }
     let fdatasync = probe(fsync::Method::IntoZeroFilled)?;
     let fdatasync_append = probe(fsync::Method::Append)?;
     let cluster = Arc::new(local::LocalCluster::start(
@@ -307,6 +315,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
     report.fsync = Some(!args.no_fsync);
     report.fdatasync = Some(LatencySummary::of(&fdatasync));
     report.fdatasync_append = Some(LatencySummary::of(&fdatasync_append));
+    report.filesystem = filesystem;
     report.entries_per_fsync = Some(batching.synced_entries as f64 / batching.syncs.max(1) as f64);
     report.mean_batch_entries =
         Some(batching.batched_entries as f64 / batching.batches.max(1) as f64);

@@ -35,6 +35,8 @@ pub struct Report {
     pub fdatasync: Option<LatencySummary>,
     /// A 4 KiB append + fdatasync, which must also commit the new file size: for comparison.
     pub fdatasync_append: Option<LatencySummary>,
+    /// The filesystem the nodes' directory is on.
+    pub filesystem: Option<String>,
     pub entries_per_fsync: Option<f64>,
     pub mean_batch_entries: Option<f64>,
     pub verified_keys: u64,
@@ -138,6 +140,7 @@ impl Report {
             read_latency: LatencySummary::of(&h.read_latency),
             fdatasync: None,
             fdatasync_append: None,
+            filesystem: None,
             entries_per_fsync: None,
             mean_batch_entries: None,
             verified_keys: 0,
@@ -264,6 +267,14 @@ impl Report {
         }
         if let Some(f) = &self.fdatasync {
             let _ = writeln!(o, "\nStorage:");
+            if let Some(fs) = &self.filesystem {
+                let volatile = if crate::fsync::is_volatile(fs) {
+                    " (in memory: fdatasync reaches no disk, and no figure here measures one)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(o, "  filesystem: {fs}{volatile}");
+            }
             let _ = writeln!(
                 o,
                 "  raw fdatasync (4 KiB write into a zero-filled file, same directory): p50 {}  p99 {}",

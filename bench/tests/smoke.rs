@@ -130,6 +130,7 @@ fn prefill_writes_every_key_before_the_measured_run() {
     // The measured run is its 100 requests; every key was written before it, and is checked.
     assert_eq!(report["ok"].as_u64(), Some(100), "{report}");
     assert_eq!(report["verified_keys"].as_u64(), Some(3000), "{report}");
+    assert!(report["filesystem"].as_str().is_some(), "{report}");
     assert_eq!(
         report["verification_failures"].as_u64(),
         Some(0),
