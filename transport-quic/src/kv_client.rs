@@ -43,6 +43,11 @@ pub struct KvClientConfig {
     /// not yet sent) and the client stops sending to it. A write that may have reached the node
     /// waits for its answer up to `request_timeout`, since it cannot go elsewhere.
     pub attempt_timeout: Duration,
+    /// Whether `NotLeader` hints are followed (the default). A client that does not follow them
+    /// talks to its seeds alone: one seed pins it to a node, to read from that node (a
+    /// follower serves linearizable reads through the leader's ReadIndex); a node's refusal is
+    /// returned as its `NotLeader` error.
+    pub follow_leader: bool,
     /// The local address to bind (port 0 picks one).
     pub bind: SocketAddr,
     /// The largest request body the nodes take: their `QuicConfig::frame_bytes_max`. A larger
@@ -68,6 +73,7 @@ impl KvClientConfig {
             ca,
             request_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
+            follow_leader: true,
             bind,
             max_request_bytes: crate::config::FRAME_BYTES_MAX_DEFAULT,
         }
@@ -310,7 +316,10 @@ impl KvClient {
                     return Ok(outcome);
                 }
                 Ok(Ok(Reply::Failed(e))) => return Err(KvError::Node(e).into()),
-                Ok(Ok(Reply::NotLeader(hint))) => {
+                Ok(Ok(Reply::NotLeader(_, refusal))) if !self.cfg.follow_leader => {
+                    return Err(KvError::Node(refusal).into());
+                }
+                Ok(Ok(Reply::NotLeader(hint, _))) => {
                     last_error = format!("node {} is not the leader", target.0);
                     *self.leader.lock() = hint;
                     let pause = match hint {
@@ -410,6 +419,7 @@ impl KvClient {
                     leader
                         .zip(addr.and_then(|a| a.parse().ok()))
                         .filter(|&(l, _)| l != target.0),
+                    error.to_node(),
                 ),
                 None => Reply::Failed(error.to_node()),
             },
@@ -465,7 +475,8 @@ impl Redirects {
 
 enum Reply {
     Done(Outcome),
-    NotLeader(Option<(NodeId, SocketAddr)>),
+    /// The leader's id and address if the node knew them, and the node's refusal.
+    NotLeader(Option<(NodeId, SocketAddr)>, keel_engine::node::Error),
     Failed(keel_engine::node::Error),
 }
 
@@ -695,6 +706,36 @@ mod tests {
         assert_eq!(
             client.get("k", Consistency::Linearizable).expect("read"),
             "from two"
+        );
+    }
+
+    #[test]
+    fn a_client_that_does_not_follow_the_leader_keeps_to_its_seed() {
+        let ca = DevCa::generate("test").expect("ca");
+        let (one, two) = (fake_node(&ca, 1), fake_node(&ca, 2));
+        *one.answer.lock() = Some(not_leader(2, two.addr));
+        *two.answer.lock() = Some(value("from two"));
+        let identity = ca.issue_client().expect("client cert").identity;
+        let mut cfg = KvClientConfig::new(vec![(1, one.addr)], identity, vec![ca.cert_der()]);
+        cfg.follow_leader = false;
+        let client = KvClient::connect(cfg).expect("client");
+        let got = client.get("k", Consistency::Lease);
+        assert!(
+            matches!(
+                got,
+                Err(ClientError::Kv(KvError::Node(
+                    keel_engine::node::Error::NotLeader {
+                        leader: Some(2),
+                        ..
+                    }
+                )))
+            ),
+            "{got:?}"
+        );
+        assert_eq!(
+            two.requests.load(Ordering::SeqCst),
+            0,
+            "never sent to node 2"
         );
     }
 

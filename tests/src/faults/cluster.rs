@@ -313,14 +313,34 @@ impl Cluster {
 
     /// A client of the whole cluster, with the client certificate.
     pub fn client(&self, request_timeout: Duration) -> Result<KvClient, HarnessError> {
+        let seeds = self.addrs.iter().map(|(&id, &a)| (id, a)).collect();
+        self.client_of(seeds, true, request_timeout)
+    }
+
+    /// A client of node `id` alone, that never follows it to the leader: it sees what that
+    /// node serves, on whichever side of a partition it is.
+    pub fn pinned_client(
+        &self,
+        id: NodeId,
+        request_timeout: Duration,
+    ) -> Result<KvClient, HarnessError> {
+        self.client_of(vec![(id, self.addrs[&id])], false, request_timeout)
+    }
+
+    fn client_of(
+        &self,
+        seeds: Vec<(NodeId, SocketAddr)>,
+        follow_leader: bool,
+        request_timeout: Duration,
+    ) -> Result<KvClient, HarnessError> {
         let (cert, key) = CertPaths::client_cert(&self.certs);
         let identity =
             Identity::load_pem(&cert, &key).map_err(|e| HarnessError::Setup(e.to_string()))?;
         let ca = load_ca_pem(&CertPaths::in_dir(&self.certs).ca_cert)
             .map_err(|e| HarnessError::Setup(e.to_string()))?;
-        let seeds = self.addrs.iter().map(|(&id, &a)| (id, a)).collect();
         let mut cfg = KvClientConfig::new(seeds, identity, ca);
         cfg.request_timeout = request_timeout;
+        cfg.follow_leader = follow_leader;
         // Bind on the cluster's own subnet, beside the nodes.
         cfg.bind = SocketAddr::new(self.addrs.values().next().expect("nodes").ip(), 0);
         KvClient::connect(cfg).map_err(|e| HarnessError::Setup(e.to_string()))

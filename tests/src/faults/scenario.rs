@@ -267,7 +267,14 @@ fn drive(
     let clients = (0..scenario.workload.clients)
         .map(|_| cluster.client(scenario.workload.request_timeout))
         .collect::<Result<Vec<_>, _>>()?;
-    let workload = Workload::start(clients, &scenario.workload, clock, scenario.seed)
+    let readers = if scenario.workload.pinned_readers {
+        (cluster.members().into_iter())
+            .map(|id| cluster.pinned_client(id, scenario.workload.request_timeout))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    let workload = Workload::start(clients, readers, &scenario.workload, clock, scenario.seed)
         .map_err(|e| HarnessError::Setup(format!("client threads: {e}")))?;
     std::thread::sleep(scenario.warmup);
     let mut injector = Injector {

@@ -25,6 +25,10 @@ use crate::linearizability::{CasResult, Op, Operation, Outcome};
 #[derive(Clone, Debug)]
 pub struct WorkloadOptions {
     pub clients: usize,
+    /// Besides them, a reader pinned to each node of the cluster as it starts: clients follow
+    /// the leader, so without these no read would reach a deposed leader, or a follower cut
+    /// off from the leader, to show what it serves.
+    pub pinned_readers: bool,
     pub keys: usize,
     /// A client's whole call, retries included; past it the outcome is unknown.
     pub request_timeout: Duration,
@@ -34,6 +38,7 @@ impl Default for WorkloadOptions {
     fn default() -> Self {
         Self {
             clients: 4,
+            pinned_readers: true,
             keys: 6,
             request_timeout: Duration::from_millis(1500),
         }
@@ -68,9 +73,11 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts `clients` (already connected, one per thread).
+    /// Starts `clients`, which read and write, and `readers`, which only read (already
+    /// connected, one per thread).
     pub fn start(
         clients: Vec<KvClient>,
+        readers: Vec<KvClient>,
         opts: &WorkloadOptions,
         clock: Clock,
         seed: u64,
@@ -78,8 +85,11 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let completed = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
-        for (i, client) in clients.into_iter().enumerate() {
+        let roles =
+            (clients.into_iter().map(|c| (c, false))).chain(readers.into_iter().map(|c| (c, true)));
+        for (i, (client, reads_only)) in roles.enumerate() {
             let mut actor = Actor {
+                reads_only,
                 id: i as u64 + 1,
                 client,
                 clock,
@@ -136,6 +146,8 @@ impl Drop for Workload {
 /// One client and what it knows.
 struct Actor {
     id: u64,
+    /// Issues reads alone (half through ReadIndex, half through the lease).
+    reads_only: bool,
     client: KvClient,
     clock: Clock,
     rng: ChaCha8Rng,
@@ -156,7 +168,8 @@ impl Actor {
         let k = self.rng.random_range(0..self.keys);
         let key = key(k);
         let invoked_ns = self.clock.now_ns();
-        let op = match self.rng.random_range(0..100) {
+        let first = if self.reads_only { 60 } else { 0 };
+        let op = match self.rng.random_range(first..100) {
             0..30 => {
                 let value = self.value();
                 let outcome = write_outcome(self.client.put(key.clone(), value.clone()));
