@@ -585,9 +585,14 @@ mod tests {
         frame::archive(&response).expect("archived")
     }
 
-    fn client_of(ca: &DevCa, node: &Fake) -> KvClient {
+    /// A client's configuration for `seeds`, with a certificate from `ca`.
+    fn config(ca: &DevCa, seeds: Vec<(NodeId, SocketAddr)>) -> KvClientConfig {
         let identity = ca.issue_client().expect("client cert").identity;
-        let mut cfg = KvClientConfig::new(vec![(1, node.addr)], identity, vec![ca.cert_der()]);
+        KvClientConfig::new(seeds, identity, vec![ca.cert_der()])
+    }
+
+    fn client_of(ca: &DevCa, node: &Fake) -> KvClient {
+        let mut cfg = config(ca, vec![(1, node.addr)]);
         cfg.request_timeout = Duration::from_secs(2);
         KvClient::connect(cfg).expect("client")
     }
@@ -638,8 +643,7 @@ mod tests {
 
     /// A client of `seeds` that gives each node 300 ms to answer, and a call 3 s.
     fn client_of_seeds(ca: &DevCa, seeds: Vec<(NodeId, SocketAddr)>) -> KvClient {
-        let identity = ca.issue_client().expect("client cert").identity;
-        let mut cfg = KvClientConfig::new(seeds, identity, vec![ca.cert_der()]);
+        let mut cfg = config(ca, seeds);
         cfg.request_timeout = Duration::from_secs(3);
         cfg.attempt_timeout = Duration::from_millis(300);
         KvClient::connect(cfg).expect("client")
@@ -715,8 +719,7 @@ mod tests {
         let (one, two) = (fake_node(&ca, 1), fake_node(&ca, 2));
         *one.answer.lock() = Some(not_leader(2, two.addr));
         *two.answer.lock() = Some(value("from two"));
-        let identity = ca.issue_client().expect("client cert").identity;
-        let mut cfg = KvClientConfig::new(vec![(1, one.addr)], identity, vec![ca.cert_der()]);
+        let mut cfg = config(&ca, vec![(1, one.addr)]);
         cfg.follow_leader = false;
         let client = KvClient::connect(cfg).expect("client");
         let got = client.get("k", Consistency::Lease);
