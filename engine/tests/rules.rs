@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use common::{cmd, msg, restore_with_log, warm_core, Cluster, Options};
+use common::{cmd, msg, restore_with_log, warm_core, Cluster, Link, Options};
 use keel_engine::core::{
     AppendResult, Body, Config, Core, CoreError, Entry, HardState, Index, Membership, Message,
     NodeId, Payload, ProgressState, ReadMode, Restore, Role, SnapshotMeta, Term,
@@ -647,17 +647,7 @@ fn a_voter_added_just_before_a_check_quorum_round_ends_does_not_depose_the_leade
     let target = voters(&[1, 2, 3, 4]);
     c.with_core(1, |core| core.propose_membership(&target))
         .expect("one voter added");
-    eprintln!(
-        "DBG membership {:?} stats {:?}",
-        c.core(1).membership(),
-        c.core(1).stats()
-    );
     c.tick(1);
-    eprintln!(
-        "DBG after tick role {:?} stats {:?}",
-        c.core(1).role(),
-        c.core(1).stats()
-    );
     assert_eq!(
         c.core(1).role(),
         Role::Leader,
@@ -747,6 +737,70 @@ fn a_joint_configuration_that_commits_during_a_transfer_is_left_when_the_transfe
         "left once the transfer was abandoned"
     );
     assert_eq!(leader.membership().voters, voters(&[1, 4, 5]).voters);
+}
+
+#[test]
+fn a_removal_that_commits_under_the_next_leader_is_still_sent_to_the_removed_member() {
+    let mut c = Cluster::new(Options::voters(&[1, 2, 3, 4]));
+    c.campaign(1).expect("node 1 votes");
+    c.deliver_all();
+    assert_eq!(c.core(1).role(), Role::Leader);
+    // Node 1 appends the removal of node 4 and reaches nodes 2 and 3 with it, then dies before
+    // anything commits it; node 4 never hears of it.
+    let removal = c
+        .with_core(1, |core| core.propose_membership(&voters(&[1, 2, 3])))
+        .expect("one voter removed");
+    c.drop_messages(Link::new(1, 4));
+    c.deliver(Link::new(1, 2));
+    c.deliver(Link::new(1, 3));
+    c.crash(1);
+    let election_ticks = c.core(2).config().election_ticks;
+    for _ in 0..4 * election_ticks {
+        for id in [2, 3, 4] {
+            c.tick(id);
+        }
+        c.deliver_all();
+        if c.leader().is_some_and(|l| l != 1) && c.core(4).commit_index() >= removal {
+            break;
+        }
+    }
+    let leader = c.leader().expect("a new leader");
+    assert!(c.core(leader).commit_index() >= removal);
+    let removed = c.core(4);
+    assert!(
+        removed.commit_index() >= removal,
+        "node 4 heard the removal commit"
+    );
+    assert!(!removed.membership().contains(4));
+}
+
+#[test]
+fn a_member_added_back_before_it_heard_of_its_removal_is_replicated_to() {
+    let mut c = cluster_led_by_1();
+    c.crash(3);
+    let removal = c
+        .with_core(1, |core| core.propose_membership(&voters(&[1, 2])))
+        .expect("one voter removed");
+    c.deliver_all();
+    assert!(
+        c.core(1).commit_index() >= removal,
+        "removed without node 3's answer"
+    );
+    let back = Membership::new([1, 2], [3]);
+    c.with_core(1, |core| core.propose_membership(&back))
+        .expect("node 3 back as a learner");
+    c.deliver_all();
+    c.restart(3);
+    for _ in 0..c.core(1).config().election_ticks {
+        c.tick(1);
+        c.deliver_all();
+    }
+    let last = c.core(1).last_index();
+    assert!(
+        c.core(1).progress().any(|(id, _)| id == 3),
+        "the leader replicates to node 3"
+    );
+    assert_eq!(c.core(3).last_index(), last, "node 3 caught up");
 }
 
 #[test]

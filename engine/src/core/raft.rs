@@ -117,6 +117,14 @@ struct Transfer {
     elapsed_ticks: u32,
 }
 
+/// A member whose removal committed, still sent entries until it holds the removal, and then
+/// its commit, so that it learns it is out (or until `until_tick`, if it never answers).
+#[derive(Clone, Copy, Debug)]
+struct Farewell {
+    removal: Index,
+    until_tick: u64,
+}
+
 /// One node's Raft state machine. See the [module documentation](crate::core) for the contract.
 #[derive(Debug)]
 pub struct Core {
@@ -130,7 +138,8 @@ pub struct Core {
     /// The latest membership in the log (it takes effect when appended) and where it was.
     membership: Membership,
     membership_index: Index,
-    /// Leader only: every member but this node.
+    /// Leader only: every member but this node, and the members an uncommitted change removes
+    /// (sent the change and its commit, counted in no quorum).
     progress: BTreeMap<NodeId, Progress>,
     /// Candidate and pre-candidate: the answers so far.
     votes: BTreeMap<NodeId, bool>,
@@ -144,6 +153,8 @@ pub struct Core {
     clock_ticks: u64,
     applied: Index,
     transfer: Option<Transfer>,
+    /// Leader only: removed members not yet told of their removal's commit.
+    farewells: BTreeMap<NodeId, Farewell>,
     /// False while this node leads a term that may not be durable yet: a sole voter elects
     /// itself before its vote is written, and must not send entries of a term it could lead again,
     /// differently, after a crash. Its messages wait for the write until then.
@@ -230,6 +241,7 @@ impl Core {
             clock_ticks: 1,
             applied,
             transfer: None,
+            farewells: BTreeMap::new(),
             leader_term_durable: false,
             lease_revoked: false,
             reads: ReadQueue::default(),
@@ -309,7 +321,8 @@ impl Core {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
-    /// Leader only: replication progress of every other member.
+    /// Leader only: replication progress of every other member, and of the members an
+    /// uncommitted change removes.
     pub fn progress(&self) -> impl Iterator<Item = (NodeId, &Progress)> {
         self.progress.iter().map(|(&id, p)| (id, p))
     }
@@ -341,6 +354,16 @@ impl Core {
             if !pr.inflight.is_empty() {
                 pr.stalled_ticks = pr.stalled_ticks.saturating_add(1);
             }
+        }
+        let clock = self.clock_ticks;
+        let silent: Vec<NodeId> = (self.farewells.iter())
+            .filter(|(_, f)| clock >= f.until_tick)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in silent {
+            // Never answered: let go all the same.
+            self.farewells.remove(&id);
+            self.progress.remove(&id);
         }
         if let Some(t) = &mut self.transfer {
             t.elapsed_ticks += 1;
@@ -942,6 +965,7 @@ impl Core {
         self.leader_contact_elapsed_ticks = 0;
         self.reset_election_timer();
         self.progress.clear();
+        self.farewells.clear();
         self.transfer = None;
         self.lease_revoked = false;
         for (id, origin) in self.reads.drain_all() {
@@ -960,9 +984,11 @@ impl Core {
         self.heartbeat_elapsed_ticks = 0;
         self.election_elapsed_ticks = 0;
         let next = self.log.last_index() + 1;
-        self.progress = self
-            .membership
-            .members()
+        // A removal appended in an earlier term is still sent to the members it removes.
+        let removing = (self.membership_index > self.log.committed)
+            .then(|| self.log.membership_before(self.membership_index - 1).1);
+        self.progress = (self.membership.members())
+            .chain(removing.into_iter().flat_map(Membership::members))
             .filter(|&id| id != self.id)
             .map(|id| (id, Progress::new(next)))
             .collect();
@@ -1160,6 +1186,9 @@ impl Core {
                 if caught_up && self.transfer.is_some_and(|t| t.to == from) {
                     self.send_timeout_now(from);
                 }
+                if self.farewells.contains_key(&from) {
+                    self.bid_farewell(from);
+                }
                 // Fill the pipeline window (bounded by it).
                 while self.send_append(from, false) {}
             }
@@ -1226,14 +1255,15 @@ impl Core {
             return;
         }
         let removed: Vec<NodeId> = (self.progress.keys().copied())
-            .filter(|&id| !self.membership.contains(id))
+            .filter(|&id| !self.membership.contains(id) && !self.farewells.contains_key(&id))
             .collect();
         for id in removed {
-            // A last message carries the commit, then the node is let go.
-            if !self.send_append(id, true) {
-                self.send_heartbeat(id);
-            }
-            self.progress.remove(&id);
+            let farewell = Farewell {
+                removal: self.membership_index,
+                until_tick: self.clock_ticks + 2 * u64::from(self.cfg.election_ticks),
+            };
+            self.farewells.insert(id, farewell);
+            self.bid_farewell(id);
         }
         if self.membership.is_joint() {
             if self.transfer.is_some() {
@@ -1257,6 +1287,26 @@ impl Core {
             }
             self.become_follower(self.term, None);
             self.reset_election_timer();
+        }
+    }
+
+    /// Tells a removed member its removal committed once it holds the removal, and lets it
+    /// go; until then, sends it what it lacks.
+    fn bid_farewell(&mut self, id: NodeId) {
+        let Some(&Farewell { removal, .. }) = self.farewells.get(&id) else {
+            return;
+        };
+        let holds_removal = self
+            .progress
+            .get(&id)
+            .is_some_and(|p| p.match_index >= removal);
+        if holds_removal {
+            // Its commit, at least the removal's (`min(match, commit)`): it stops campaigning.
+            self.send_heartbeat(id);
+            self.progress.remove(&id);
+            self.farewells.remove(&id);
+        } else {
+            self.send_append(id, true);
         }
     }
 
@@ -1452,6 +1502,8 @@ impl Core {
             // are out. Dropped at once, they never heard, and campaigned for good.
             let next = self.log.last_index() + 1;
             let members: Vec<NodeId> = self.membership.members().collect();
+            // A member added back is no longer leaving.
+            self.farewells.retain(|id, _| !members.contains(id));
             for id in members {
                 if id != self.id {
                     self.progress.entry(id).or_insert_with(|| {

@@ -976,8 +976,10 @@ impl Driver {
             last_index: last,
             snapshot_index: core.snapshot().index,
             membership: core.membership().clone(),
+            // Members an uncommitted change removes are still sent entries, but not followers.
             followers: core
                 .progress()
+                .filter(|(id, _)| core.membership().contains(*id))
                 .map(|(id, p)| FollowerStatus {
                     id,
                     match_index: p.match_index,
