@@ -314,7 +314,8 @@ impl Worker<'_> {
                 // An open loop that fell behind stops with requests due and never sent: the
                 // slowest of the run, had they gone. Counted, not forgotten: those due over
                 // `LATE_SEND` before the stop (the last moment's are only waiting their turn).
-                if let (Some(rate), Some(duration)) = (self.rate, self.spec.duration) {
+                let timed = self.spec.duration.filter(|_| !self.exhausted());
+                if let (Some(rate), Some(duration)) = (self.rate, timed) {
                     let due_by = duration.saturating_sub(LATE_SEND);
                     let due = (due_by.as_secs_f64() * rate).ceil() as u64;
                     let not_sent = due.saturating_sub(sent);

@@ -473,10 +473,10 @@ impl Batching {
     /// What was counted after `earlier`.
     fn since(self, earlier: Self) -> Self {
         Self {
-            syncs: self.syncs - earlier.syncs,
-            synced_entries: self.synced_entries - earlier.synced_entries,
-            batches: self.batches - earlier.batches,
-            batched_entries: self.batched_entries - earlier.batched_entries,
+            syncs: self.syncs.saturating_sub(earlier.syncs),
+            synced_entries: self.synced_entries.saturating_sub(earlier.synced_entries),
+            batches: self.batches.saturating_sub(earlier.batches),
+            batched_entries: self.batched_entries.saturating_sub(earlier.batched_entries),
         }
     }
 }

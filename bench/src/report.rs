@@ -231,8 +231,8 @@ impl Report {
         if failed > 0 {
             let _ = writeln!(
                 o,
-                "                (of the {} requests that succeeded: the {failed} that failed are \
-                 not in the latency figures)",
+                "                (of the {} requests that succeeded: the {failed} that failed or were \
+                 never sent are not in the latency figures)",
                 self.ok
             );
         }

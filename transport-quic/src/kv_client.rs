@@ -360,11 +360,10 @@ impl KvClient {
             .unwrap_or(first)
     }
 
-    /// Stops sending to `target`: closes its connection, and forgets it led.
+    /// Stops sending to `target`: forgets its connection (left to idle out, not closed: other
+    /// calls may be waiting on it) and that it led.
     fn forget(&self, target: (NodeId, SocketAddr)) {
-        if let Some(conn) = self.conns.lock().remove(&target.0) {
-            conn.close(quinn::VarInt::from_u32(0), b"no answer in time");
-        }
+        self.conns.lock().remove(&target.0);
         let mut leader = self.leader.lock();
         if leader.is_some_and(|(id, _)| id == target.0) {
             *leader = None;
@@ -400,9 +399,16 @@ impl KvClient {
         let io = |e: &dyn std::fmt::Display| FrameError::Io(e.to_string());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
         sent.store(true, Ordering::Relaxed);
-        frame::write_frame(&mut send, FrameKind::KvRequest, body).await?;
-        send.finish().map_err(|e| io(&e))?;
-        let f = frame::expect_frame(&mut recv, FrameKind::KvResponse, 64 << 20).await?;
+        let written = frame::write_frame(&mut send, FrameKind::KvRequest, body).await;
+        if written.is_ok() {
+            send.finish().map_err(|e| io(&e))?;
+        }
+        // A node that refuses a request from its header (too large) answers, then stops reading
+        // it: the write fails, and the answer says whether it was refused.
+        let f = match frame::expect_frame(&mut recv, FrameKind::KvResponse, 64 << 20).await {
+            Ok(f) => f,
+            Err(e) => return Err(written.err().unwrap_or(e)),
+        };
         Ok(match frame::access::<ArchivedWireKvResponse>(&f.body)? {
             ArchivedWireKvResponse::Applied { index, response } => Reply::Done(Outcome::Applied {
                 index: index.to_native(),

@@ -214,6 +214,12 @@ fn followers_forward_proposals_and_clients_follow_leader_hints() {
         Err(ClientError::Kv(KvError::Node(keel_engine::node::Error::TooLarge { .. }))) => {}
         other => panic!("expected TooLarge, got {other:?}"),
     }
+    // Within a frame but over the node's largest command (1 MiB): the node refuses it from its
+    // header and answers before it stops reading, so the refusal is definite too.
+    match client.put("large", vec![0u8; 2 << 20]) {
+        Err(ClientError::Kv(KvError::Node(keel_engine::node::Error::TooLarge { .. }))) => {}
+        other => panic!("expected TooLarge from the node, got {other:?}"),
+    }
     for consistency in [
         Consistency::Linearizable,
         Consistency::Lease,

@@ -28,7 +28,8 @@ fn a_client_that_announces_requests_and_never_sends_them_holds_nothing_for_them(
     let cluster = Cluster::with(
         &[1, 2, 3],
         &[],
-        |_| {},
+        // Commands as large as a frame, so that the node takes requests of the size announced.
+        |n| n.max_proposal_bytes = 16 << 20,
         |q| q.handshake_timeout = Duration::from_secs(1),
     );
     let leader = cluster.leader();

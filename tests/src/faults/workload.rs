@@ -106,8 +106,15 @@ impl Workload {
                     .spawn(move || {
                         let mut history = Vec::new();
                         while !stop.load(Ordering::Acquire) {
-                            history.push(actor.step());
+                            let operation = actor.step();
+                            // A reader pinned to a node that cannot serve (no leader known, cut
+                            // off) is refused at once: pause rather than flood it.
+                            let refused = actor.reads_only && status_failed(&operation.op);
+                            history.push(operation);
                             completed.fetch_add(1, Ordering::Relaxed);
+                            if refused {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
                         }
                         history
                     })?,
@@ -243,6 +250,17 @@ impl Actor {
             op,
         }
     }
+}
+
+/// Whether a read failed (it changed nothing, and told nothing).
+fn status_failed(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Get {
+            outcome: Outcome::Failed,
+            ..
+        }
+    )
 }
 
 /// A linearizable or lease read as the history records it.
