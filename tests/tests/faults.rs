@@ -143,11 +143,15 @@ fn membership_changes_and_transfers_while_the_network_misbehaves() {
             at(4200, 0, Fault::TransferLeadership),
         ],
     };
-    assert_passes(&Scenario::new(
+    let mut scenario = Scenario::new(
         "membership_changes_and_transfers_while_the_network_misbehaves",
         seed_or(5),
         schedule,
-    ));
+    );
+    // Its changes race one another by design: a removal may still be undoing (the node behind,
+    // its promotion refused) when the next change or transfer comes, and then finds no target.
+    scenario.faults_may_skip = true;
+    assert_passes(&scenario);
 }
 
 #[test]

@@ -493,10 +493,19 @@ impl Injector<'_> {
                 None => Vec::new(),
             },
             Fault::TransferLeadership => {
-                if let Err(e) = cluster.admin(l, &format!("transfer {f}")) {
-                    self.skip(format!("transfer {f}: {e}"));
+                // To a voter: a member removed and not yet promoted back (a learner) cannot lead.
+                let voters = cluster.status(l).map(|s| s.voters).unwrap_or_default();
+                let not: Vec<NodeId> = (cluster.members().into_iter())
+                    .filter(|&id| id == l || !voters.contains(&id))
+                    .collect();
+                let Some(to) = self.other(cluster, &not) else {
+                    self.skip(format!("{fault:?}: skipped, no other voter up"));
+                    return Ok(());
+                };
+                if let Err(e) = cluster.admin(l, &format!("transfer {to}")) {
+                    self.skip(format!("transfer {to}: {e}"));
                 }
-                vec![f]
+                vec![to]
             }
             Fault::Lossy {
                 drop,
