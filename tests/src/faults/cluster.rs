@@ -311,10 +311,17 @@ impl Cluster {
         }
     }
 
-    /// A client of the whole cluster, with the client certificate.
-    pub fn client(&self, request_timeout: Duration) -> Result<KvClient, HarnessError> {
+    /// A client of the whole cluster, with the client certificate, that leaves a node silent
+    /// for `attempt_timeout` for the others.
+    pub fn client(
+        &self,
+        request_timeout: Duration,
+        attempt_timeout: Duration,
+    ) -> Result<KvClient, HarnessError> {
         let seeds = self.addrs.iter().map(|(&id, &a)| (id, a)).collect();
-        self.client_of(seeds, true, request_timeout)
+        let mut cfg = self.client_config(seeds, request_timeout)?;
+        cfg.attempt_timeout = attempt_timeout;
+        KvClient::connect(cfg).map_err(|e| HarnessError::Setup(e.to_string()))
     }
 
     /// A client of node `id` alone, that never follows it to the leader: it sees what that
@@ -324,15 +331,16 @@ impl Cluster {
         id: NodeId,
         request_timeout: Duration,
     ) -> Result<KvClient, HarnessError> {
-        self.client_of(vec![(id, self.addrs[&id])], false, request_timeout)
+        let mut cfg = self.client_config(vec![(id, self.addrs[&id])], request_timeout)?;
+        cfg.follow_leader = false;
+        KvClient::connect(cfg).map_err(|e| HarnessError::Setup(e.to_string()))
     }
 
-    fn client_of(
+    fn client_config(
         &self,
         seeds: Vec<(NodeId, SocketAddr)>,
-        follow_leader: bool,
         request_timeout: Duration,
-    ) -> Result<KvClient, HarnessError> {
+    ) -> Result<KvClientConfig, HarnessError> {
         let (cert, key) = CertPaths::client_cert(&self.certs);
         let identity =
             Identity::load_pem(&cert, &key).map_err(|e| HarnessError::Setup(e.to_string()))?;
@@ -340,10 +348,9 @@ impl Cluster {
             .map_err(|e| HarnessError::Setup(e.to_string()))?;
         let mut cfg = KvClientConfig::new(seeds, identity, ca);
         cfg.request_timeout = request_timeout;
-        cfg.follow_leader = follow_leader;
         // Bind on the cluster's own subnet, beside the nodes.
         cfg.bind = SocketAddr::new(self.addrs.values().next().expect("nodes").ip(), 0);
-        KvClient::connect(cfg).map_err(|e| HarnessError::Setup(e.to_string()))
+        Ok(cfg)
     }
 
     pub fn kill(&mut self, id: NodeId) {

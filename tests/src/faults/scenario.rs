@@ -264,17 +264,18 @@ fn drive(
 ) -> Result<Driven, HarnessError> {
     cluster.wait_for_leader(Duration::from_secs(15))?;
     let clock = Clock::start();
-    let clients = (0..scenario.workload.clients)
-        .map(|_| cluster.client(scenario.workload.request_timeout))
+    let w = &scenario.workload;
+    let clients = (0..w.clients)
+        .map(|_| cluster.client(w.request_timeout, w.attempt_timeout))
         .collect::<Result<Vec<_>, _>>()?;
-    let readers = if scenario.workload.pinned_readers {
+    let readers = if w.pinned_readers {
         (cluster.members().into_iter())
-            .map(|id| cluster.pinned_client(id, scenario.workload.request_timeout))
+            .map(|id| cluster.pinned_client(id, w.reader_timeout))
             .collect::<Result<Vec<_>, _>>()?
     } else {
         Vec::new()
     };
-    let workload = Workload::start(clients, readers, &scenario.workload, clock, scenario.seed)
+    let workload = Workload::start(clients, readers, w, clock, scenario.seed)
         .map_err(|e| HarnessError::Setup(format!("client threads: {e}")))?;
     std::thread::sleep(scenario.warmup);
     let mut injector = Injector {
@@ -308,7 +309,7 @@ fn read_back(
     scenario: &Scenario,
     clock: Clock,
 ) -> Result<Vec<Operation>, HarnessError> {
-    let client = cluster.client(Duration::from_secs(10))?;
+    let client = cluster.client(Duration::from_secs(10), Duration::from_secs(3))?;
     let mut ops = Vec::new();
     for k in 0..scenario.workload.keys {
         let key = key(k);

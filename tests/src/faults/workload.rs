@@ -32,6 +32,13 @@ pub struct WorkloadOptions {
     pub keys: usize,
     /// A client's whole call, retries included; past it the outcome is unknown.
     pub request_timeout: Duration,
+    /// How long a client waits on one node before it tries another. Shorter than a partition's
+    /// hold, so clients of a leader that was cut off reach the majority's new leader while the
+    /// old one is still cut off: without writes there, nothing the old one serves is stale.
+    pub attempt_timeout: Duration,
+    /// A pinned reader's whole call. Short, so a ReadIndex that a cut-off node cannot confirm
+    /// does not hold the reader through the window where its lease reads would show staleness.
+    pub reader_timeout: Duration,
 }
 
 impl Default for WorkloadOptions {
@@ -41,6 +48,8 @@ impl Default for WorkloadOptions {
             pinned_readers: true,
             keys: 6,
             request_timeout: Duration::from_millis(1500),
+            attempt_timeout: Duration::from_millis(400),
+            reader_timeout: Duration::from_millis(250),
         }
     }
 }
