@@ -51,6 +51,11 @@ pub struct QuicConfig {
     pub handshakes_max: usize,
     /// Key-value client connections served at once; beyond this new ones are refused.
     pub kv_connections_max: usize,
+    /// Bytes of key-value requests held at once, across every client connection: from a
+    /// request's header until it is answered. A request that finds no room waits, unread (QUIC
+    /// flow control then holds its sender back), within `handshake_timeout`. Without this bound,
+    /// clients could make a node hold `max_proposal_bytes` on every stream of every connection.
+    pub kv_request_bytes_max: usize,
     /// Threads of the transport's own tokio runtime (at least 1; it must be multi-threaded).
     /// One by default: a node's traffic is one driver's, and a second thread mostly added
     /// wake-ups between the two (on the 2-core VM, one gave a 1-client p50 of 0.435-0.439 ms
@@ -90,6 +95,7 @@ impl QuicConfig {
             streams_bidi_max: 256,
             handshakes_max: 256,
             kv_connections_max: 1024,
+            kv_request_bytes_max: 256 << 20,
             runtime_threads: 1,
         }
     }
@@ -123,6 +129,9 @@ impl QuicConfig {
             || self.handshakes_max == 0
         {
             return Err("runtime_threads and peer_queue_messages_max must be at least 1".into());
+        }
+        if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&self.kv_request_bytes_max) {
+            return Err("kv_request_bytes_max must be at least 1".into());
         }
         if self.reconnect_backoff_min.is_zero() || self.idle_timeout.is_zero() {
             return Err("backoff and idle timeout must be positive".into());

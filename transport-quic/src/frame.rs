@@ -262,14 +262,31 @@ pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     max_body_bytes: usize,
 ) -> Result<Option<Frame>, FrameError> {
+    match read_header(recv, max_body_bytes).await? {
+        Some(header) => read_body(recv, header).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads the next frame's header: `Ok(None)` when the stream ended cleanly between frames.
+pub async fn read_header(
+    recv: &mut quinn::RecvStream,
+    max_body_bytes: usize,
+) -> Result<Option<FrameHeader>, FrameError> {
     let mut raw = [0u8; HEADER_BYTES];
     match recv.read_exact(&mut raw).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Io(e.to_string())),
+        Ok(()) => FrameHeader::decode(raw, max_body_bytes).map(Some),
+        Err(quinn::ReadExactError::FinishedEarly(0)) => Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(FrameError::Io(e.to_string())),
     }
-    let header = FrameHeader::decode(raw, max_body_bytes)?;
+}
+
+/// Reads the body `header` announced.
+pub async fn read_body(
+    recv: &mut quinn::RecvStream,
+    header: FrameHeader,
+) -> Result<Frame, FrameError> {
     let mut buf =
         AlignedVec::<16>::with_capacity(header.body_bytes.min(BODY_FIRST_ALLOCATION_BYTES));
     while buf.len() < header.body_bytes {
@@ -288,10 +305,10 @@ pub async fn read_frame(
             Err(e) => return Err(FrameError::Io(e.to_string())),
         }
     }
-    Ok(Some(Frame {
+    Ok(Frame {
         kind: header.kind,
         body: freeze(buf),
-    }))
+    })
 }
 
 /// Like [`read_frame`], but the stream must produce a frame of `kind`.

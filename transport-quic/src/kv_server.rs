@@ -46,11 +46,12 @@ async fn serve_request(
     // finishes one, would otherwise hold them (and their buffers) for as long as it likes.
     let request = tokio::time::timeout(
         shared.cfg.handshake_timeout,
-        frame::expect_frame(recv, FrameKind::KvRequest, max_body_bytes),
+        read_request(shared, recv, max_body_bytes),
     )
     .await
     .map_err(|_| FrameError::Idle)?;
-    let request = match request {
+    // Held until the request is answered: its body lives that long.
+    let (request, _room) = match request {
         Ok(request) => request,
         Err(e) => {
             if let FrameError::TooLarge {
@@ -88,6 +89,29 @@ async fn serve_request(
     frame::write_frame(&mut send, FrameKind::KvResponse, frame::archive(&response)?).await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Reads a request once the node has room to hold it (see `kv_request_bytes_max`), and the
+/// room it holds.
+async fn read_request<'a>(
+    shared: &'a Shared,
+    recv: &mut quinn::RecvStream,
+    max_body_bytes: usize,
+) -> Result<(frame::Frame, tokio::sync::SemaphorePermit<'a>), FrameError> {
+    let header = frame::read_header(recv, max_body_bytes)
+        .await?
+        .ok_or(FrameError::Truncated)?;
+    if header.kind != FrameKind::KvRequest {
+        return Err(FrameError::UnexpectedKind(header.kind as u8));
+    }
+    // A request larger than the whole budget waits for all of it. (A frame's length is 32 bits.)
+    let bytes = header.body_bytes.min(shared.cfg.kv_request_bytes_max);
+    let room = shared
+        .kv_request_bytes
+        .acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| FrameError::Io("the request budget was closed".into()))?;
+    Ok((frame::read_body(recv, header).await?, room))
 }
 
 /// Answers a request refused before it could execute. Saying so lets the client report a

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub kv: RwLock<Option<Weak<Node<KvStore>>>>,
     /// Key-value client connections being served now.
     pub kv_connections: std::sync::atomic::AtomicUsize,
+    /// Room for key-value requests held, one permit per byte (`kv_request_bytes_max`).
+    pub kv_request_bytes: tokio::sync::Semaphore,
     pub handle: tokio::runtime::Handle,
 }
 

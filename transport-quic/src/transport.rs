@@ -83,6 +83,7 @@ impl QuicTransport {
         };
         let local_addr = endpoint.local_addr()?;
         let peers = cfg.peers.clone();
+        let kv_request_bytes_max = cfg.kv_request_bytes_max;
         let shared = Arc::new(Shared {
             id,
             cfg,
@@ -93,6 +94,7 @@ impl QuicTransport {
             metrics,
             kv: RwLock::new(None),
             kv_connections: Default::default(),
+            kv_request_bytes: tokio::sync::Semaphore::new(kv_request_bytes_max),
             handle: runtime.handle().clone(),
         });
         runtime.spawn(inbound::run_acceptor(shared.clone(), endpoint));

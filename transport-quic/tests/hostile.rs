@@ -11,10 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{eventually, Cluster, Rogue, WAIT};
 use keel_engine::core::{Body, Entry, Membership, Message, Payload, SnapshotMeta};
+use keel_engine::kv::KvCommand;
 use keel_transport_quic::certs::{node_dns_name, DevCa, Validity};
 use keel_transport_quic::codec::{encode_batch, validate_frame};
-use keel_transport_quic::frame::{encode_contiguous, FrameKind, StreamKind, FORMAT_VERSION};
-use keel_transport_quic::wire::ArchivedWireKvResponse;
+use keel_transport_quic::frame::{
+    archive, encode_contiguous, expect_frame, FrameKind, StreamKind, FORMAT_VERSION,
+};
+use keel_transport_quic::wire::{ArchivedWireKvResponse, WireKvRequest};
 use keel_transport_quic::{FrameRejection, HandshakeRefusal};
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -417,6 +420,75 @@ fn a_malformed_or_oversized_key_value_request_is_answered_as_refused_and_counted
         eventually(&format!("the {what} request is counted"), || {
             metrics.frames_rejected(rejection) > before
         });
+    }
+}
+
+#[test]
+fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
+    const BUDGET: usize = 256 << 10;
+    let cluster = Cluster::with(
+        &[1, 2, 3],
+        &[],
+        |_| {},
+        |q| {
+            q.kv_request_bytes_max = BUDGET;
+            q.handshake_timeout = Duration::from_secs(2);
+        },
+    );
+    let leader = cluster.leader();
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
+    let metrics = cluster.transport(leader).metrics().clone();
+    let idle_before = metrics.frames_rejected(FrameRejection::Idle);
+    // Four requests of a quarter of the budget each, half sent and then left: the budget is
+    // full until the node gives up on them.
+    let announced = u32::try_from(BUDGET / 4).expect("small");
+    let _stalled = client.runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (mut send, recv) = conn.open_bi().await.expect("a stream");
+            let mut bytes = announced.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[FORMAT_VERSION, FrameKind::KvRequest as u8, 0, 0]);
+            bytes.resize(bytes.len() + BUDGET / 8, 0);
+            send.write_all(&bytes).await.expect("written");
+            held.push((send, recv));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        held
+    });
+    // A small put, whole, on a stream of its own: it waits for room, unread.
+    let command = KvCommand::Put {
+        key: Bytes::from_static(b"waiting"),
+        value: Bytes::from_static(b"for room"),
+    }
+    .encode();
+    let body = archive(&WireKvRequest::Propose { command }).expect("archived");
+    let put = encode_contiguous(FrameKind::KvRequest, &body).expect("frame");
+    let (answered_early, answer) = client.runtime.block_on(async {
+        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&put).await.expect("written");
+        let _ = send.finish();
+        let read = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
+        tokio::pin!(read);
+        match tokio::time::timeout(Duration::from_secs(1), &mut read).await {
+            Ok(answer) => (true, Ok(answer)),
+            Err(_) => (false, tokio::time::timeout(WAIT, read).await),
+        }
+    });
+    assert!(
+        !answered_early,
+        "a request was served while the budget was full"
+    );
+    // The stalled requests were given up on, which freed their room for the put.
+    assert!(metrics.frames_rejected(FrameRejection::Idle) >= idle_before + 4);
+    let answer = answer.expect("answered in time").expect("a response frame");
+    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+        .expect("a valid response");
+    match response {
+        ArchivedWireKvResponse::Applied { .. } => {}
+        ArchivedWireKvResponse::Failed { error } => {
+            panic!("the waiting put was refused: {}", error.to_node())
+        }
+        _ => panic!("a put answered with a value"),
     }
 }
 
