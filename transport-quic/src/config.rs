@@ -40,8 +40,8 @@ pub struct QuicConfig {
     pub reconnect_backoff_max: Duration,
     /// A connection with no traffic for this long is dead (keep-alives run at a third of it).
     pub idle_timeout: Duration,
-    /// A handshake, a stream's first byte, a client's request, or a forwarded proposal must
-    /// finish within this.
+    /// A handshake, a stream's first byte, a client's request, a forwarded proposal, or a
+    /// snapshot offer must arrive whole within this.
     pub handshake_timeout: Duration,
     pub request_timeout: Duration,
     /// Streams a peer may have open towards this node at once (a flood waits for credit).

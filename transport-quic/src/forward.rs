@@ -121,8 +121,14 @@ pub(crate) async fn serve(
     mut send: quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FrameError> {
-    let request =
-        frame::expect_frame(recv, FrameKind::ForwardRequest, shared.cfg.frame_bytes_max).await?;
+    // Bounded in time: a peer that stalls mid-request would otherwise hold the stream and its
+    // buffer for good.
+    let request = tokio::time::timeout(
+        shared.cfg.handshake_timeout,
+        frame::expect_frame(recv, FrameKind::ForwardRequest, shared.cfg.frame_bytes_max),
+    )
+    .await
+    .map_err(|_| FrameError::Idle)??;
     add(&shared.metrics.forwards_served, 1);
     add(
         &peer.counters.bytes_received,

@@ -364,6 +364,47 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
 }
 
 #[test]
+fn a_peer_that_stalls_inside_a_snapshot_offer_or_a_forwarded_proposal_is_given_up_on() {
+    // Node 1 is a known peer that the test plays with its genuine certificate.
+    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let cluster = Cluster::with(
+        &[2, 3, 4],
+        &[(1, unused)],
+        |_| {},
+        |q| q.handshake_timeout = Duration::from_secs(1),
+    );
+    let rogue = Rogue::new(
+        &cluster.ca.issue_node(1).expect("cert").identity,
+        &cluster.ca,
+    );
+    let conn = rogue
+        .dial(3, cluster.addrs[&3])
+        .expect("node 1's certificate is accepted");
+    let metrics = cluster.transport(3).metrics().clone();
+    let idle_before = metrics.frames_rejected(FrameRejection::Idle);
+    // Each stream announces its first frame and sends half of it.
+    let stalled = [
+        (StreamKind::Snapshot, FrameKind::SnapshotOffer),
+        (StreamKind::Forward, FrameKind::ForwardRequest),
+    ];
+    let _held = rogue.runtime.block_on(async {
+        let mut held = Vec::new();
+        for (stream, kind) in stalled {
+            let (mut send, recv) = conn.open_bi().await.expect("a stream");
+            let mut bytes = vec![stream as u8];
+            bytes.extend(header(1000, FORMAT_VERSION, kind as u8));
+            bytes.resize(bytes.len() + 500, 0);
+            send.write_all(&bytes).await.expect("written");
+            held.push((send, recv));
+        }
+        held
+    });
+    eventually("both stalled streams are given up on", || {
+        metrics.frames_rejected(FrameRejection::Idle) >= idle_before + 2
+    });
+}
+
+#[test]
 fn a_malformed_or_oversized_key_value_request_is_answered_as_refused_and_counted() {
     use keel_engine::node::Error;
     let cluster = Cluster::new(&[1, 2, 3]);
