@@ -598,7 +598,7 @@ impl Driver {
     fn handle_writer(&mut self, event: WriterEvent) -> Result<(), String> {
         match event {
             WriterEvent::Durable { writes, stats } => {
-                NodeMetrics::add(&self.metrics.wal_syncs, 1);
+                NodeMetrics::add(&self.metrics.wal_syncs, u64::from(stats.fdatasyncs));
                 NodeMetrics::add(&self.metrics.wal_synced_entries, stats.entries);
                 let io_nanos = u64::try_from(stats.io_time.as_nanos()).unwrap_or(u64::MAX);
                 self.metrics.wal_fsync_duration.observe(io_nanos);

@@ -37,6 +37,8 @@ pub struct NodeMetrics {
     pub snapshots_sent: AtomicU64,
     /// Appends a follower dropped while its state machine lagged by `max_apply_lag_entries`.
     pub appends_dropped_apply_lag: AtomicU64,
+    /// The log's fdatasyncs (without fsync, those it would make): one per group commit, more
+    /// when a segment rolled over meanwhile.
     pub wal_syncs: AtomicU64,
     pub wal_synced_entries: AtomicU64,
     /// Entries per proposal batch handed to the core.
