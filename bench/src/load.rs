@@ -60,6 +60,8 @@ pub struct LoadSpec {
 /// What one run measured.
 #[derive(Debug)]
 pub struct LoadResult {
+    /// A timed run's duration (until its stop, the requests then in flight not waited for);
+    /// else until the last request finished.
     pub elapsed: Duration,
     pub ok: u64,
     pub errors: BTreeMap<String, u64>,
@@ -167,6 +169,7 @@ pub fn run(
     let next_id = AtomicU64::new(1);
     let started_at = SystemTime::now();
     let started = Instant::now();
+    let mut window = None;
     let workers = spec.workers.clamp(1, spec.clients.max(1));
     let results: Vec<WorkerResult> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -193,13 +196,16 @@ pub fn run(
                 std::thread::sleep(Duration::from_millis(10));
             }
             stop.store(true, Ordering::Release);
+            window = Some(started.elapsed());
         }
         handles
             .into_iter()
             .map(|h| h.join().expect("worker"))
             .collect()
     });
-    let elapsed = started.elapsed();
+    // A timed run is measured over its window. The requests in flight at the stop finish after
+    // it, and one stuck until its timeout would stretch the time every rate is divided by.
+    let elapsed = window.unwrap_or_else(|| started.elapsed());
     let mut out = LoadResult {
         elapsed,
         ok: 0,
@@ -677,6 +683,30 @@ mod tests {
         let not_sent = result.errors.get("not_sent").copied().unwrap_or(0);
         assert!(result.ok <= 5, "{} answered", result.ok);
         assert_eq!(result.ok + not_sent, 100, "{:?}", result.errors);
+    }
+
+    #[test]
+    fn a_timed_run_is_measured_over_its_window_not_its_drain() {
+        // The third request takes 2 s; the run stops after 200 ms, and waits for it.
+        let target = Arc::new(Delayed {
+            started: AtomicU64::new(0),
+            delays: |n| Some(Duration::from_millis(if n == 2 { 2000 } else { 1 })),
+        });
+        let mut spec = spec(u64::MAX, Duration::from_secs(5));
+        spec.total = None;
+        spec.duration = Some(Duration::from_millis(200));
+        let started = Instant::now();
+        let result = run(target, &spec, &Ledger::new("t", 10), &AtomicU64::new(0));
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "the slow request was waited for"
+        );
+        assert!(
+            result.elapsed < Duration::from_secs(1),
+            "measured over {:?}",
+            result.elapsed
+        );
+        assert!(result.ok > 2, "{} answered", result.ok);
     }
 
     #[test]
