@@ -114,13 +114,14 @@ fn a_restarted_follower_catches_up_from_its_own_log() {
         .node(leader)
         .put("during", "2", WAIT)
         .expect("a majority of two commits");
-    cluster.restart(follower);
-    // Read as it starts, before its peers reconnect: what it holds came from its own disk.
+    // Cut off from its peers until it has been read: what it holds came from its own disk.
+    cluster.restart_alone(follower);
     let recovered = cluster.node(follower).status().expect("running");
     assert!(
-        recovered.last_index >= before,
-        "its log came back from disk: {recovered:?}"
+        recovered.last_index >= before && recovered.last_index < during,
+        "its log came back from disk, and only from there: {recovered:?}"
     );
+    cluster.introduce(follower);
     cluster.converge(during);
     let restarted = cluster.node(follower);
     assert_eq!(restarted.state_machine().len(), 2);

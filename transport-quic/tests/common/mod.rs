@@ -142,11 +142,22 @@ impl Cluster {
 
     /// Starts `id` again on the address it had.
     pub fn restart(&mut self, id: NodeId) {
+        self.restart_alone(id);
+        self.introduce(id);
+    }
+
+    /// Starts `id` again with an empty address book: it dials no peer and refuses every peer
+    /// that dials it, until [`Cluster::introduce`].
+    pub fn restart_alone(&mut self, id: NodeId) {
         let t = self.start_transport(id, self.addrs[&id]);
-        for (&peer, &addr) in &self.addrs {
-            t.set_peer(peer, addr);
-        }
         self.start_node(id, t);
+    }
+
+    /// Gives `id` its address book.
+    pub fn introduce(&self, id: NodeId) {
+        for (&peer, &addr) in &self.addrs {
+            self.transport(id).set_peer(peer, addr);
+        }
     }
 
     /// Waits until the running nodes agree on one leader among them.
