@@ -118,7 +118,7 @@ impl Workload {
                             let operation = actor.step();
                             // A reader pinned to a node that cannot serve (no leader known, cut
                             // off) is refused at once: pause rather than flood it.
-                            let refused = actor.reads_only && status_failed(&operation.op);
+                            let refused = actor.reads_only && read_failed(&operation.op);
                             history.push(operation);
                             completed.fetch_add(1, Ordering::Relaxed);
                             if refused {
@@ -262,7 +262,7 @@ impl Actor {
 }
 
 /// Whether a read failed (it changed nothing, and told nothing).
-fn status_failed(op: &Op) -> bool {
+fn read_failed(op: &Op) -> bool {
     matches!(
         op,
         Op::Get {
