@@ -485,6 +485,22 @@ fn a_segment_torn_at_creation_is_removed() {
 }
 
 #[test]
+fn a_lone_later_segment_that_looks_torn_at_creation_is_refused_not_started_afresh() {
+    let fx = Fixture::new();
+    // Compaction removed every segment before the last; then the last lost all but part of its
+    // header. A torn creation would be removed, and the node start with an empty log.
+    for path in &fx.segments[..fx.segments.len() - 1] {
+        fs::remove_file(path).unwrap();
+    }
+    let last = fx.last().to_path_buf();
+    let damaged = damage(&last, |b| b.truncate(20));
+    let (file, offset, _, reason) = fx.expect_corrupt();
+    assert_eq!((file.as_path(), offset), (last.as_path(), 0));
+    assert!(reason.contains("only segment"), "{reason}");
+    assert_unchanged(&last, &damaged);
+}
+
+#[test]
 fn a_hard_state_claiming_more_than_the_log_holds_is_refused() {
     // Crafted by hand: no sequence of writes produces it, but a buggy writer or damage could.
     let tmp = tempfile::tempdir().unwrap();

@@ -409,7 +409,7 @@ impl Wal {
 
     /// A fresh log: the first segment, made durable at once.
     fn create(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered), WalError> {
-        let seq = 1;
+        let seq = recovery::FIRST_SEGMENT_SEQ;
         let path = segment_path(dir, seq);
         let active = create_segment_file(&path)?;
         let ledger = opts

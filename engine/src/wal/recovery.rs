@@ -74,6 +74,9 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
     Ok(seqs)
 }
 
+/// The sequence number of a new log's first segment.
+pub(super) const FIRST_SEGMENT_SEQ: u64 = 1;
+
 /// Recovers the log in `dir`; `None` when it holds no segment (or only one torn at creation).
 pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     let seqs = list_segments(dir)?;
@@ -248,8 +251,23 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     }
 
     let Some(state) = state else {
-        // No segment, or a single one torn at creation: an empty log.
+        // No segment, or a single one torn at creation: an empty log. Only the log's first
+        // segment can be that: a later one is alone once compaction removed those before it,
+        // which it does only after syncing it. Damage that looks like a torn creation there
+        // must not make a node that voted and acknowledged start afresh.
         if let Some(cut) = &torn {
+            if seqs[0] != FIRST_SEGMENT_SEQ {
+                return Err(WalError::Corrupt {
+                    file: cut.path.clone(),
+                    offset: 0,
+                    index_range: IndexRange::starting_at(1),
+                    reason: format!(
+                        "{}, in the log's only segment, which compaction left alone after \
+                         syncing it",
+                        cut.reason
+                    ),
+                });
+            }
             cut_torn_tail(dir, cut)?;
         }
         return Ok(None);
