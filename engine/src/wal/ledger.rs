@@ -45,14 +45,14 @@ impl DurablePoint {
         len_bytes: 0,
     };
 
-    fn encode(&self) -> [u8; LINE_BYTES] {
+    pub(super) fn encode(&self) -> [u8; LINE_BYTES] {
         let line = format!("{:020} {:020}\n", self.seq, self.len_bytes);
         line.as_bytes()
             .try_into()
             .expect("two 20-digit numbers, a space and a newline")
     }
 
-    fn decode(line: &str) -> Option<Self> {
+    pub(super) fn decode(line: &str) -> Option<Self> {
         let (seq, len) = line.trim_end().split_once(' ')?;
         Some(Self {
             seq: seq.parse().ok()?,
@@ -127,6 +127,16 @@ pub fn cut_to_durable(dir: &Path) -> Result<PowerLoss, WalError> {
     let durable = read_durable_point(dir)?.ok_or_else(|| WalError::InvalidRequest {
         reason: format!("{} keeps no sync ledger", dir.display()),
     })?;
+    cut_after(dir, durable, false)
+}
+
+/// Cuts the log in `dir` to `durable`: the durable segment to its durable length, every newer
+/// segment removed. With `sync`, a cut segment is synced (the caller syncs the directory).
+pub(super) fn cut_after(
+    dir: &Path,
+    durable: DurablePoint,
+    sync: bool,
+) -> Result<PowerLoss, WalError> {
     let mut loss = PowerLoss {
         durable,
         ..PowerLoss::default()
@@ -146,6 +156,7 @@ pub fn cut_to_durable(dir: &Path) -> Result<PowerLoss, WalError> {
                 .open(&path)
                 .map_err(io_error("open a segment to cut", &path))?;
             file.set_len(durable.len_bytes)
+                .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
                 .map_err(io_error("cut a segment", &path))?;
             loss.bytes_dropped += len - durable.len_bytes;
         }

@@ -24,6 +24,7 @@
 
 // The decoder and the segment scanner are public (hidden) for the fuzz target, the corpus test
 // and the corruption tests that craft records by hand.
+mod failed_sync;
 #[doc(hidden)]
 pub mod fuzz;
 #[doc(hidden)]
@@ -288,6 +289,8 @@ pub struct Wal {
     stopped: bool,
     ledger: Option<SyncLedger>,
     recorded_snapshot: RecordedSnapshot,
+    /// Where the log was durable after its last sync: what a failed sync writes down.
+    durable: DurablePoint,
 }
 
 pub(crate) fn io_error<'a>(
@@ -352,6 +355,7 @@ impl Wal {
         }
         create_dir_durably(dir, opts.sync == SyncMode::Fdatasync)
             .map_err(io_error("create the log directory", dir))?;
+        failed_sync::recover(dir)?;
         let Some(found) = recovery::recover(dir)? else {
             return Self::create(dir, opts);
         };
@@ -400,6 +404,7 @@ impl Wal {
             stopped: false,
             ledger,
             recorded_snapshot: RecordedSnapshot::default(),
+            durable: DurablePoint::default(),
         };
         wal.assert_invariants();
         wal.sync_recovered()?;
@@ -442,6 +447,7 @@ impl Wal {
             stopped: false,
             ledger,
             recorded_snapshot: RecordedSnapshot::default(),
+            durable: DurablePoint::default(),
         };
         wal.begin_segment(seq, 1)?;
         wal.sync()?;
@@ -467,14 +473,21 @@ impl Wal {
     }
 
     /// Writes down, for power-loss tests, that everything written so far is durable.
-    fn record_durable(&self) -> Result<(), WalError> {
+    fn record_durable(&mut self) -> Result<(), WalError> {
+        self.durable = DurablePoint {
+            seq: self.active_seq(),
+            len_bytes: self.active_written_bytes,
+        };
         match &self.ledger {
-            Some(ledger) if self.opts.sync == SyncMode::Fdatasync => ledger.record(DurablePoint {
-                seq: self.active_seq(),
-                len_bytes: self.active_written_bytes,
-            }),
+            Some(ledger) if self.opts.sync == SyncMode::Fdatasync => ledger.record(self.durable),
             _ => Ok(()),
         }
+    }
+
+    /// Stops the log after a write or sync of its data failed (see [`failed_sync`]).
+    fn sync_failed(&mut self) {
+        self.stopped = true;
+        failed_sync::mark(&self.dir, self.durable);
     }
 
     pub fn dir(&self) -> &Path {
@@ -663,7 +676,7 @@ impl Wal {
                 SyncMode::UnsafeNoFsync => Ok(()),
             });
         if let Err(source) = trimmed {
-            self.stopped = true;
+            self.sync_failed();
             return Err(WalError::Io {
                 op: "trim a sealed segment",
                 path,
@@ -735,7 +748,7 @@ impl Wal {
             .write_all_at(&self.buf, self.active_written_bytes);
         self.stats.io_time += started.elapsed();
         if let Err(source) = result {
-            self.stopped = true;
+            self.sync_failed();
             return Err(WalError::Io {
                 op: "write to the active segment",
                 path: self.active_path(),
@@ -761,7 +774,7 @@ impl Wal {
             .fail_sync_after
             .is_some_and(|n| self.data_syncs_attempted > n)
         {
-            self.stopped = true;
+            self.sync_failed();
             return Err(WalError::Io {
                 op: "fdatasync the active segment",
                 path: self.active_path(),
@@ -773,7 +786,7 @@ impl Wal {
             let result = self.active.sync_data();
             self.stats.io_time += started.elapsed();
             if let Err(source) = result {
-                self.stopped = true;
+                self.sync_failed();
                 return Err(WalError::Io {
                     op: "fdatasync the active segment",
                     path: self.active_path(),
@@ -791,7 +804,10 @@ impl Wal {
             let started = Instant::now();
             let result = fsync_dir(&self.dir);
             self.stats.io_time += started.elapsed();
-            result?;
+            if let Err(e) = result {
+                self.sync_failed();
+                return Err(e);
+            }
         }
         self.stats.dir_fsyncs += 1;
         self.dir_unsynced = false;

@@ -759,6 +759,8 @@ fn recovery_makes_the_unsynced_tail_it_returns_durable() {
     wal.append(&entries(1..=3, 1)).unwrap();
     assert!(wal.sync().is_err(), "written, never synced");
     drop(wal);
+    // A kill between the write and its sync, not a failed sync: no marker.
+    std::fs::remove_file(dir.path().join(failed_sync::MARKER_FILE)).unwrap();
     // The entries survived the "crash" in the page cache; recovery returns them, so it must
     // sync them before the node counts them durable.
     let (wal, rec) = Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap();
@@ -773,6 +775,40 @@ fn recovery_makes_the_unsynced_tail_it_returns_durable() {
         3,
         "a power loss after recovery keeps them"
     );
+}
+
+#[test]
+fn after_a_failed_sync_the_next_open_cuts_the_log_back_to_where_it_was_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = WalOptions {
+        fail_sync_after: Some(1),
+        ..small()
+    };
+    let (mut wal, _) = Wal::open(dir.path(), failing).unwrap();
+    wal.append(&entries(1..=2, 1)).unwrap();
+    wal.sync().unwrap();
+    let segments = wal.segment_paths();
+    // Enough to roll into new segments: the failed sync is the rollover's, inside the append.
+    let failed = wal
+        .append(&entries(3..=60, 1))
+        .and_then(|()| wal.sync().map(drop));
+    assert!(failed.is_err(), "the second sync fails");
+    drop(wal);
+    assert!(dir.path().join(failed_sync::MARKER_FILE).exists());
+    // What the failed sync wrote is in the page cache, and would read back whole.
+    let (mut wal, rec) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(rec.entries.last().map(|e| e.index), Some(2));
+    assert_eq!(
+        wal.segment_paths(),
+        segments,
+        "the segments it began are gone"
+    );
+    assert!(!dir.path().join(failed_sync::MARKER_FILE).exists());
+    wal.append(&entries(3..=3, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(rec.entries.last().map(|e| e.index), Some(3));
 }
 
 #[test]
