@@ -1011,6 +1011,11 @@ impl Driver {
         for r in self.proposals.try_iter() {
             r.reply.fail(error.clone());
         }
+        // Requests that came in as the node stopped. Left queued, they would wait for as long
+        // as the node is kept: a bounded channel keeps its messages after its receiver is gone.
+        for c in self.control.try_iter() {
+            refuse(c, &error);
+        }
         self.transport.detach();
         if let Some(writer) = self.writer.take() {
             writer.stop();
@@ -1020,6 +1025,21 @@ impl Driver {
         self.subscribers.publish(Event::Stopped {
             reason: reason.to_string(),
         });
+    }
+}
+
+/// Answers a request the driver will not serve.
+fn refuse(request: Control, error: &Error) {
+    match request {
+        Control::Read { reply, .. }
+        | Control::ChangeMembership { reply, .. }
+        | Control::WaitApplied { reply, .. } => reply.complete(Err(error.clone())),
+        Control::Transfer { reply, .. } | Control::Campaign { reply } => {
+            reply.complete(Err(error.clone()));
+        }
+        Control::StepDown { reply } => reply.complete(Err(error.clone())),
+        Control::Status { reply } => reply.complete(Err(error.clone())),
+        Control::Tick(_) | Control::Stop => {}
     }
 }
 
