@@ -330,6 +330,9 @@ fn read_back(
     Ok(ops)
 }
 
+/// How long a membership step the schedule undoes is retried while refused.
+const MEMBERSHIP_RETRY: Duration = Duration::from_secs(3);
+
 /// Applies and undoes a schedule's faults at their times.
 struct Injector<'a> {
     rng: ChaCha8Rng,
@@ -363,17 +366,41 @@ impl Injector<'_> {
             events.push((t.at + t.hold, true, i));
         }
         events.sort_by_key(|&(at, undo, i)| (at, !undo, i));
+        // When each fault took effect: one applied late (waiting for a leader, or for a slow
+        // admin command) still holds its whole hold, or a pause meant to outlast the lease
+        // might not.
+        let mut took_effect = vec![None; schedule.faults.len()];
         for (at, undo, i) in events {
-            let due = self.faults_began + at;
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            let fault = &schedule.faults[i].fault;
+            let timed = &schedule.faults[i];
+            let mut due = self.faults_began + at;
             if undo {
-                self.undo(cluster, i, fault)?;
+                due = due.max(took_effect[i].map_or(due, |t: Instant| t + timed.hold));
+            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if undo {
+                self.undo(cluster, i, &timed.fault)?;
             } else {
-                self.apply(cluster, i, fault)?;
+                self.apply(cluster, i, &timed.fault)?;
+                took_effect[i] = Some(Instant::now());
             }
         }
         Ok(())
+    }
+
+    /// Runs a membership command on the leader, retrying for `within` while it is refused (a
+    /// learner still catching up is refused promotion); whether it took.
+    fn membership(&mut self, cluster: &mut Cluster, command: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            match cluster.membership_command(command) {
+                Ok(()) => return true,
+                Err(e) if Instant::now() >= deadline => {
+                    self.skip(format!("{command}: {e}"));
+                    return false;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// A running, unpaused member other than `not`.
@@ -399,7 +426,15 @@ impl Injector<'_> {
         let members = cluster.members();
         // Right after a fault there may be no leader yet: give an election a moment.
         let leader = cluster.wait_for_leader(Duration::from_secs(1)).ok();
-        let follower = self.other(cluster, &leader.into_iter().collect::<Vec<_>>());
+        // A follower is a voter: a member removed and not yet added back (a learner, or not
+        // in the cluster at all) is no follower to break or to hand leadership to.
+        let voters = leader
+            .and_then(|l| cluster.status(l).ok())
+            .map(|s| s.voters);
+        let not_followers: Vec<NodeId> = (members.iter().copied())
+            .filter(|&id| Some(id) == leader || voters.as_ref().is_some_and(|v| !v.contains(&id)))
+            .collect();
+        let follower = self.other(cluster, &not_followers);
         let needs_leader = matches!(
             fault,
             Fault::KillLeader
@@ -487,24 +522,32 @@ impl Injector<'_> {
             Fault::AddSpare => match cluster.idle_spare() {
                 Some(n) => {
                     if let Err(e) = cluster.add_spare(n) {
-                        self.note(format!("add-learner {n}: {e} (healing retries)"));
+                        self.skip(format!("add-learner {n}: {e} (healing retries)"));
                     }
                     vec![n]
                 }
-                None => Vec::new(),
+                None => {
+                    self.skip(format!("{fault:?}: skipped, no idle spare"));
+                    Vec::new()
+                }
             },
             Fault::TransferLeadership => {
-                // To a voter: a member removed and not yet promoted back (a learner) cannot lead.
-                let voters = cluster.status(l).map(|s| s.voters).unwrap_or_default();
-                let not: Vec<NodeId> = (cluster.members().into_iter())
-                    .filter(|&id| id == l || !voters.contains(&id))
-                    .collect();
-                let Some(to) = self.other(cluster, &not) else {
-                    self.skip(format!("{fault:?}: skipped, no other voter up"));
-                    return Ok(());
-                };
-                if let Err(e) = cluster.admin(l, &format!("transfer {to}")) {
-                    self.skip(format!("transfer {to}: {e}"));
+                // To the follower: a voter other than the leader.
+                let to = f;
+                match cluster.admin(l, &format!("transfer {to}")) {
+                    Err(e) => self.skip(format!("transfer {to}: {e}")),
+                    // The command only starts it: see that it took.
+                    Ok(_) => {
+                        let deadline = Instant::now() + Duration::from_secs(3);
+                        let mut now = cluster.leader();
+                        while now != Some(to) && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(50));
+                            now = cluster.leader();
+                        }
+                        if now != Some(to) {
+                            self.skip(format!("transfer {to}: did not take (leader {now:?})"));
+                        }
+                    }
                 }
                 vec![to]
             }
@@ -549,7 +592,10 @@ impl Injector<'_> {
                         cluster.net().bridge(&[l], bridge, &[f]);
                         vec![l, bridge, f]
                     }
-                    None => Vec::new(),
+                    None => {
+                        self.skip(format!("{fault:?}: skipped, no third node up"));
+                        Vec::new()
+                    }
                 }
             }
         };
@@ -600,17 +646,15 @@ impl Injector<'_> {
                 cluster.restart(n)?;
             }
             Fault::AddSpare => {
+                // Healing finishes what does not happen now, but without load: a skip.
                 let command = format!("promote {}", targets[0]);
-                if let Err(e) = cluster.membership_command(&command) {
-                    self.note(format!("{command}: {e} (healing retries)"));
-                }
+                self.membership(cluster, &command, MEMBERSHIP_RETRY);
             }
             Fault::RemoveFollower => {
                 // Put it back; whatever does not happen now, healing finishes.
                 let n = targets[0];
                 for command in [format!("add-learner {n}"), format!("promote {n}")] {
-                    if let Err(e) = cluster.membership_command(&command) {
-                        self.note(format!("{command}: {e}"));
+                    if !self.membership(cluster, &command, MEMBERSHIP_RETRY) {
                         break;
                     }
                 }
