@@ -620,6 +620,7 @@ scenarios! {
     membership_waits_for_the_new_leaders_first_commit,
     transfer_leadership_catches_up_target_then_timeout_now,
     transfer_aborts_after_an_election_timeout,
+    transfer_timeout_now_is_sent_again_when_lost,
     read_index_needs_a_quorum_heartbeat_round,
     read_index_new_leader_waits_for_its_noop,
     read_index_follower_forwards_to_leader,

@@ -1149,6 +1149,10 @@ impl Core {
                 pr.probe_sent = false;
             }
             self.send_append(from, false);
+        } else if self.transfer.is_some_and(|t| t.to == from) {
+            // The target holds the whole log and still follows: its TimeoutNow was lost (a
+            // transfer takes no proposals, so no append answer would send it again).
+            self.send_timeout_now(from);
         }
         self.advance_reads();
     }
