@@ -9,8 +9,8 @@ use bytes::Bytes;
 use keel_engine::core::{Body, Membership, Message, NodeId, Role, SnapshotMeta};
 use keel_engine::kv::{Consistency, KvCommand, KvError, KvStore};
 use keel_engine::node::{
-    Error, Event, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics, StateMachine,
-    Transport,
+    Error, Event, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics, SnapshotReader,
+    StateMachine, Transport,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -823,6 +823,57 @@ fn a_lagging_follower_catches_up_from_a_snapshot() {
         .iter()
         .any(|e| matches!(e, Event::SnapshotInstalled { .. }));
     assert!(installed, "the follower installed a snapshot");
+}
+
+#[test]
+fn a_snapshot_sent_again_after_its_install_leaves_no_file_behind() {
+    let (mut cluster, leader, follower, last) = leader_compacted_past_a_stopped_follower();
+    let mut cfg = config(follower, &cluster.voters);
+    cfg.snapshot_threshold_entries = 20;
+    cluster.start_with(follower, cfg);
+    cluster
+        .node(follower)
+        .wait_applied(last)
+        .wait(WAIT)
+        .expect("caught up");
+    let status = cluster.node(follower).status().expect("status");
+    assert!(status.snapshot_index > 0, "caught up from a snapshot");
+    // The leader's snapshot again, as a leader resends one whose answer was late.
+    let again = Message {
+        from: leader,
+        to: follower,
+        term: status.term,
+        body: Body::Snapshot {
+            snapshot: SnapshotMeta {
+                index: status.snapshot_index,
+                term: status.term,
+                membership: Membership::new([1, 2, 3], []),
+            },
+        },
+    };
+    // Whole and checked (a trailer of CRC32C, magic and length), so that it reaches the driver.
+    let mut data = vec![7u8; 4096];
+    let crc = crc32c::crc32c(&data);
+    let data_len = data.len() as u64;
+    data.extend_from_slice(&crc.to_le_bytes());
+    data.extend_from_slice(b"KSNP");
+    data.extend_from_slice(&data_len.to_le_bytes());
+    let len = data.len() as u64;
+    (cluster.net.transport(leader))
+        .send_snapshot(again, SnapshotReader::new(std::io::Cursor::new(data), len));
+    // The send copies the data on this thread; the driver steps it soon after.
+    let index = put(cluster.node(leader), "after", "1").expect("put");
+    cluster.converge(index);
+    let snapshots = cluster
+        .dir
+        .path()
+        .join(format!("node-{follower}/snapshots"));
+    let kept: Vec<_> = std::fs::read_dir(&snapshots)
+        .expect("snapshot dir")
+        .map(|f| f.expect("entry").file_name())
+        .filter(|name| !name.to_string_lossy().ends_with(".snap"))
+        .collect();
+    assert!(kept.is_empty(), "left behind: {kept:?}");
 }
 
 #[test]

@@ -468,8 +468,13 @@ impl Driver {
                 self.core.step(m);
             }
             Inbound::Snapshot(m, data) => {
+                // One this node holds (or is installing) already is only acknowledged: its
+                // data goes at once. Kept, a copy of the snapshot being installed would stay
+                // on disk until the next snapshot message, however long that takes.
                 if let Body::Snapshot { snapshot } = &m.body {
-                    self.state.incoming_snapshots.insert(snapshot.index, data);
+                    if snapshot.index > self.core.snapshot().index {
+                        self.state.incoming_snapshots.insert(snapshot.index, data);
+                    }
                 }
                 self.core.step(m);
                 // The core installs a snapshot as it steps it, or never: what is kept is the
