@@ -200,13 +200,7 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
         },
     );
     let leader = cluster.leader();
-    let rogue = Rogue::new(
-        &cluster.ca.issue_node(1).expect("cert").identity,
-        &cluster.ca,
-    );
-    let conn = rogue
-        .dial(3, cluster.addrs[&3])
-        .expect("node 1's certificate is accepted");
+    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
 
     // Healthy traffic goes on throughout.
     let stop = Arc::new(AtomicBool::new(false));
@@ -373,13 +367,7 @@ fn a_peer_that_stalls_inside_a_snapshot_offer_or_a_forwarded_proposal_is_given_u
         |_| {},
         |q| q.handshake_timeout = Duration::from_secs(1),
     );
-    let rogue = Rogue::new(
-        &cluster.ca.issue_node(1).expect("cert").identity,
-        &cluster.ca,
-    );
-    let conn = rogue
-        .dial(3, cluster.addrs[&3])
-        .expect("node 1's certificate is accepted");
+    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
     let metrics = cluster.transport(3).metrics().clone();
     let idle_before = metrics.frames_rejected(FrameRejection::Idle);
     // Each stream announces its first frame and sends half of it.

@@ -291,6 +291,18 @@ impl Rogue {
         (client, conn)
     }
 
+    /// A rogue with peer `id`'s genuine certificate, connected to node `to` of `cluster`.
+    pub fn peer_of(cluster: &Cluster, id: NodeId, to: NodeId) -> (Self, quinn::Connection) {
+        let rogue = Self::new(
+            &cluster.ca.issue_node(id).expect("cert").identity,
+            &cluster.ca,
+        );
+        let conn = rogue
+            .dial(to, cluster.addrs[&to])
+            .expect("a peer's certificate is accepted");
+        (rogue, conn)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound")
     }
