@@ -51,10 +51,12 @@ pub struct QuicConfig {
     pub handshakes_max: usize,
     /// Key-value client connections served at once; beyond this new ones are refused.
     pub kv_connections_max: usize,
-    /// Bytes of key-value requests held at once, across every client connection: from a
-    /// request's header until it is answered. A request that finds no room waits, unread (QUIC
-    /// flow control then holds its sender back), within `handshake_timeout`. Without this bound,
-    /// clients could make a node hold `max_proposal_bytes` on every stream of every connection.
+    /// Bytes of key-value requests held at once, across every client connection: each request's
+    /// bytes as they arrive, until it is answered. A request that finds no room stops being read
+    /// (QUIC flow control then holds its sender back) until there is, within
+    /// `handshake_timeout`. Without this bound, clients could make a node hold
+    /// `max_proposal_bytes` on every stream of every connection; counting what a header only
+    /// announces would let headers alone hold the whole budget.
     pub kv_request_bytes_max: usize,
     /// Threads of the transport's own tokio runtime (at least 1; it must be multi-threaded).
     /// One by default: a node's traffic is one driver's, and a second thread mostly added
@@ -131,7 +133,9 @@ impl QuicConfig {
             return Err("runtime_threads and peer_queue_messages_max must be at least 1".into());
         }
         if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&self.kv_request_bytes_max) {
-            return Err("kv_request_bytes_max must be at least 1".into());
+            return Err(
+                "kv_request_bytes_max must be at least 1 (and at most usize::MAX >> 3)".into(),
+            );
         }
         if self.reconnect_backoff_min.is_zero() || self.idle_timeout.is_zero() {
             return Err("backoff and idle timeout must be positive".into());

@@ -287,28 +287,64 @@ pub async fn read_body(
     recv: &mut quinn::RecvStream,
     header: FrameHeader,
 ) -> Result<Frame, FrameError> {
-    let mut buf =
-        AlignedVec::<16>::with_capacity(header.body_bytes.min(BODY_FIRST_ALLOCATION_BYTES));
-    while buf.len() < header.body_bytes {
-        match recv.read_chunk(header.body_bytes - buf.len(), true).await {
+    let mut body = BodyReader::new(header);
+    while body.read_chunk(recv).await?.is_some() {}
+    Ok(body.finish())
+}
+
+/// A frame's body, read a chunk at a time: for a caller that accounts for each chunk as it
+/// arrives.
+#[derive(Debug)]
+pub struct BodyReader {
+    header: FrameHeader,
+    buf: AlignedVec<16>,
+}
+
+impl BodyReader {
+    pub fn new(header: FrameHeader) -> Self {
+        let first = header.body_bytes.min(BODY_FIRST_ALLOCATION_BYTES);
+        Self {
+            header,
+            buf: AlignedVec::<16>::with_capacity(first),
+        }
+    }
+
+    /// Reads the next chunk into the body: its length, or `None` once the body is whole.
+    pub async fn read_chunk(
+        &mut self,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Option<usize>, FrameError> {
+        let left = self.header.body_bytes - self.buf.len();
+        if left == 0 {
+            return Ok(None);
+        }
+        match recv.read_chunk(left, true).await {
             Ok(Some(chunk)) => {
                 // Doubling, but never past the announced size: the entries a frame carries
                 // keep its whole allocation alive, slack included.
-                let needed = buf.len() + chunk.bytes.len();
-                if needed > buf.capacity() {
-                    let grown = (buf.capacity() * 2).max(needed).min(header.body_bytes);
-                    buf.reserve_exact(grown - buf.len());
+                let needed = self.buf.len() + chunk.bytes.len();
+                if needed > self.buf.capacity() {
+                    let grown = (self.buf.capacity() * 2)
+                        .max(needed)
+                        .min(self.header.body_bytes);
+                    self.buf.reserve_exact(grown - self.buf.len());
                 }
-                buf.extend_from_slice(&chunk.bytes);
+                self.buf.extend_from_slice(&chunk.bytes);
+                Ok(Some(chunk.bytes.len()))
             }
-            Ok(None) => return Err(FrameError::Truncated),
-            Err(e) => return Err(FrameError::Io(e.to_string())),
+            Ok(None) => Err(FrameError::Truncated),
+            Err(e) => Err(FrameError::Io(e.to_string())),
         }
     }
-    Ok(Frame {
-        kind: header.kind,
-        body: freeze(buf),
-    })
+
+    /// The whole frame (call once `read_chunk` said the body is whole).
+    pub fn finish(self) -> Frame {
+        debug_assert_eq!(self.buf.len(), self.header.body_bytes);
+        Frame {
+            kind: self.header.kind,
+            body: freeze(self.buf),
+        }
+    }
 }
 
 /// Like [`read_frame`], but the stream must produce a frame of `kind`.

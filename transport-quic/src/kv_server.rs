@@ -91,27 +91,42 @@ async fn serve_request(
     Ok(())
 }
 
-/// Reads a request once the node has room to hold it (see `kv_request_bytes_max`), and the
-/// room it holds.
+/// Reads a request, taking room for its bytes as they arrive (see `kv_request_bytes_max`), and
+/// the room it holds. Room for what a header only announces would let a client that sends
+/// headers alone hold the whole budget.
 async fn read_request<'a>(
     shared: &'a Shared,
     recv: &mut quinn::RecvStream,
     max_body_bytes: usize,
-) -> Result<(frame::Frame, tokio::sync::SemaphorePermit<'a>), FrameError> {
+) -> Result<(frame::Frame, Option<tokio::sync::SemaphorePermit<'a>>), FrameError> {
     let header = frame::read_header(recv, max_body_bytes)
         .await?
         .ok_or(FrameError::Truncated)?;
     if header.kind != FrameKind::KvRequest {
         return Err(FrameError::UnexpectedKind(header.kind as u8));
     }
-    // A request larger than the whole budget waits for all of it. (A frame's length is 32 bits.)
-    let bytes = header.body_bytes.min(shared.cfg.kv_request_bytes_max);
-    let room = shared
-        .kv_request_bytes
-        .acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
-        .await
-        .map_err(|_| FrameError::Io("the request budget was closed".into()))?;
-    Ok((frame::read_body(recv, header).await?, room))
+    let mut room: Option<tokio::sync::SemaphorePermit<'a>> = None;
+    let mut body = frame::BodyReader::new(header);
+    // Each chunk is taken from the stream before its room: a stream holds at most one chunk
+    // (QUIC's, not the request's size) beyond the budget while it waits.
+    while let Some(bytes) = body.read_chunk(recv).await? {
+        // A request larger than the whole budget holds all of it at most.
+        let held = room.as_ref().map_or(0, |r| r.num_permits());
+        let more = bytes.min(shared.cfg.kv_request_bytes_max - held);
+        if more == 0 {
+            continue;
+        }
+        let permit = shared
+            .kv_request_bytes
+            .acquire_many(u32::try_from(more).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| FrameError::Io("the request budget was closed".into()))?;
+        match &mut room {
+            Some(r) => r.merge(permit),
+            None => room = Some(permit),
+        }
+    }
+    Ok((body.finish(), room))
 }
 
 /// Answers a request refused before it could execute. Saying so lets the client report a

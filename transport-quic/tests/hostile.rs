@@ -461,30 +461,12 @@ fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
         |_| {},
         |q| {
             q.kv_request_bytes_max = BUDGET;
-            q.handshake_timeout = Duration::from_secs(2);
+            q.handshake_timeout = Duration::from_secs(3);
         },
     );
     let leader = cluster.leader();
     let (client, conn) = Rogue::kv_client_of(&cluster, leader);
     let metrics = cluster.transport(leader).metrics().clone();
-    let idle_before = metrics.frames_rejected(FrameRejection::Idle);
-    // Four requests of a quarter of the budget each, half sent and then left: the budget is
-    // full until the node gives up on them.
-    let announced = u32::try_from(BUDGET / 4).expect("small");
-    let _stalled = client.runtime.block_on(async {
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            let (mut send, recv) = conn.open_bi().await.expect("a stream");
-            let mut bytes = announced.to_le_bytes().to_vec();
-            bytes.extend_from_slice(&[FORMAT_VERSION, FrameKind::KvRequest as u8, 0, 0]);
-            bytes.resize(bytes.len() + BUDGET / 8, 0);
-            send.write_all(&bytes).await.expect("written");
-            held.push((send, recv));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        held
-    });
-    // A small put, whole, on a stream of its own: it waits for room, unread.
     let command = KvCommand::Put {
         key: Bytes::from_static(b"waiting"),
         value: Bytes::from_static(b"for room"),
@@ -492,6 +474,54 @@ fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
     .encode();
     let body = archive(&WireKvRequest::Propose { command }).expect("archived");
     let put = encode_contiguous(FrameKind::KvRequest, &body).expect("frame");
+    let announced = u32::try_from(BUDGET / 4).expect("small");
+    let header = |len: u32| {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[FORMAT_VERSION, FrameKind::KvRequest as u8, 0, 0]);
+        bytes
+    };
+    let put_answered_within = |wait: Duration| {
+        client.runtime.block_on(async {
+            let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+            send.write_all(&put).await.expect("written");
+            let _ = send.finish();
+            let read = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
+            tokio::time::timeout(wait, read).await.is_ok()
+        })
+    };
+    // Headers alone, announcing four times the budget, hold none of it.
+    let _announced_only = client.runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            let (mut send, recv) = conn.open_bi().await.expect("a stream");
+            send.write_all(&header(announced)).await.expect("written");
+            held.push((send, recv));
+        }
+        // Time for the node to read every header first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        held
+    });
+    // Well before those headers' streams are given up on (3 s from their start).
+    assert!(
+        put_answered_within(Duration::from_secs(2)),
+        "a put waited behind requests that were only announced"
+    );
+    let idle_before = metrics.frames_rejected(FrameRejection::Idle);
+    // Four requests of a quarter of the budget each, sent but for their last byte: the budget
+    // is full until the node gives up on them.
+    let _stalled = client.runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (mut send, recv) = conn.open_bi().await.expect("a stream");
+            let mut bytes = header(announced);
+            bytes.resize(bytes.len() + BUDGET / 4 - 1, 0);
+            send.write_all(&bytes).await.expect("written");
+            held.push((send, recv));
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        held
+    });
+    // A small put, whole, on a stream of its own: it waits for room, unread.
     let (answered_early, answer) = client.runtime.block_on(async {
         let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
         send.write_all(&put).await.expect("written");
