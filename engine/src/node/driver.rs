@@ -1013,18 +1013,23 @@ impl Driver {
         for (_, (_, reply)) in std::mem::take(&mut self.state.reads) {
             reply.complete(Err(error.clone()));
         }
-        for r in self.proposals.try_iter() {
-            r.reply.fail(error.clone());
-        }
-        // Requests that came in as the node stopped. Left queued, they would wait for as long
-        // as the node is kept: a bounded channel keeps its messages after its receiver is gone.
-        for c in self.control.try_iter() {
-            refuse(c, &error);
-        }
         self.transport.detach();
         if let Some(writer) = self.writer.take() {
             writer.stop();
         }
+        // Proposals and requests still queued, or that came in as the node stopped (a caller
+        // can pass the halted check just before it is set), last: left queued, they would wait
+        // for as long as the node is kept, since a bounded channel keeps its messages after its
+        // receiver is gone. The receivers go at once, so that a later send fails and its
+        // caller hears `Stopped`.
+        for r in self.proposals.try_iter() {
+            r.reply.fail(error.clone());
+        }
+        self.proposals = never();
+        for c in self.control.try_iter() {
+            refuse(c, &error);
+        }
+        self.control = never();
         NodeMetrics::set(&self.metrics.role, 0);
         NodeMetrics::set(&self.metrics.leader, 0);
         self.subscribers.publish(Event::Stopped {
