@@ -10,25 +10,31 @@
 //! wait for the sync that failed.
 //!
 //! Writing the marker is best effort: a disk that fails syncs may fail this too, and it says so
-//! in the log.
+//! in the log. A sync that fails before the log's first success in a run (the one that makes
+//! what recovery read durable) leaves none: there is no durable point of this run to go back to.
+//! What recovery read then stays trusted by the next run, as before this marker existed.
 
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::Path;
 
 use super::ledger::{cut_after, DurablePoint};
+use super::recovery::list_segments;
 use super::{fsync_dir, io_error, WalError};
 
 pub(super) const MARKER_FILE: &str = "sync-failed";
 
-/// Writes down that a sync failed with the log durable up to `durable`.
+/// Writes down that a sync failed with the log durable up to `durable` (written whole or not at
+/// all: a temporary file renamed into place).
 pub(super) fn mark(dir: &Path, durable: DurablePoint) {
     let path = dir.join(MARKER_FILE);
-    let written = File::create(&path)
+    let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+    let written = File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(&durable.encode())?;
             f.sync_all()
         })
+        .and_then(|()| fs::rename(&tmp, &path))
         .map_err(io_error("write the failed-sync marker", &path))
         .and_then(|()| fsync_dir(dir));
     match written {
@@ -58,6 +64,17 @@ pub(super) fn recover(dir: &Path) -> Result<(), WalError> {
     let durable = DurablePoint::decode(&line).ok_or_else(|| WalError::InvalidRequest {
         reason: format!("unreadable failed-sync marker {}: {line:?}", path.display()),
     })?;
+    // The segment the marker names was durable when it was written: gone, the log was damaged
+    // since (or the marker belongs to another log), and cutting after it could remove it all.
+    if !list_segments(dir)?.contains(&durable.seq) {
+        return Err(WalError::InvalidRequest {
+            reason: format!(
+                "the failed-sync marker {} names segment {}, which is not there",
+                path.display(),
+                durable.seq
+            ),
+        });
+    }
     let cut = cut_after(dir, durable, true)?;
     tracing::warn!(
         dir = %dir.display(),

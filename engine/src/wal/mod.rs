@@ -484,10 +484,15 @@ impl Wal {
         }
     }
 
-    /// Stops the log after a write or sync of its data failed (see [`failed_sync`]).
+    /// Stops the log after a write or sync of its data failed (see [`failed_sync`]). Before the
+    /// log's first sync (a new log's, or a recovered one's) there is no durable point to go
+    /// back to, and no marker: one saying "nothing" would have the next open remove every
+    /// segment, and nothing was acknowledged from those syncs anyway.
     fn sync_failed(&mut self) {
         self.stopped = true;
-        failed_sync::mark(&self.dir, self.durable);
+        if self.durable.seq != 0 {
+            failed_sync::mark(&self.dir, self.durable);
+        }
     }
 
     pub fn dir(&self) -> &Path {

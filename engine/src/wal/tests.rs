@@ -780,21 +780,27 @@ fn recovery_makes_the_unsynced_tail_it_returns_durable() {
 #[test]
 fn after_a_failed_sync_the_next_open_cuts_the_log_back_to_where_it_was_durable() {
     let dir = tempfile::tempdir().unwrap();
+    // The first rollover's sync succeeds (a new segment exists), the second's fails.
     let failing = WalOptions {
-        fail_sync_after: Some(1),
+        fail_sync_after: Some(2),
         ..small()
     };
     let (mut wal, _) = Wal::open(dir.path(), failing).unwrap();
     wal.append(&entries(1..=2, 1)).unwrap();
     wal.sync().unwrap();
     let segments = wal.segment_paths();
-    // Enough to roll into new segments: the failed sync is the rollover's, inside the append.
+    // Enough to roll into new segments: the failed sync is a rollover's, inside the append.
     let failed = wal
         .append(&entries(3..=60, 1))
         .and_then(|()| wal.sync().map(drop));
-    assert!(failed.is_err(), "the second sync fails");
+    assert!(failed.is_err(), "the third sync fails");
     drop(wal);
     assert!(dir.path().join(failed_sync::MARKER_FILE).exists());
+    let on_disk = recovery::list_segments(dir.path()).unwrap();
+    assert!(
+        on_disk.len() > segments.len(),
+        "a rollover began a segment: {on_disk:?}"
+    );
     // What the failed sync wrote is in the page cache, and would read back whole.
     let (mut wal, rec) = Wal::open(dir.path(), small()).unwrap();
     assert_eq!(rec.entries.last().map(|e| e.index), Some(2));
@@ -809,6 +815,27 @@ fn after_a_failed_sync_the_next_open_cuts_the_log_back_to_where_it_was_durable()
     drop(wal);
     let (_, rec) = Wal::open(dir.path(), small()).unwrap();
     assert_eq!(rec.entries.last().map(|e| e.index), Some(3));
+}
+
+#[test]
+fn a_failed_sync_marker_naming_a_missing_segment_is_refused_and_nothing_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.append(&entries(1..=40, 1)).unwrap();
+    wal.sync().unwrap();
+    let segments = wal.segment_paths();
+    drop(wal);
+    let missing = ledger::DurablePoint {
+        seq: 99,
+        len_bytes: 10,
+    };
+    std::fs::write(dir.path().join(failed_sync::MARKER_FILE), missing.encode()).unwrap();
+    let refused = Wal::open(dir.path(), small()).map(drop).unwrap_err();
+    assert!(refused.to_string().contains("not there"), "{refused}");
+    assert_eq!(
+        recovery::list_segments(dir.path()).unwrap().len(),
+        segments.len()
+    );
 }
 
 #[test]
