@@ -331,7 +331,10 @@ fn read_back(
 }
 
 /// How long a membership step the schedule undoes is retried while refused.
-const MEMBERSHIP_RETRY: Duration = Duration::from_secs(3);
+const MEMBERSHIP_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a transfer's target has to become leader.
+const TRANSFER_TAKES: Duration = Duration::from_secs(5);
 
 /// Applies and undoes a schedule's faults at their times.
 struct Injector<'a> {
@@ -460,9 +463,25 @@ impl Injector<'_> {
             return Ok(());
         }
         let l = leader.unwrap_or(0);
-        let Some(f) = follower else {
-            self.skip(format!("{fault:?}: skipped, no follower up"));
-            return Ok(());
+        let needs_follower = matches!(
+            fault,
+            Fault::KillFollower
+                | Fault::PauseFollower
+                | Fault::PowerLossFollower
+                | Fault::FsyncFailure { .. }
+                | Fault::RemoveFollower
+                | Fault::TransferLeadership
+                | Fault::IsolateFollower
+                | Fault::Bridge
+        );
+        // 0 (no node) where the fault does not use one.
+        let f = match follower {
+            Some(f) => f,
+            None if needs_follower => {
+                self.skip(format!("{fault:?}: skipped, no follower up"));
+                return Ok(());
+            }
+            None => 0,
         };
         let targets = match fault {
             Fault::KillLeader => {
@@ -538,7 +557,7 @@ impl Injector<'_> {
                     Err(e) => self.skip(format!("transfer {to}: {e}")),
                     // The command only starts it: see that it took.
                     Ok(_) => {
-                        let deadline = Instant::now() + Duration::from_secs(3);
+                        let deadline = Instant::now() + TRANSFER_TAKES;
                         let mut now = cluster.leader();
                         while now != Some(to) && Instant::now() < deadline {
                             std::thread::sleep(Duration::from_millis(50));
