@@ -121,14 +121,13 @@ pub(crate) async fn serve(
     mut send: quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FrameError> {
-    // Bounded in time: a peer that stalls mid-request would otherwise hold the stream and its
-    // buffer for good.
-    let request = tokio::time::timeout(
-        shared.cfg.handshake_timeout,
-        frame::expect_frame(recv, FrameKind::ForwardRequest, shared.cfg.frame_bytes_max),
-    )
-    .await
-    .map_err(|_| FrameError::Idle)??;
+    let request = shared
+        .within_handshake(frame::expect_frame(
+            recv,
+            FrameKind::ForwardRequest,
+            shared.cfg.frame_bytes_max,
+        ))
+        .await?;
     add(&shared.metrics.forwards_served, 1);
     add(
         &peer.counters.bytes_received,

@@ -42,14 +42,9 @@ async fn serve_request(
     let max_body_bytes = node.as_ref().map_or(shared.cfg.frame_bytes_max, |n| {
         (n.config().max_proposal_bytes + REQUEST_OVERHEAD_BYTES).min(shared.cfg.frame_bytes_max)
     });
-    // Bounded in time: a client that opens streams and sends a request slowly, or never
-    // finishes one, would otherwise hold them (and their buffers) for as long as it likes.
-    let request = tokio::time::timeout(
-        shared.cfg.handshake_timeout,
-        read_request(shared, recv, max_body_bytes),
-    )
-    .await
-    .map_err(|_| FrameError::Idle)?;
+    let request = shared
+        .within_handshake(read_request(shared, recv, max_body_bytes))
+        .await;
     // Held until the request is answered: its body lives that long.
     let (request, _room) = match request {
         Ok(request) => request,

@@ -100,6 +100,17 @@ impl Shared {
         let _ = recv.stop(codes::REJECTED);
     }
 
+    /// `read` bounded by the handshake timeout (`Idle` past it): a peer or client that stalls
+    /// inside a frame would otherwise hold its stream, and the buffer it fills, for good.
+    pub async fn within_handshake<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, FrameError>>,
+    ) -> Result<T, FrameError> {
+        tokio::time::timeout(self.cfg.handshake_timeout, read)
+            .await
+            .map_err(|_| FrameError::Idle)?
+    }
+
     /// Reads a stream's first byte (what it carries), within the handshake timeout so an idle
     /// stream cannot hold a stream slot forever.
     pub async fn read_stream_kind(&self, recv: &mut quinn::RecvStream) -> Result<u8, FrameError> {

@@ -115,14 +115,10 @@ pub(crate) async fn receive(
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FrameError> {
     let max = shared.cfg.frame_bytes_max;
-    // Bounded in time, as a client's request is: a peer that stalls mid-offer would otherwise
-    // hold the stream and its buffer for good. (The chunks that follow have their own bound.)
-    let offer_frame = tokio::time::timeout(
-        shared.cfg.handshake_timeout,
-        frame::expect_frame(recv, FrameKind::SnapshotOffer, max),
-    )
-    .await
-    .map_err(|_| FrameError::Idle)??;
+    // (The chunks that follow have their own bound, per chunk.)
+    let offer_frame = shared
+        .within_handshake(frame::expect_frame(recv, FrameKind::SnapshotOffer, max))
+        .await?;
     add(
         &peer.counters.bytes_received,
         (frame::HEADER_BYTES + offer_frame.body.len()) as u64,
