@@ -390,10 +390,10 @@ impl Injector<'_> {
         Ok(())
     }
 
-    /// Runs a membership command on the leader, retrying for `within` while it is refused (a
-    /// learner still catching up is refused promotion); whether it took.
-    fn membership(&mut self, cluster: &mut Cluster, command: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
+    /// Runs a membership command on the leader, retrying for [`MEMBERSHIP_RETRY`] while it is
+    /// refused (a learner still catching up is refused promotion); whether it took.
+    fn membership(&mut self, cluster: &mut Cluster, command: &str) -> bool {
+        let deadline = Instant::now() + MEMBERSHIP_RETRY;
         loop {
             match cluster.membership_command(command) {
                 Ok(()) => return true,
@@ -667,13 +667,13 @@ impl Injector<'_> {
             Fault::AddSpare => {
                 // Healing finishes what does not happen now, but without load: a skip.
                 let command = format!("promote {}", targets[0]);
-                self.membership(cluster, &command, MEMBERSHIP_RETRY);
+                self.membership(cluster, &command);
             }
             Fault::RemoveFollower => {
                 // Put it back; whatever does not happen now, healing finishes.
                 let n = targets[0];
                 for command in [format!("add-learner {n}"), format!("promote {n}")] {
-                    if !self.membership(cluster, &command, MEMBERSHIP_RETRY) {
+                    if !self.membership(cluster, &command) {
                         break;
                     }
                 }
