@@ -1,7 +1,7 @@
 //! Whole-node tests: clusters of `Node`s on the in-memory transport, with real threads, real
 //! logs on disk, and a key-value state machine. Every wait is bounded.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -547,6 +547,78 @@ fn reads_are_linearizable_from_every_node() {
             Err(KvError::NotFound)
         );
     }
+}
+
+/// Drops the appends sent to one node (`starved`, 0 for none) and nothing else: that node hears
+/// heartbeats, so it follows and its reads are answered, but it gets no entries.
+struct Starving {
+    inner: Arc<keel_engine::node::MemTransport>,
+    starved: Arc<AtomicU64>,
+}
+
+impl Transport for Starving {
+    fn attach(&self, inbox: keel_engine::node::Inbox) {
+        self.inner.attach(inbox);
+    }
+    fn send(&self, mut messages: Vec<Message>) {
+        let starved = self.starved.load(Ordering::Relaxed);
+        messages.retain(|m| !(m.to == starved && matches!(m.body, Body::Append { .. })));
+        self.inner.send(messages);
+    }
+    fn send_snapshot(&self, message: Message, data: SnapshotReader) {
+        self.inner.send_snapshot(message, data);
+    }
+    fn forward(&self, leader: NodeId, command: Bytes, reply: keel_engine::node::ProposalReply) {
+        self.inner.forward(leader, command, reply);
+    }
+    fn detach(&self) {
+        self.inner.detach();
+    }
+}
+
+#[test]
+fn a_read_whose_entries_never_come_fails_at_its_deadline() {
+    const READ_TIMEOUT: Duration = Duration::from_millis(300);
+    let starved = Arc::new(AtomicU64::new(0));
+    let mut cluster = Cluster {
+        net: MemNetwork::new(),
+        dir: tempfile::tempdir().expect("temp dir"),
+        nodes: Vec::new(),
+        voters: vec![1, 2, 3],
+    };
+    for id in 1..=3 {
+        let mut cfg = config(id, &cluster.voters);
+        cfg.command_timeout = READ_TIMEOUT;
+        let transport = Arc::new(Starving {
+            inner: cluster.net.transport(id),
+            starved: starved.clone(),
+        });
+        let dir = cluster.dir.path().join(format!("node-{id}"));
+        let node = Node::start(cfg, dir, transport, KvStore::default()).expect("node starts");
+        cluster.nodes.push(Some(Arc::new(node)));
+    }
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.converge(put(cluster.node(leader), "a", "1").expect("put"));
+
+    starved.store(follower, Ordering::Relaxed);
+    let written = put(cluster.node(leader), "b", "2").expect("the other two commit it");
+    // The leader answers the read with an index the follower's log does not reach. Before, the
+    // read then waited for those entries for good, and a caller without a timeout of its own
+    // hung (a follower removed from the cluster never gets them).
+    let read = cluster.node(follower).read_index();
+    assert_eq!(read.wait_for(WAIT), Some(Err(Error::Timeout)));
+
+    starved.store(0, Ordering::Relaxed);
+    let index = cluster
+        .node(follower)
+        .read_index()
+        .wait(WAIT)
+        .expect("reads once the entries come");
+    assert!(
+        index >= written,
+        "read at {index}, below the write at {written}"
+    );
 }
 
 #[test]

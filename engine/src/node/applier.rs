@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::RwLock;
 
 use crate::core::{Entry, Index, Payload, SnapshotMeta, Term};
 
+use super::error::Error;
 use super::events::{Event, Subscribers};
 use super::metrics::NodeMetrics;
 use super::pending::Completer;
@@ -28,10 +30,13 @@ pub(crate) enum ApplyTask {
         entries: Vec<Entry>,
         replies: Vec<(Index, Term, AppliedReply)>,
     },
-    /// Complete `reply` once everything up to `index` is applied.
+    /// Complete `reply` once everything up to `index` is applied, or with `Timeout` at
+    /// `deadline`: a read whose index this node never reaches (it was removed, or cut off from
+    /// the leader with the entries still to come) fails in time instead of waiting for good.
     WaitApplied {
         index: Index,
         reply: Completer<Index>,
+        deadline: Option<Instant>,
     },
     /// Store the leader's snapshot and replace the state with it.
     Install {
@@ -74,28 +79,27 @@ pub(crate) struct Applier<S> {
 
 impl<S: StateMachine> Applier<S> {
     pub(crate) fn run(mut self) {
-        let mut waiting: BTreeMap<Index, Vec<Completer<Index>>> = BTreeMap::new();
+        let mut waiting = Waiting::default();
         let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
         loop {
             // While a save runs, a snapshot that fell due meanwhile is taken when it ends, not
-            // when the next entries come (after a burst, that could be never).
-            let task = if snapshotting.is_some() {
-                match self.tasks.recv_timeout(SAVE_POLL) {
-                    Ok(task) => task,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.maybe_snapshot(&mut snapshotting, false);
-                        continue;
-                    }
+            // when the next entries come (after a burst, that could be never); while a read
+            // waits, it must fail at its deadline even if nothing more comes.
+            let task = if snapshotting.is_some() || waiting.with_deadline > 0 {
+                match self.tasks.recv_timeout(POLL) {
+                    Ok(task) => Some(task),
+                    Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 match self.tasks.recv() {
-                    Ok(task) => task,
+                    Ok(task) => Some(task),
                     Err(_) => break,
                 }
             };
             match task {
-                ApplyTask::Entries { entries, replies } => {
+                None => self.maybe_snapshot(&mut snapshotting, false),
+                Some(ApplyTask::Entries { entries, replies }) => {
                     if let Err(reason) = self.apply(entries, replies) {
                         tracing::error!(%reason, "state machine failed; the node stops");
                         let _ = self.events.send(ApplierEvent::Failed(reason));
@@ -103,21 +107,25 @@ impl<S: StateMachine> Applier<S> {
                     }
                     self.maybe_snapshot(&mut snapshotting, false);
                 }
-                ApplyTask::WaitApplied { index, reply } => {
+                Some(ApplyTask::WaitApplied {
+                    index,
+                    reply,
+                    deadline,
+                }) => {
                     if index <= self.applied {
                         reply.complete(Ok(self.applied));
                     } else {
-                        waiting.entry(index).or_default().push(reply);
+                        waiting.push(index, reply, deadline);
                     }
                 }
-                ApplyTask::Install { meta, data } => {
+                Some(ApplyTask::Install { meta, data }) => {
                     if let Err(reason) = self.install(&meta, data) {
                         tracing::error!(%reason, "installing a snapshot failed; the node stops");
                         let _ = self.events.send(ApplierEvent::Failed(reason));
                         return;
                     }
                 }
-                ApplyTask::ReplaceSnapshot { damaged } => {
+                Some(ApplyTask::ReplaceSnapshot { damaged }) => {
                     // Asked again after each refused send until a save replaces it (one that
                     // failed, or a later one still running, leaves it damaged meanwhile).
                     if self.store.damaged() == Some(damaged) {
@@ -125,15 +133,8 @@ impl<S: StateMachine> Applier<S> {
                     }
                 }
             }
-            // Reads and waits whose index is now applied complete, in index order.
-            while let Some(entry) = waiting.first_entry() {
-                if *entry.key() > self.applied {
-                    break;
-                }
-                for reply in entry.remove() {
-                    reply.complete(Ok(self.applied));
-                }
-            }
+            waiting.complete_through(self.applied);
+            waiting.expire();
         }
         if let Some(handle) = snapshotting {
             let _ = handle.join();
@@ -319,8 +320,75 @@ impl<S: StateMachine> Applier<S> {
     }
 }
 
-/// How often the applier looks whether a snapshot being saved has ended, while no task comes.
-const SAVE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often the applier looks whether a snapshot being saved has ended, or a read waiting has
+/// reached its deadline, while no task comes.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How often the reads waiting are looked over for those past their deadline: a read's deadline
+/// is its whole `command_timeout`, so a little late is fine, and a look at each task would cost
+/// a walk over every waiting read per batch applied.
+const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A read or wait, and when it fails if its index is not applied by then.
+type WaitingRead = (Completer<Index>, Option<Instant>);
+
+/// Reads and waits for an index not applied yet, by index.
+#[derive(Default)]
+struct Waiting {
+    by_index: BTreeMap<Index, Vec<WaitingRead>>,
+    /// How many of them have a deadline.
+    with_deadline: usize,
+    last_expiry: Option<Instant>,
+}
+
+impl Waiting {
+    fn push(&mut self, index: Index, reply: Completer<Index>, deadline: Option<Instant>) {
+        self.with_deadline += usize::from(deadline.is_some());
+        self.by_index
+            .entry(index)
+            .or_default()
+            .push((reply, deadline));
+    }
+
+    /// Completes those whose index is now applied, in index order.
+    fn complete_through(&mut self, applied: Index) {
+        while let Some(entry) = self.by_index.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for (reply, deadline) in entry.remove() {
+                self.with_deadline -= usize::from(deadline.is_some());
+                reply.complete(Ok(applied));
+            }
+        }
+    }
+
+    /// Fails with `Timeout` those past their deadline, every [`EXPIRY_INTERVAL`] at most.
+    fn expire(&mut self) {
+        if self.with_deadline == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_expiry
+            .is_some_and(|at| now.duration_since(at) < EXPIRY_INTERVAL)
+        {
+            return;
+        }
+        self.last_expiry = Some(now);
+        for replies in self.by_index.values_mut() {
+            let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(replies)
+                .into_iter()
+                .partition(|(_, deadline)| deadline.is_some_and(|d| d <= now));
+            *replies = kept;
+            for (reply, _) in expired {
+                self.with_deadline -= 1;
+                reply.complete(Err(Error::Timeout));
+            }
+        }
+        self.by_index.retain(|_, replies| !replies.is_empty());
+    }
+}
 
 /// What an entry costs in the log beside its command, roughly: header, index, term, checksum.
 const ENTRY_BYTES_OVERHEAD: u64 = 32;

@@ -380,7 +380,11 @@ impl Driver {
             }
             Control::Status { reply } => reply.complete(Ok(self.status())),
             Control::WaitApplied { index, reply } => {
-                let _ = self.apply.send(ApplyTask::WaitApplied { index, reply });
+                let _ = self.apply.send(ApplyTask::WaitApplied {
+                    index,
+                    reply,
+                    deadline: None,
+                });
             }
             Control::Stop => {}
         }
@@ -724,12 +728,18 @@ impl Driver {
             self.commit(out.committed)?;
         }
         for read in out.reads {
-            let Some((_, reply)) = self.state.reads.remove(&read.id) else {
+            let Some((asked, reply)) = self.state.reads.remove(&read.id) else {
                 continue; // It timed out.
             };
             match read.index {
                 Ok(index) => {
-                    let _ = self.apply.send(ApplyTask::WaitApplied { index, reply });
+                    // Its deadline goes with it: the entries through `index` may never come.
+                    let deadline = Some(asked + self.cfg.command_timeout);
+                    let _ = self.apply.send(ApplyTask::WaitApplied {
+                        index,
+                        reply,
+                        deadline,
+                    });
                 }
                 Err(leader) => reply.complete(Err(Error::NotLeader {
                     leader,
@@ -950,7 +960,8 @@ impl Driver {
         }
     }
 
-    /// Reads that never got an answer (a forwarded request lost with its leader) time out.
+    /// Reads that never got an answer (a forwarded request lost with its leader) time out. One
+    /// answered goes to the applier with what is left of its time (see `ApplyTask::WaitApplied`).
     fn expire_reads(&mut self) {
         let timeout = self.cfg.command_timeout;
         let expired: Vec<ReadId> = self

@@ -362,7 +362,9 @@ impl<S: StateMachine> Node<S> {
 
     /// Completes with an index once reading this node's state is linearizable: the state
     /// machine has applied everything committed before the call (one heartbeat round on the
-    /// leader; followers ask the leader).
+    /// leader; followers ask the leader). Fails with `Timeout` after `command_timeout`: the
+    /// leader never answered, or the entries through the index it answered never reached this
+    /// node (it was cut off, or removed from the cluster).
     pub fn read_index(&self) -> Pending<Index> {
         self.read(ReadMode::Quorum)
     }
