@@ -172,7 +172,13 @@ async fn execute(
                 Some(Consistency::Local) => {}
                 None => return Err(NodeError::Config("unknown consistency level".into())),
             }
-            let value = node.state_machine().get(key.as_slice());
+            // The applier holds the state machine for each batch it applies, and for the whole
+            // of a snapshot's restore: waiting for it here would stop every task on this
+            // worker, the node's peer traffic too.
+            let value = match node.try_state_machine() {
+                Some(sm) => sm.get(key.as_slice()),
+                None => tokio::task::block_in_place(|| node.state_machine().get(key.as_slice())),
+            };
             Ok(WireKvResponse::Value { value })
         }
     }

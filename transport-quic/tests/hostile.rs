@@ -1,6 +1,7 @@
 //! Hostile peers on real connections (foreign CAs, expired or misnamed certificates, malformed
 //! frames, frames claiming another node's id, a flood of streams) and a fuzz-style run of the
-//! frame decoder. Each refusal is asserted by its counted reason, and the cluster keeps serving.
+//! frame decoder. Each refusal is asserted by its counted reason, and the cluster keeps serving,
+//! also while a client's read waits for the state machine.
 
 mod common;
 
@@ -450,6 +451,72 @@ fn a_malformed_or_oversized_key_value_request_is_answered_as_refused_and_counted
             metrics.frames_rejected(rejection) > before
         });
     }
+}
+
+#[test]
+fn a_read_waiting_for_the_state_machine_leaves_the_node_serving_its_other_streams() {
+    let cluster = Cluster::new(&[1, 2, 3]);
+    let leader = cluster.leader();
+    let node = cluster.node(leader).clone();
+    node.put("k", "v", WAIT).expect("put");
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
+    // The applier waits for the state machine this test reads, as it waits for a long restore;
+    // a reader that comes after a waiting writer waits too.
+    let held = node.state_machine();
+    let before = node.status().expect("status").commit_index;
+    let _waits = node.propose(
+        KvCommand::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"w"),
+        }
+        .encode(),
+    );
+    eventually("the write commits", || {
+        node.status().expect("status").commit_index > before
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let read = archive(&WireKvRequest::Read {
+        key: Bytes::from_static(b"k"),
+        consistency: 2, // Local: read at once, without asking the leader.
+    })
+    .expect("archived");
+    let read = encode_contiguous(FrameKind::KvRequest, &read).expect("frame");
+    let malformed = encode_contiguous(FrameKind::KvRequest, &[0xFF; 64]).expect("frame");
+    let (mut read_answer, refused) = client.runtime.block_on(async {
+        let (mut send, recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&read).await.expect("written");
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The read waits for the state machine; a request that needs none is answered.
+        let (mut send, mut other) = conn.open_bi().await.expect("a stream");
+        send.write_all(&malformed).await.expect("written");
+        let _ = send.finish();
+        let refused = tokio::time::timeout(
+            Duration::from_secs(2),
+            expect_frame(&mut other, FrameKind::KvResponse, 1 << 20),
+        )
+        .await;
+        (recv, refused)
+    });
+    assert!(
+        matches!(refused, Ok(Ok(_))),
+        "the node stopped serving while one read waited: {refused:?}"
+    );
+    drop(held);
+    let answer = client
+        .runtime
+        .block_on(async {
+            let read = expect_frame(&mut read_answer, FrameKind::KvResponse, 1 << 20);
+            tokio::time::timeout(WAIT, read).await
+        })
+        .expect("answered in time")
+        .expect("a response frame");
+    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+        .expect("a valid response");
+    assert!(
+        matches!(response, ArchivedWireKvResponse::Value { .. }),
+        "the read is answered once the state machine is free"
+    );
 }
 
 #[test]

@@ -475,9 +475,17 @@ impl<S: StateMachine> Node<S> {
         self.transport.clone()
     }
 
-    /// The state machine, for reading (after `read_index` for a linearizable read).
+    /// The state machine, for reading (after `read_index` for a linearizable read). Blocks
+    /// while the applier holds it or waits for it: for a batch of entries, briefly; for a
+    /// snapshot being restored, as long as that takes.
     pub fn state_machine(&self) -> RwLockReadGuard<'_, S> {
         self.sm.read()
+    }
+
+    /// The state machine, if it can be read without waiting: for callers that must not block,
+    /// such as an async task on a runtime's only worker.
+    pub fn try_state_machine(&self) -> Option<RwLockReadGuard<'_, S>> {
+        self.sm.try_read()
     }
 
     /// Stops every thread; pending calls fail with `Stopped`. Idempotent.
