@@ -40,7 +40,10 @@ async fn serve_request(
     // No larger than the largest command the node takes, so that a client cannot make it hold
     // frames of up to `frame_bytes_max` (16 MiB) on each of its streams only to refuse them.
     let max_body_bytes = node.as_ref().map_or(shared.cfg.frame_bytes_max, |n| {
-        (n.config().max_proposal_bytes + REQUEST_OVERHEAD_BYTES).min(shared.cfg.frame_bytes_max)
+        n.config()
+            .max_proposal_bytes
+            .saturating_add(REQUEST_OVERHEAD_BYTES)
+            .min(shared.cfg.frame_bytes_max)
     });
     let request = shared
         .within_handshake(read_request(shared, recv, max_body_bytes))

@@ -298,3 +298,25 @@ fn snapshots_stream_in_chunks_to_a_lagging_follower() {
         "the snapshot came in chunks: {received:?}"
     );
 }
+
+#[test]
+fn a_node_without_a_proposal_size_limit_takes_large_requests() {
+    let cluster = Cluster::with(&[1], &[], |cfg| cfg.max_proposal_bytes = usize::MAX, |_| {});
+    let leader = cluster.leader();
+    let client_cert = cluster.ca.issue_client().expect("client cert").identity;
+    let mut cfg = KvClientConfig::new(
+        vec![(leader, cluster.addrs[&leader])],
+        client_cert,
+        vec![cluster.ca.cert_der()],
+    );
+    cfg.request_timeout = WAIT;
+    let client = KvClient::connect(cfg).expect("client");
+    // The limit on a request's body is the largest command and some: that sum overflowed.
+    client
+        .put("large", vec![7u8; 64 << 10])
+        .expect("a 64 KiB put");
+    assert_eq!(
+        client.get("large", Consistency::Linearizable).expect("get"),
+        Bytes::from(vec![7u8; 64 << 10])
+    );
+}
