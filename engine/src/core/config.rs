@@ -17,10 +17,11 @@ pub struct Config {
     pub check_quorum: bool,
     /// Serve reads on the leader lease (needs `check_quorum`).
     pub lease_reads: bool,
-    /// The lease lasts `election_ticks - lease_drift_ticks` after the acknowledged send time, to
-    /// cover clock-rate differences between nodes. At least 1 with `lease_reads`: even clocks
-    /// that run at one rate are out of phase, and a follower whose first tick comes right after
-    /// the heartbeat that renewed the lease counts a tick less than the leader did.
+    /// The lease lasts `election_ticks - lease_drift_ticks` after the acknowledged send time. At
+    /// least 1 with `lease_reads`: even clocks that run at one rate are out of phase, and a
+    /// follower whose first tick comes right after the heartbeat that renewed the lease counts
+    /// a tick less than the leader did. Only the ticks beyond that one cover clock-rate
+    /// differences between nodes (the node's `lease_drift` adds the phase's tick to its own).
     pub lease_drift_ticks: u32,
     /// Append messages in flight per follower in the replicate state (the pipeline window).
     pub max_inflight_appends: usize,

@@ -40,8 +40,8 @@ pub struct NodeConfig {
     pub check_quorum: bool,
     /// Serve `lease_read` without a round trip while the leader lease holds.
     pub lease_reads: bool,
-    /// The lease is shorter than the election timeout by this much, for clock-rate drift
-    /// (rounded up to whole ticks, one at least).
+    /// The lease is shorter than the election timeout by this much (rounded up to whole ticks),
+    /// for clock-rate drift between nodes, and by one tick more for their ticks' phase.
     #[serde(with = "humantime_serde")]
     pub lease_drift: Duration,
     /// A proposal larger than this is refused with `TooLarge`.
@@ -149,15 +149,17 @@ impl NodeConfig {
         c.pre_vote = self.pre_vote;
         c.check_quorum = self.check_quorum;
         c.lease_reads = self.lease_reads;
-        // Rounded up, and at least one tick: a follower's first tick may come right after the
+        // Rounded up, and one tick more: a follower's first tick may come right after the
         // heartbeat that renewed the lease, so it can count a tick less than the leader did.
+        // That tick only makes up for the phase; without it, a drift under a tick left clocks
+        // running at different rates no margin at all.
         let drift = self
             .lease_drift
             .as_nanos()
-            .div_ceil(self.tick_interval.as_nanos());
-        c.lease_drift_ticks = u32::try_from(drift)
-            .map_err(|_| Error::Config("lease_drift is too long".into()))?
-            .max(1);
+            .div_ceil(self.tick_interval.as_nanos())
+            + 1;
+        c.lease_drift_ticks =
+            u32::try_from(drift).map_err(|_| Error::Config("lease_drift is too long".into()))?;
         c.max_inflight_appends = self.max_inflight_appends;
         c.max_inflight_bytes = self.max_inflight_bytes;
         c.max_append_bytes = self.max_batch_bytes;
@@ -217,10 +219,10 @@ mod tests {
                 core.election_ticks,
                 core.lease_drift_ticks
             ),
-            (5, 15, 2)
+            (5, 15, 3)
         );
-        // The lease drift rounds up, to one tick at least.
-        for (drift_ms, ticks) in [(0, 1), (5, 1), (10, 1), (15, 2), (20, 2), (21, 3)] {
+        // The lease drift rounds up, and a tick is added for the phase.
+        for (drift_ms, ticks) in [(0, 1), (5, 2), (10, 2), (15, 3), (20, 3), (21, 4)] {
             cfg.lease_drift = Duration::from_millis(drift_ms);
             let core = cfg.core_config().expect("valid");
             assert_eq!(core.lease_drift_ticks, ticks, "{drift_ms} ms");
