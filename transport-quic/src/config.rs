@@ -41,7 +41,7 @@ pub struct QuicConfig {
     /// A connection with no traffic for this long is dead (keep-alives run at a third of it).
     pub idle_timeout: Duration,
     /// A handshake, a stream's first byte, a client's request, a forwarded proposal, or a
-    /// snapshot offer must arrive whole within this.
+    /// snapshot offer must arrive whole within this, and a client must take its answer within it.
     pub handshake_timeout: Duration,
     pub request_timeout: Duration,
     /// Streams a peer may have open towards this node at once (a flood waits for credit).
@@ -52,7 +52,8 @@ pub struct QuicConfig {
     /// Key-value client connections served at once; beyond this new ones are refused.
     pub kv_connections_max: usize,
     /// Bytes of key-value requests held at once, across every client connection: each request's
-    /// bytes as they arrive, until it is answered. A request that finds no room stops being read
+    /// bytes as they arrive, until it is executed (not until its answer is taken: a client that
+    /// never reads its answers would hold them for good). A request that finds no room stops being read
     /// (QUIC flow control then holds its sender back) until there is, within
     /// `handshake_timeout`. Without this bound, clients could make a node hold
     /// `max_proposal_bytes` on every stream of every connection; counting what a header only

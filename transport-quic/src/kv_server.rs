@@ -48,8 +48,8 @@ async fn serve_request(
     let request = shared
         .within_handshake(read_request(shared, recv, max_body_bytes))
         .await;
-    // Held until the request is answered: its body lives that long.
-    let (request, _room) = match request {
+    // Held until the request is executed: its body lives that long.
+    let (request, room) = match request {
         Ok(request) => request,
         Err(e) => {
             if let FrameError::TooLarge {
@@ -84,7 +84,14 @@ async fn serve_request(
     let response = response.unwrap_or_else(|e| WireKvResponse::Failed {
         error: WireError::from_node(&e, leader_addr(shared, &e)),
     });
-    frame::write_frame(&mut send, FrameKind::KvResponse, frame::archive(&response)?).await?;
+    // The room goes back before the answer is written: a client that never reads its answers
+    // would otherwise hold the budget for good. The answer must be taken in time, as a request
+    // must arrive in time.
+    drop((request, room));
+    let body = frame::archive(&response)?;
+    shared
+        .within_handshake(frame::write_frame(&mut send, FrameKind::KvResponse, body))
+        .await?;
     let _ = send.finish();
     Ok(())
 }

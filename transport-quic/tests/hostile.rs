@@ -619,6 +619,86 @@ fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
 }
 
 #[test]
+fn a_client_that_never_reads_its_answers_holds_no_request_room() {
+    const BUDGET: usize = 128 << 10;
+    let cluster = Cluster::with(
+        &[1, 2, 3],
+        &[],
+        |_| {},
+        |q| {
+            q.kv_request_bytes_max = BUDGET;
+            q.handshake_timeout = Duration::from_secs(3);
+        },
+    );
+    let leader = cluster.leader();
+    // A key as large as the whole budget, under a value larger than the client will take.
+    let key = Bytes::from(vec![b'k'; BUDGET]);
+    let value = Bytes::from(vec![b'v'; 256 << 10]);
+    let put = KvCommand::Put {
+        key: key.clone(),
+        value,
+    }
+    .encode();
+    cluster
+        .node(leader)
+        .propose(put)
+        .wait_applied(WAIT)
+        .expect("the large value is stored");
+    let metrics = cluster.transport(leader).metrics().clone();
+    let idle_before = metrics.frames_rejected(FrameRejection::Idle);
+    let (mut sluggish, _) = Rogue::kv_client_of(&cluster, leader);
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+    sluggish.client.transport_config(Arc::new(transport));
+    let conn = sluggish
+        .dial(leader, cluster.addrs[&leader])
+        .expect("dials");
+    let read = archive(&WireKvRequest::Read {
+        key,
+        consistency: 2, // Local
+    })
+    .expect("archived");
+    let read = encode_contiguous(FrameKind::KvRequest, &read).expect("frame");
+    // Read whole (its key takes the whole budget), answered, and the answer never taken.
+    let _unread = sluggish.runtime.block_on(async {
+        let (mut send, recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&read).await.expect("written");
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (send, recv)
+    });
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
+    let command = KvCommand::Put {
+        key: Bytes::from_static(b"small"),
+        value: Bytes::from_static(b"put"),
+    }
+    .encode();
+    let body = archive(&WireKvRequest::Propose { command }).expect("archived");
+    let small = encode_contiguous(FrameKind::KvRequest, &body).expect("frame");
+    let answer = client.runtime.block_on(async {
+        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&small).await.expect("written");
+        let _ = send.finish();
+        // Well before the unread answer's stream is given up on (3 s).
+        let read = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
+        tokio::time::timeout(Duration::from_secs(2), read).await
+    });
+    let answer = answer
+        .expect("a put waited for room an unread answer held")
+        .expect("a response frame");
+    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+        .expect("a valid response");
+    assert!(
+        matches!(response, ArchivedWireKvResponse::Applied { .. }),
+        "the put is applied"
+    );
+    // And the answer never taken is given up on, like a request never sent whole.
+    eventually("the unread answer's stream is given up on", || {
+        metrics.frames_rejected(FrameRejection::Idle) > idle_before
+    });
+}
+
+#[test]
 fn the_frame_decoder_survives_random_and_mutated_input() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b65656c);
     let payload = Bytes::from(vec![7u8; 128]);
