@@ -442,8 +442,8 @@ impl Cluster {
         }
     }
 
-    /// Runs a barrier on the leader, then waits until every member has applied the same index
-    /// (at least the barrier's) and compares their state digests.
+    /// Runs a barrier on the leader, waits until every member has applied it, then compares
+    /// their stores' digests (see [`settled`]).
     pub fn check_agreement(&mut self, timeout: Duration) -> Result<Agreement, HarnessError> {
         let deadline = Instant::now() + timeout;
         let barrier = loop {
@@ -457,7 +457,7 @@ impl Cluster {
         };
         let members = self.members();
         // The node's applied index counts every entry, the barrier too; the store's (in the
-        // digest) only its commands. Wait for the first, compare the second.
+        // digest) does not. Wait for the first, then compare the states.
         loop {
             let mut behind = Vec::new();
             for &id in &members {
@@ -484,27 +484,26 @@ impl Cluster {
                 let digest = v.get("digest").and_then(Value::as_str).unwrap_or("?");
                 digests.insert(id, (applied, digest.to_string()));
             }
-            let applied: BTreeSet<u64> = digests.values().map(|(a, _)| *a).collect();
-            if applied.len() == 1 {
-                let states: BTreeSet<&String> = digests.values().map(|(_, d)| d).collect();
-                if states.len() > 1 {
+            match settled(&digests) {
+                Some(Ok((applied, digest))) => {
+                    return Ok(Agreement {
+                        applied,
+                        digest,
+                        nodes: members,
+                    })
+                }
+                Some(Err(())) => {
                     return Err(HarnessError::Diverged {
                         digests: format!("{digests:?}"),
+                    })
+                }
+                None if Instant::now() > deadline => {
+                    return Err(HarnessError::Timeout {
+                        what: format!("every node's store at the same index: {digests:?}"),
                     });
                 }
-                let (applied, digest) = digests.into_values().next().expect("members");
-                return Ok(Agreement {
-                    applied,
-                    digest,
-                    nodes: members,
-                });
+                None => std::thread::sleep(Duration::from_millis(100)),
             }
-            if Instant::now() > deadline {
-                return Err(HarnessError::Timeout {
-                    what: format!("every node's store at the same index: {digests:?}"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -525,5 +524,49 @@ impl Cluster {
         let Cluster { nodes, dir, .. } = self;
         drop(nodes);
         dir.keep()
+    }
+}
+
+/// Whether the stores' `(applied, digest)` agree (`Ok`, with the highest index), diverge
+/// (`Err`: the same index, different states), or may still be applying (`None`). The same
+/// state at different indices agrees: a store counts only its commands, except one restored
+/// from a snapshot, which counts up to the snapshot's index, and that may be a barrier's or an
+/// election's empty entry.
+fn settled(digests: &BTreeMap<NodeId, (u64, String)>) -> Option<Result<(u64, String), ()>> {
+    let states: BTreeSet<&String> = digests.values().map(|(_, d)| d).collect();
+    let indices: BTreeSet<u64> = digests.values().map(|(a, _)| *a).collect();
+    match (states.len(), indices.len()) {
+        (1, _) => {
+            let digest = states.first()?.to_string();
+            Some(Ok((indices.last().copied().unwrap_or(0), digest)))
+        }
+        (_, 1) => Some(Err(())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stores(of: &[(u64, &str)]) -> BTreeMap<NodeId, (u64, String)> {
+        (1..)
+            .zip(of.iter().map(|&(a, d)| (a, d.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn stores_agree_on_one_state_whatever_index_each_counts_it_at() {
+        assert_eq!(
+            settled(&stores(&[(7, "aa"), (7, "aa"), (7, "aa")])),
+            Some(Ok((7, "aa".into())))
+        );
+        // The third restored a snapshot taken at a barrier after command 7.
+        assert_eq!(
+            settled(&stores(&[(7, "aa"), (7, "aa"), (9, "aa")])),
+            Some(Ok((9, "aa".into())))
+        );
+        assert_eq!(settled(&stores(&[(7, "aa"), (7, "bb")])), Some(Err(())));
+        assert_eq!(settled(&stores(&[(7, "aa"), (8, "bb")])), None);
     }
 }
