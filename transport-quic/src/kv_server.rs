@@ -76,9 +76,10 @@ async fn serve_request(
         }
     };
     let response = match node {
-        None => Err(NodeError::Stopped {
-            reason: "this node serves no key-value store".into(),
-        }),
+        // Refused, not `Stopped`: a client hears that as "may have been applied".
+        None => Err(NodeError::Config(
+            "this node serves no key-value store".into(),
+        )),
         Some(node) => execute(shared, &node, archived, &request.body).await,
     };
     let response = response.unwrap_or_else(|e| WireKvResponse::Failed {

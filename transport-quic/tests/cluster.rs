@@ -320,3 +320,31 @@ fn a_node_without_a_proposal_size_limit_takes_large_requests() {
         Bytes::from(vec![7u8; 64 << 10])
     );
 }
+
+#[test]
+fn a_node_that_serves_no_store_refuses_a_write_definitely() {
+    let ca = keel_transport_quic::certs::DevCa::generate("no store").expect("CA");
+    let identity = ca.issue_node(1).expect("node cert").identity;
+    let transport = keel_transport_quic::QuicTransport::start(common::quic_config(
+        1,
+        common::localhost(),
+        identity,
+        &ca,
+    ))
+    .expect("transport starts");
+    let client_cert = ca.issue_client().expect("client cert").identity;
+    let mut cfg = KvClientConfig::new(
+        vec![(1, transport.local_addr())],
+        client_cert,
+        vec![ca.cert_der()],
+    );
+    cfg.request_timeout = WAIT;
+    let client = KvClient::connect(cfg).expect("client");
+    match client.put("k", "v") {
+        Err(ClientError::Kv(KvError::Node(keel_engine::node::Error::Config(why)))) => {
+            assert!(why.contains("no key-value store"), "{why}");
+        }
+        other => panic!("expected a definite refusal, got {other:?}"),
+    }
+    transport.shutdown();
+}
