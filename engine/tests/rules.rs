@@ -700,6 +700,39 @@ fn a_removed_voter_is_sent_its_removal_and_its_commit_and_then_stays_quiet() {
 }
 
 #[test]
+fn a_transfer_asked_for_again_keeps_its_deadline_and_one_to_another_target_is_refused() {
+    let mut c = Cluster::new(Options::voters(&[1, 2, 3]));
+    c.campaign(1).expect("node 1 votes");
+    c.deliver_all();
+    assert_eq!(c.core(1).role(), Role::Leader);
+    // Node 3 is down, so a transfer to it stays under way until it is abandoned.
+    c.crash(3);
+    c.with_core(1, |core| core.transfer_leadership(3))
+        .expect("a transfer to node 3");
+    assert_eq!(
+        c.with_core(1, |core| core.transfer_leadership(2)),
+        Err(CoreError::TransferInProgress)
+    );
+    let election_ticks = c.core(1).config().election_ticks;
+    for _ in 1..election_ticks {
+        c.tick(1);
+        c.deliver_all();
+        c.with_core(1, |core| core.transfer_leadership(3))
+            .expect("the same transfer, asked for again");
+    }
+    assert_eq!(
+        c.with_core(1, |core| core.propose([Bytes::from("held")])),
+        Err(CoreError::TransferInProgress)
+    );
+    // One election timeout after it began, however often it was asked for since.
+    c.tick(1);
+    c.deliver_all();
+    assert_eq!(c.core(1).role(), Role::Leader);
+    c.with_core(1, |core| core.propose([Bytes::from("taken")]))
+        .expect("the transfer was abandoned on time");
+}
+
+#[test]
 fn a_joint_configuration_that_commits_during_a_transfer_is_left_when_the_transfer_ends() {
     let mut opts = Options::voters(&[1, 2, 3]);
     opts.learners = vec![4, 5];

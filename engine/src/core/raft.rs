@@ -618,6 +618,17 @@ impl Core {
         if !self.membership.is_voter(to) {
             return Err(CoreError::NotAVoter(to));
         }
+        if let Some(under_way) = &self.transfer {
+            // Asked again, a transfer keeps its deadline: a caller retrying in a loop held
+            // proposals off (and a joint configuration unleft) for as long as it went on. To
+            // another target it is refused: the first may have been told to campaign already,
+            // and two campaigning at once split the vote.
+            return if under_way.to == to {
+                Ok(())
+            } else {
+                Err(CoreError::TransferInProgress)
+            };
+        }
         self.transfer = Some(Transfer {
             to,
             elapsed_ticks: 0,
