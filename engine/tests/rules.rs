@@ -732,6 +732,66 @@ fn a_transfer_asked_for_again_keeps_its_deadline_and_one_to_another_target_is_re
         .expect("the transfer was abandoned on time");
 }
 
+/// Node 1 leads voters 1-4 and appends its own removal; 2, 3 and 4 hold it. Returns its index.
+fn leader_removing_itself() -> (Cluster, Index) {
+    let mut c = Cluster::new(Options::voters(&[1, 2, 3, 4]));
+    c.campaign(1).expect("node 1 votes");
+    c.deliver_all();
+    assert_eq!(c.core(1).role(), Role::Leader);
+    let removal = c
+        .with_core(1, |core| core.propose_membership(&voters(&[2, 3, 4])))
+        .expect("node 1 removes itself");
+    for to in [2, 3, 4] {
+        c.deliver(Link::new(1, to));
+    }
+    (c, removal)
+}
+
+fn timeouts_now(c: &Cluster) -> Vec<NodeId> {
+    (c.in_flight().iter())
+        .filter(|m| matches!(m.body, Body::TimeoutNow))
+        .map(|m| m.to)
+        .collect()
+}
+
+#[test]
+fn a_leader_that_removes_itself_hands_over_only_to_a_voter_holding_its_whole_log() {
+    let (mut c, removal) = leader_removing_itself();
+    // An entry after the removal, which no follower gets before the removal commits.
+    c.with_core(1, |core| core.propose([Bytes::from("tail")]))
+        .expect("still taking proposals");
+    for to in [2, 3, 4] {
+        c.drop_messages(Link::new(1, to));
+    }
+    for from in [2, 3, 4] {
+        c.deliver(Link::new(from, 1));
+    }
+    assert!(c.core(1).commit_index() >= removal, "the removal committed");
+    assert_eq!(c.core(1).role(), Role::Follower);
+    // The voters that hold the tail would refuse their votes to one that lacks it.
+    assert_eq!(timeouts_now(&c), Vec::<NodeId>::new());
+}
+
+#[test]
+fn a_leader_that_removes_itself_during_a_transfer_hands_over_to_that_transfer_s_target() {
+    let (mut c, removal) = leader_removing_itself();
+    // Node 3 is known to hold the whole log (one of the three is not a majority of them).
+    c.deliver(Link::new(3, 1));
+    assert!(c.core(1).commit_index() < removal);
+    c.with_core(1, |core| core.transfer_leadership(3))
+        .expect("a transfer to node 3");
+    assert_eq!(timeouts_now(&c), vec![3], "told to campaign already");
+    c.drop_messages(Link::new(1, 3));
+    for from in [2, 4] {
+        c.deliver(Link::new(from, 1));
+    }
+    assert!(c.core(1).commit_index() >= removal, "the removal committed");
+    assert_eq!(c.core(1).role(), Role::Follower);
+    // Told again (the first may be lost), and not node 2, the lowest id among the voters that
+    // hold everything: two campaigning at once split the vote.
+    assert_eq!(timeouts_now(&c), vec![3]);
+}
+
 #[test]
 fn a_joint_configuration_that_commits_during_a_transfer_is_left_when_the_transfer_ends() {
     let mut opts = Options::voters(&[1, 2, 3]);

@@ -1290,14 +1290,23 @@ impl Core {
             let next = self.membership.leave_joint();
             self.append_as_leader(vec![Payload::Membership(next)]);
         } else if !self.membership.is_voter(self.id) {
-            // Hand over to the most up-to-date voter so the cluster need not wait out a timeout.
-            let best = self
-                .progress
-                .iter()
-                .filter(|(id, _)| self.membership.is_voter(**id))
-                .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(**id)))
-                .map(|(&id, _)| id);
-            if let Some(to) = best {
+            // Hand over so the cluster need not wait out a timeout: to the target of a transfer
+            // under way (it may have been told to campaign already, and two campaigning at once
+            // split the vote), else to the most up-to-date voter. Only to one that holds the
+            // whole log: the voters that hold the tail would refuse it their votes, having
+            // waived their leader's lease for it.
+            let transferring_to =
+                (self.transfer.as_ref().map(|t| t.to)).filter(|&to| self.membership.is_voter(to));
+            let to = transferring_to.or_else(|| {
+                (self.progress.iter())
+                    .filter(|(id, _)| self.membership.is_voter(**id))
+                    .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(**id)))
+                    .map(|(&id, _)| id)
+            });
+            let last = self.log.last_index();
+            let holds_all =
+                |to: &NodeId| self.progress.get(to).is_some_and(|p| p.match_index == last);
+            if let Some(to) = to.filter(holds_all) {
                 self.send_timeout_now(to);
             }
             self.become_follower(self.term, None);
