@@ -381,6 +381,12 @@ impl StateMachine for KvStore {
             read_part(&mut data, &mut value).map_err(malformed)?;
             map.insert(map.key(&key), &value);
         }
+        // A count short of the entries that follow: not a snapshot this format wrote.
+        if data.read(&mut [0u8; 1]).map_err(malformed)? != 0 {
+            return Err(StateMachineError(
+                "malformed key-value snapshot: bytes after its last entry".into(),
+            ));
+        }
         self.map = map;
         self.applied = index;
         Ok(())
@@ -638,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_of_another_format_or_version_is_refused_by_name() {
+    fn a_snapshot_of_another_format_or_version_or_malformed_is_refused_by_name() {
         let mut kv = KvStore::default();
         put_all(&mut kv, 1, |_| Bytes::from_static(b"v"));
         let mut good = Vec::new();
@@ -657,6 +663,9 @@ mod tests {
         assert!(refused(&newer).contains("format version 2"));
         // The format before versions began with the entry count.
         assert!(refused(&good[8..]).contains("not a key-value snapshot"));
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(refused(&longer).contains("bytes after its last entry"));
     }
 
     #[test]
