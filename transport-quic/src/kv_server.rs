@@ -61,7 +61,7 @@ async fn serve_request(
                     size_bytes: body_bytes,
                     max_bytes,
                 };
-                refuse(&mut send, &too_large).await;
+                refuse(shared, &mut send, &too_large).await;
             }
             return Err(e);
         }
@@ -70,8 +70,9 @@ async fn serve_request(
     let archived = match frame::access::<ArchivedWireKvRequest>(&request.body) {
         Ok(archived) => archived,
         Err(e) => {
+            drop(room); // As before any answer: the client may never take it.
             let malformed = NodeError::Config(format!("malformed key-value request: {e}"));
-            refuse(&mut send, &malformed).await;
+            refuse(shared, &mut send, &malformed).await;
             return Err(e);
         }
     };
@@ -86,15 +87,33 @@ async fn serve_request(
         error: WireError::from_node(&e, leader_addr(shared, &e)),
     });
     // The room goes back before the answer is written: a client that never reads its answers
-    // would otherwise hold the budget for good. The answer must be taken in time, as a request
-    // must arrive in time.
+    // would otherwise hold the budget for good.
     drop((request, room));
-    let body = frame::archive(&response)?;
-    shared
-        .within_handshake(frame::write_frame(&mut send, FrameKind::KvResponse, body))
-        .await?;
-    let _ = send.finish();
-    Ok(())
+    answer(shared, &mut send, &response).await
+}
+
+/// Writes the answer to a request and finishes the stream. The client must take it within the
+/// handshake timeout, as a request must arrive within it: one that never reads its answers
+/// would hold the stream and its buffer for good. A stream whose answer was not taken is reset.
+async fn answer(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    response: &WireKvResponse,
+) -> Result<(), FrameError> {
+    let body = frame::archive(response)?;
+    let written = shared
+        .within_handshake(frame::write_frame(send, FrameKind::KvResponse, body))
+        .await;
+    match written {
+        Ok(_) => {
+            let _ = send.finish();
+            Ok(())
+        }
+        Err(e) => {
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+            Err(e)
+        }
+    }
 }
 
 /// Reads a request, taking room for its bytes as they arrive (see `kv_request_bytes_max`), and
@@ -138,18 +157,11 @@ async fn read_request<'a>(
 /// Answers a request refused before it could execute. Saying so lets the client report a
 /// definite failure (a write left unanswered is indeterminate to it); the stream is still closed
 /// and counted as rejected, whatever becomes of the answer.
-async fn refuse(send: &mut quinn::SendStream, error: &NodeError) {
+async fn refuse(shared: &Shared, send: &mut quinn::SendStream, error: &NodeError) {
     let refused = WireKvResponse::Failed {
         error: WireError::from_node(error, None),
     };
-    if let Ok(body) = frame::archive(&refused) {
-        if frame::write_frame(send, FrameKind::KvResponse, body)
-            .await
-            .is_ok()
-        {
-            let _ = send.finish();
-        }
-    }
+    let _ = answer(shared, send, &refused).await;
 }
 
 async fn execute(

@@ -644,11 +644,10 @@ fn a_client_that_never_reads_its_answers_holds_no_request_room() {
         .propose(put)
         .wait_applied(WAIT)
         .expect("the large value is stored");
-    let metrics = cluster.transport(leader).metrics().clone();
-    let idle_before = metrics.frames_rejected(FrameRejection::Idle);
     let (mut sluggish, _) = Rogue::kv_client_of(&cluster, leader);
     let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+    // Less than any answer: not even a refusal fits.
+    transport.stream_receive_window(quinn::VarInt::from_u32(16));
     sluggish.client.transport_config(Arc::new(transport));
     let conn = sluggish
         .dial(leader, cluster.addrs[&leader])
@@ -659,15 +658,8 @@ fn a_client_that_never_reads_its_answers_holds_no_request_room() {
     })
     .expect("archived");
     let read = encode_contiguous(FrameKind::KvRequest, &read).expect("frame");
-    // Read whole (its key takes the whole budget), answered, and the answer never taken.
-    let _unread = sluggish.runtime.block_on(async {
-        let (mut send, recv) = conn.open_bi().await.expect("a stream");
-        send.write_all(&read).await.expect("written");
-        let _ = send.finish();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        (send, recv)
-    });
-    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
+    let malformed = encode_contiguous(FrameKind::KvRequest, &vec![0xFF; BUDGET]).expect("frame");
+    let (client, small_conn) = Rogue::kv_client_of(&cluster, leader);
     let command = KvCommand::Put {
         key: Bytes::from_static(b"small"),
         value: Bytes::from_static(b"put"),
@@ -675,27 +667,47 @@ fn a_client_that_never_reads_its_answers_holds_no_request_room() {
     .encode();
     let body = archive(&WireKvRequest::Propose { command }).expect("archived");
     let small = encode_contiguous(FrameKind::KvRequest, &body).expect("frame");
-    let answer = client.runtime.block_on(async {
-        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
-        send.write_all(&small).await.expect("written");
-        let _ = send.finish();
-        // Well before the unread answer's stream is given up on (3 s).
-        let read = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
-        tokio::time::timeout(Duration::from_secs(2), read).await
-    });
-    let answer = answer
-        .expect("a put waited for room an unread answer held")
-        .expect("a response frame");
-    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
-        .expect("a valid response");
-    assert!(
-        matches!(response, ArchivedWireKvResponse::Applied { .. }),
-        "the put is applied"
-    );
-    // And the answer never taken is given up on, like a request never sent whole.
-    eventually("the unread answer's stream is given up on", || {
-        metrics.frames_rejected(FrameRejection::Idle) > idle_before
-    });
+    for (what, request) in [("an answer", read), ("a refusal", malformed)] {
+        // Read whole (it takes the whole budget), answered, and the answer never taken.
+        let (_unread_send, mut unread) = sluggish.runtime.block_on(async {
+            let (mut send, recv) = conn.open_bi().await.expect("a stream");
+            send.write_all(&request).await.expect("written");
+            let _ = send.finish();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (send, recv)
+        });
+        let answer = client.runtime.block_on(async {
+            let (mut send, mut recv) = small_conn.open_bi().await.expect("a stream");
+            send.write_all(&small).await.expect("written");
+            let _ = send.finish();
+            // Well before the unread answer's stream is given up on (3 s).
+            let read = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
+            tokio::time::timeout(Duration::from_secs(2), read).await
+        });
+        let answer = answer
+            .unwrap_or_else(|_| panic!("a put waited for room behind {what} never taken"))
+            .expect("a response frame");
+        let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+            .expect("a valid response");
+        assert!(
+            matches!(response, ArchivedWireKvResponse::Applied { .. }),
+            "the put is applied"
+        );
+        // And what was never taken is given up on (3 s), like a request never sent whole: its
+        // stream is reset. Read before that, it would come whole.
+        let given_up = sluggish.runtime.block_on(async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::timeout(WAIT, unread.read_to_end(1 << 20)).await
+        });
+        assert!(
+            matches!(
+                given_up,
+                Ok(Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(_))))
+            ),
+            "{what} never taken: {:?}",
+            given_up.map(|read| read.map(|bytes| bytes.len()))
+        );
+    }
 }
 
 #[test]
