@@ -1291,22 +1291,22 @@ impl Core {
             self.append_as_leader(vec![Payload::Membership(next)]);
         } else if !self.membership.is_voter(self.id) {
             // Hand over so the cluster need not wait out a timeout: to the target of a transfer
-            // under way (it may have been told to campaign already, and two campaigning at once
-            // split the vote), else to the most up-to-date voter. Only to one that holds the
-            // whole log: the voters that hold the tail would refuse it their votes, having
-            // waived their leader's lease for it.
-            let transferring_to =
-                (self.transfer.as_ref().map(|t| t.to)).filter(|&to| self.membership.is_voter(to));
+            // under way if it holds the whole log (it may have been told to campaign already,
+            // and two campaigning at once split the vote), else to the most up-to-date voter.
+            // That one may lack the tail and lose, but no voter is known to hold more, and
+            // without it the cluster waits for certain.
+            let last = self.log.last_index();
+            let transferring_to = (self.transfer.as_ref().map(|t| t.to)).filter(|to| {
+                self.membership.is_voter(*to)
+                    && self.progress.get(to).is_some_and(|p| p.match_index == last)
+            });
             let to = transferring_to.or_else(|| {
                 (self.progress.iter())
                     .filter(|(id, _)| self.membership.is_voter(**id))
                     .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(**id)))
                     .map(|(&id, _)| id)
             });
-            let last = self.log.last_index();
-            let holds_all =
-                |to: &NodeId| self.progress.get(to).is_some_and(|p| p.match_index == last);
-            if let Some(to) = to.filter(holds_all) {
+            if let Some(to) = to {
                 self.send_timeout_now(to);
             }
             self.become_follower(self.term, None);
