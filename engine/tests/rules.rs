@@ -491,6 +491,8 @@ fn lease_reads_need_a_drift_margin_of_at_least_one_tick() {
         cfg.validate(),
         Err(keel_engine::core::ConfigError::LeaseDrift)
     );
+    cfg.lease_reads = false;
+    assert_eq!(cfg.validate(), Ok(()), "no lease, no room for one needed");
 }
 
 // ---------------------------------------------------------------- bad input

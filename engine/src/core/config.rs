@@ -43,7 +43,7 @@ pub enum ConfigError {
     HeartbeatTicks,
     #[error("lease_reads needs check_quorum, which makes voters honour the lease")]
     LeaseWithoutCheckQuorum,
-    #[error("lease_drift_ticks must be below election_ticks, and at least 1 with lease_reads")]
+    #[error("with lease_reads, lease_drift_ticks must be at least 1 and below election_ticks")]
     LeaseDrift,
     #[error("{0} must be at least 1")]
     Zero(&'static str),
@@ -77,8 +77,10 @@ impl Config {
         if self.lease_reads && !self.check_quorum {
             return Err(ConfigError::LeaseWithoutCheckQuorum);
         }
-        if self.lease_drift_ticks >= self.election_ticks
-            || (self.lease_reads && self.lease_drift_ticks == 0)
+        // Without lease reads the drift is never used: a config that turns them off need not
+        // fit one in its election timeout.
+        if self.lease_reads
+            && (self.lease_drift_ticks == 0 || self.lease_drift_ticks >= self.election_ticks)
         {
             return Err(ConfigError::LeaseDrift);
         }
