@@ -481,8 +481,12 @@ impl Cluster {
             for &id in &members {
                 let v = self.admin(id, "digest")?;
                 let applied = v.get("applied").and_then(Value::as_u64).unwrap_or(0);
-                let digest = v.get("digest").and_then(Value::as_str).unwrap_or("?");
-                digests.insert(id, (applied, digest.to_string()));
+                // A node that gave none agrees with no other.
+                let digest = v
+                    .get("digest")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("(none from node {id})"), str::to_string);
+                digests.insert(id, (applied, digest));
             }
             match settled(&digests) {
                 Some(Ok((applied, digest))) => {
