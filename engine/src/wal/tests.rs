@@ -192,6 +192,23 @@ fn segments_roll_over_and_recover_across_them() {
 }
 
 #[test]
+fn a_sync_counts_the_fdatasyncs_of_the_rollovers_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    wal.append(&entries(1..=1, 1)).unwrap();
+    wal.sync().unwrap();
+    let before = wal.segment_paths().len();
+    // Some 100-byte entries to a 2 KiB segment: several rollovers, each sealing its segment.
+    for i in 2..=60 {
+        wal.append(&entries(i..=i, 1)).unwrap();
+    }
+    let stats = wal.sync().unwrap();
+    let rollovers = wal.segment_paths().len() - before;
+    assert!(rollovers >= 2, "{rollovers} rollovers");
+    assert_eq!(stats.fdatasyncs as usize, rollovers + 1);
+}
+
+#[test]
 fn an_entry_larger_than_a_segment_gets_one_to_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
