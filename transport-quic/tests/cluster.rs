@@ -8,6 +8,17 @@ use common::{eventually, Cluster, WAIT};
 use keel_engine::kv::{Consistency, KvError};
 use keel_transport_quic::{ClientError, KvClient, KvClientConfig};
 
+/// A key-value client with a certificate from `ca`, starting at `seeds`.
+fn kv_client(
+    seeds: Vec<(u64, std::net::SocketAddr)>,
+    ca: &keel_transport_quic::certs::DevCa,
+) -> KvClient {
+    let client_cert = ca.issue_client().expect("client cert").identity;
+    let mut cfg = KvClientConfig::new(seeds, client_cert, vec![ca.cert_der()]);
+    cfg.request_timeout = WAIT;
+    KvClient::connect(cfg).expect("client")
+}
+
 #[test]
 fn three_nodes_elect_replicate_and_survive_a_restart() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
@@ -196,14 +207,7 @@ fn followers_forward_proposals_and_clients_follow_leader_hints() {
     assert!(served >= 1);
 
     // A remote client that starts at a follower is sent to the leader.
-    let client_cert = cluster.ca.issue_client().expect("client cert").identity;
-    let mut cfg = KvClientConfig::new(
-        vec![(follower, cluster.addrs[&follower])],
-        client_cert,
-        vec![cluster.ca.cert_der()],
-    );
-    cfg.request_timeout = WAIT;
-    let client = KvClient::connect(cfg).expect("client");
+    let client = kv_client(vec![(follower, cluster.addrs[&follower])], &cluster.ca);
     let index = client
         .put("colour", "blue")
         .expect("put through the client");
@@ -303,14 +307,7 @@ fn snapshots_stream_in_chunks_to_a_lagging_follower() {
 fn a_node_without_a_proposal_size_limit_takes_large_requests() {
     let cluster = Cluster::with(&[1], &[], |cfg| cfg.max_proposal_bytes = usize::MAX, |_| {});
     let leader = cluster.leader();
-    let client_cert = cluster.ca.issue_client().expect("client cert").identity;
-    let mut cfg = KvClientConfig::new(
-        vec![(leader, cluster.addrs[&leader])],
-        client_cert,
-        vec![cluster.ca.cert_der()],
-    );
-    cfg.request_timeout = WAIT;
-    let client = KvClient::connect(cfg).expect("client");
+    let client = kv_client(vec![(leader, cluster.addrs[&leader])], &cluster.ca);
     // The limit on a request's body is the largest command and some: that sum overflowed.
     client
         .put("large", vec![7u8; 64 << 10])
@@ -332,14 +329,7 @@ fn a_node_that_serves_no_store_refuses_a_write_definitely() {
         &ca,
     ))
     .expect("transport starts");
-    let client_cert = ca.issue_client().expect("client cert").identity;
-    let mut cfg = KvClientConfig::new(
-        vec![(1, transport.local_addr())],
-        client_cert,
-        vec![ca.cert_der()],
-    );
-    cfg.request_timeout = WAIT;
-    let client = KvClient::connect(cfg).expect("client");
+    let client = kv_client(vec![(1, transport.local_addr())], &ca);
     match client.put("k", "v") {
         Err(ClientError::Kv(KvError::Node(keel_engine::node::Error::Config(why)))) => {
             assert!(why.contains("no key-value store"), "{why}");

@@ -519,29 +519,55 @@ fn a_read_waiting_for_the_state_machine_leaves_the_node_serving_its_other_stream
     );
 }
 
-#[test]
-fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
-    const BUDGET: usize = 256 << 10;
-    let cluster = Cluster::with(
+/// The key-value request budget of [`cluster_with_a_kv_budget`].
+const KV_BUDGET: usize = 128 << 10;
+
+/// Three nodes whose key-value requests share [`KV_BUDGET`] bytes, and give up on a request
+/// or an answer after 3 s.
+fn cluster_with_a_kv_budget() -> Cluster {
+    Cluster::with(
         &[1, 2, 3],
         &[],
         |_| {},
         |q| {
-            q.kv_request_bytes_max = BUDGET;
+            q.kv_request_bytes_max = KV_BUDGET;
             q.handshake_timeout = Duration::from_secs(3);
         },
-    );
-    let leader = cluster.leader();
-    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
-    let metrics = cluster.transport(leader).metrics().clone();
+    )
+}
+
+/// A key-value request frame that puts a small value.
+fn small_put() -> Vec<u8> {
     let command = KvCommand::Put {
-        key: Bytes::from_static(b"waiting"),
-        value: Bytes::from_static(b"for room"),
+        key: Bytes::from_static(b"small"),
+        value: Bytes::from_static(b"put"),
     }
     .encode();
     let body = archive(&WireKvRequest::Propose { command }).expect("archived");
-    let put = encode_contiguous(FrameKind::KvRequest, &body).expect("frame");
-    let announced = u32::try_from(BUDGET / 4).expect("small");
+    encode_contiguous(FrameKind::KvRequest, &body).expect("frame")
+}
+
+/// Panics unless `answer` says a put was applied.
+fn assert_applied(answer: &keel_transport_quic::frame::Frame) {
+    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+        .expect("a valid response");
+    match response {
+        ArchivedWireKvResponse::Applied { .. } => {}
+        ArchivedWireKvResponse::Failed { error } => {
+            panic!("the put was refused: {}", error.to_node())
+        }
+        _ => panic!("a put answered with a value"),
+    }
+}
+
+#[test]
+fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
+    let cluster = cluster_with_a_kv_budget();
+    let leader = cluster.leader();
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
+    let metrics = cluster.transport(leader).metrics().clone();
+    let put = small_put();
+    let announced = u32::try_from(KV_BUDGET / 4).expect("small");
     let header = |len: u32| {
         let mut bytes = len.to_le_bytes().to_vec();
         bytes.extend_from_slice(&[FORMAT_VERSION, FrameKind::KvRequest as u8, 0, 0]);
@@ -581,7 +607,7 @@ fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
         for _ in 0..4 {
             let (mut send, recv) = conn.open_bi().await.expect("a stream");
             let mut bytes = header(announced);
-            bytes.resize(bytes.len() + BUDGET / 4 - 1, 0);
+            bytes.resize(bytes.len() + KV_BUDGET / 4 - 1, 0);
             send.write_all(&bytes).await.expect("written");
             held.push((send, recv));
         }
@@ -606,33 +632,15 @@ fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
     );
     // The stalled requests were given up on, which freed their room for the put.
     assert!(metrics.frames_rejected(FrameRejection::Idle) >= idle_before + 4);
-    let answer = answer.expect("answered in time").expect("a response frame");
-    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
-        .expect("a valid response");
-    match response {
-        ArchivedWireKvResponse::Applied { .. } => {}
-        ArchivedWireKvResponse::Failed { error } => {
-            panic!("the waiting put was refused: {}", error.to_node())
-        }
-        _ => panic!("a put answered with a value"),
-    }
+    assert_applied(&answer.expect("answered in time").expect("a response frame"));
 }
 
 #[test]
 fn a_client_that_never_reads_its_answers_holds_no_request_room() {
-    const BUDGET: usize = 128 << 10;
-    let cluster = Cluster::with(
-        &[1, 2, 3],
-        &[],
-        |_| {},
-        |q| {
-            q.kv_request_bytes_max = BUDGET;
-            q.handshake_timeout = Duration::from_secs(3);
-        },
-    );
+    let cluster = cluster_with_a_kv_budget();
     let leader = cluster.leader();
     // A key as large as the whole budget, under a value larger than the client will take.
-    let key = Bytes::from(vec![b'k'; BUDGET]);
+    let key = Bytes::from(vec![b'k'; KV_BUDGET]);
     let value = Bytes::from(vec![b'v'; 256 << 10]);
     let put = KvCommand::Put {
         key: key.clone(),
@@ -658,15 +666,9 @@ fn a_client_that_never_reads_its_answers_holds_no_request_room() {
     })
     .expect("archived");
     let read = encode_contiguous(FrameKind::KvRequest, &read).expect("frame");
-    let malformed = encode_contiguous(FrameKind::KvRequest, &vec![0xFF; BUDGET]).expect("frame");
+    let malformed = encode_contiguous(FrameKind::KvRequest, &vec![0xFF; KV_BUDGET]).expect("frame");
     let (client, small_conn) = Rogue::kv_client_of(&cluster, leader);
-    let command = KvCommand::Put {
-        key: Bytes::from_static(b"small"),
-        value: Bytes::from_static(b"put"),
-    }
-    .encode();
-    let body = archive(&WireKvRequest::Propose { command }).expect("archived");
-    let small = encode_contiguous(FrameKind::KvRequest, &body).expect("frame");
+    let small = small_put();
     for (what, request) in [("an answer", read), ("a refusal", malformed)] {
         // Read whole (it takes the whole budget), answered, and the answer never taken.
         let (_unread_send, mut unread) = sluggish.runtime.block_on(async {
@@ -684,14 +686,10 @@ fn a_client_that_never_reads_its_answers_holds_no_request_room() {
             let read = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
             tokio::time::timeout(Duration::from_secs(2), read).await
         });
-        let answer = answer
-            .unwrap_or_else(|_| panic!("a put waited for room behind {what} never taken"))
-            .expect("a response frame");
-        let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
-            .expect("a valid response");
-        assert!(
-            matches!(response, ArchivedWireKvResponse::Applied { .. }),
-            "the put is applied"
+        assert_applied(
+            &answer
+                .unwrap_or_else(|_| panic!("a put waited for room behind {what} never taken"))
+                .expect("a response frame"),
         );
         // And what was never taken is given up on (3 s), like a request never sent whole: its
         // stream is reset. Read before that, it would come whole.
