@@ -53,11 +53,12 @@ pub struct QuicConfig {
     pub kv_connections_max: usize,
     /// Bytes of key-value requests held at once, across every client connection: each request's
     /// bytes as they arrive, until it is executed (not until its answer is taken: a client that
-    /// never reads its answers would hold them for good). A request that finds no room stops being read
-    /// (QUIC flow control then holds its sender back) until there is, within
+    /// never reads its answers would hold them for good). A request that finds no room stops
+    /// being read (QUIC flow control then holds its sender back) until there is, within
     /// `handshake_timeout`. Without this bound, clients could make a node hold
     /// `max_proposal_bytes` on every stream of every connection; counting what a header only
-    /// announces would let headers alone hold the whole budget.
+    /// announces would let headers alone hold the whole budget. Requests that each hold part of
+    /// a full budget and wait for more all wait out `handshake_timeout`.
     pub kv_request_bytes_max: usize,
     /// Threads of the transport's own tokio runtime (at least 1; it must be multi-threaded).
     /// One by default: a node's traffic is one driver's, and a second thread mostly added
