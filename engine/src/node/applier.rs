@@ -376,14 +376,18 @@ impl Waiting {
             return;
         }
         self.last_expiry = Some(now);
+        // In place, without a vector per index each time: the order within one index does
+        // not matter.
         for replies in self.by_index.values_mut() {
-            let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(replies)
-                .into_iter()
-                .partition(|(_, deadline)| deadline.is_some_and(|d| d <= now));
-            *replies = kept;
-            for (reply, _) in expired {
-                self.with_deadline -= 1;
-                reply.complete(Err(Error::Timeout));
+            let mut i = 0;
+            while i < replies.len() {
+                if replies[i].1.is_some_and(|d| d <= now) {
+                    let (reply, _) = replies.swap_remove(i);
+                    self.with_deadline -= 1;
+                    reply.complete(Err(Error::Timeout));
+                } else {
+                    i += 1;
+                }
             }
         }
         self.by_index.retain(|_, replies| !replies.is_empty());
