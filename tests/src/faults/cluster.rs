@@ -503,7 +503,7 @@ impl Cluster {
                 }
                 None if Instant::now() > deadline => {
                     return Err(HarnessError::Timeout {
-                        what: format!("every node's store at the same index: {digests:?}"),
+                        what: format!("every node's store in one state: {digests:?}"),
                     });
                 }
                 None => std::thread::sleep(Duration::from_millis(100)),
