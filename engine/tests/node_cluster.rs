@@ -1,7 +1,7 @@
 //! Whole-node tests: clusters of `Node`s on the in-memory transport, with real threads, real
 //! logs on disk, and a key-value state machine. Every wait is bounded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,8 @@ use bytes::Bytes;
 use keel_engine::core::{Body, Membership, Message, NodeId, Role, SnapshotMeta};
 use keel_engine::kv::{Consistency, KvCommand, KvError, KvStore};
 use keel_engine::node::{
-    Error, Event, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics, SnapshotReader,
-    StateMachine, Transport,
+    Error, Event, Inbox, MemNetwork, MembershipChange, Node, NodeConfig, NodeMetrics,
+    ProposalReply, SnapshotReader, StateMachine, Transport,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -619,6 +619,123 @@ fn a_read_whose_entries_never_come_fails_at_its_deadline() {
         index >= written,
         "read at {index}, below the write at {written}"
     );
+}
+
+/// A transport whose sends wait while its gate is closed, holding its node's driver still, and
+/// which keeps the inbox its node gave it.
+struct Stalling {
+    inner: Arc<keel_engine::node::MemTransport>,
+    /// Closed while true; `stalled` says a send waits at it.
+    gate: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    stalled: AtomicBool,
+    inbox: std::sync::Mutex<Option<Inbox>>,
+}
+
+impl Stalling {
+    fn set_closed(&self, closed: bool) {
+        *self.gate.lock().expect("gate") = closed;
+        self.opened.notify_all();
+    }
+}
+
+impl Transport for Stalling {
+    fn attach(&self, inbox: Inbox) {
+        *self.inbox.lock().expect("inbox") = Some(inbox.clone());
+        self.inner.attach(inbox);
+    }
+    fn send(&self, messages: Vec<Message>) {
+        let mut closed = self.gate.lock().expect("gate");
+        while *closed {
+            self.stalled.store(true, Ordering::Relaxed);
+            closed = self.opened.wait(closed).expect("gate");
+        }
+        drop(closed);
+        self.inner.send(messages);
+    }
+    fn send_snapshot(&self, message: Message, data: SnapshotReader) {
+        self.inner.send_snapshot(message, data);
+    }
+    fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply) {
+        self.inner.forward(leader, command, reply);
+    }
+    fn detach(&self) {
+        self.inner.detach();
+    }
+}
+
+#[test]
+fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
+    let mut cluster = Cluster {
+        net: MemNetwork::new(),
+        dir: tempfile::tempdir().expect("temp dir"),
+        nodes: Vec::new(),
+        voters: vec![1, 2, 3],
+    };
+    let mut transports = Vec::new();
+    for id in 1..=3 {
+        let mut cfg = config(id, &cluster.voters);
+        cfg.proposal_queue_depth = 1;
+        let transport = Arc::new(Stalling {
+            inner: cluster.net.transport(id),
+            gate: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            stalled: AtomicBool::new(false),
+            inbox: std::sync::Mutex::new(None),
+        });
+        transports.push(transport.clone());
+        let dir = cluster.dir.path().join(format!("node-{id}"));
+        let node = Node::start(cfg, dir, transport, KvStore::default()).expect("node starts");
+        cluster.nodes.push(Some(Arc::new(node)));
+    }
+    let leader = cluster.leader();
+    let node = cluster.node(leader);
+    let transport = &transports[leader as usize - 1];
+    let command = |value: &'static str| {
+        KvCommand::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(value.as_bytes()),
+        }
+        .encode()
+    };
+    // The leader's driver stops at its next send (a heartbeat), and one proposal fills the
+    // queue behind it.
+    transport.set_closed(true);
+    let stalled = Instant::now() + WAIT;
+    while !transport.stalled.load(Ordering::Relaxed) {
+        assert!(Instant::now() < stalled, "the driver never sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let queued = node.propose(command("1"));
+    let handed_back = node
+        .try_propose(command("2"))
+        .expect_err("the queue is full");
+    assert_eq!(handed_back, command("2"), "the command comes back whole");
+    let inbox = transport
+        .inbox
+        .lock()
+        .expect("inbox")
+        .clone()
+        .expect("attached");
+    let (_, reply) = ProposalReply::new();
+    let (forwarded, _) = inbox
+        .try_propose(command("3"), reply)
+        .expect_err("a forwarded proposal finds the queue full too");
+    assert_eq!(forwarded, command("3"));
+
+    transport.set_closed(false);
+    queued.wait(WAIT).expect("the queued proposal commits");
+    let deadline = Instant::now() + WAIT;
+    let taken = loop {
+        match node.try_propose(handed_back.clone()) {
+            Ok(proposal) => break proposal,
+            Err(_) => assert!(Instant::now() < deadline, "the queue never had room"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    taken
+        .wait(WAIT)
+        .expect("taken once the queue has room, it commits");
 }
 
 #[test]

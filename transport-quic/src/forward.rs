@@ -144,9 +144,10 @@ pub(crate) async fn serve(
         return Ok(());
     };
     let (proposal, reply) = ProposalReply::new();
-    // The node's proposal queue is bounded and blocks when full (back-pressure): keep that
-    // wait off the runtime's other tasks.
-    tokio::task::block_in_place(|| inbox.propose(request.body, reply));
+    // A full proposal queue is back-pressure: wait for room, off this worker.
+    if let Err((command, reply)) = inbox.try_propose(request.body, reply) {
+        shared.blocking(|| inbox.propose(command, reply)).await;
+    }
     let (committed, applied) = proposal.into_parts();
     let timeout = shared.cfg.request_timeout;
     let committed = tokio::time::timeout(timeout, committed)

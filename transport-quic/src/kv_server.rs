@@ -175,8 +175,11 @@ async fn execute(
         ArchivedWireKvRequest::Propose { command } => {
             let command = crate::wire::slice_in_frame(frame_body, command)
                 .map_err(|e| NodeError::Config(e.to_string()))?;
-            // `propose` blocks while the node's proposal queue is full (back-pressure).
-            let proposal = tokio::task::block_in_place(|| node.propose(command));
+            // A full proposal queue is back-pressure: wait for room, off this worker.
+            let proposal = match node.try_propose(command) {
+                Ok(proposal) => proposal,
+                Err(command) => shared.blocking(|| node.propose(command)).await,
+            };
             let (_, applied) = proposal.into_parts();
             let applied = within(tokio::time::timeout(timeout, applied).await)?;
             Ok(WireKvResponse::Applied {
@@ -198,9 +201,14 @@ async fn execute(
             // The applier holds the state machine for each batch it applies, and for the whole
             // of a snapshot's restore: waiting for it here would stop every task on this
             // worker, the node's peer traffic too.
-            let value = match node.try_state_machine() {
-                Some(sm) => sm.get(key.as_slice()),
-                None => tokio::task::block_in_place(|| node.state_machine().get(key.as_slice())),
+            let value = node.try_state_machine().map(|sm| sm.get(key.as_slice()));
+            let value = match value {
+                Some(value) => value,
+                None => {
+                    shared
+                        .blocking(|| node.state_machine().get(key.as_slice()))
+                        .await
+                }
             };
             Ok(WireKvResponse::Value { value })
         }

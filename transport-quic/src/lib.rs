@@ -63,4 +63,5 @@ pub use kv_client::{ClientError, KvClient, KvClientConfig};
 pub use metrics::{
     FrameRejection, HandshakeRefusal, MetricsSnapshot, PeerCounters, PeerSnapshot, TransportMetrics,
 };
+pub use shared::BLOCKING_CALLS_MAX;
 pub use transport::{QuicTransport, TransportError};

@@ -27,6 +27,11 @@ pub(crate) mod codes {
     pub const REJECTED: VarInt = VarInt::from_u32(4);
 }
 
+/// Calls that may block (a proposal into a full queue, a read of a state machine the applier
+/// holds) running at once, each on a thread of its own. More wait for a turn without a thread:
+/// a node restoring a large snapshot would otherwise tie one thread to every read waiting for it.
+pub const BLOCKING_CALLS_MAX: usize = 4;
+
 pub(crate) struct Shared {
     pub id: NodeId,
     pub cfg: QuicConfig,
@@ -41,6 +46,8 @@ pub(crate) struct Shared {
     pub kv_connections: std::sync::atomic::AtomicUsize,
     /// Room for key-value requests held, one permit per byte (`kv_request_bytes_max`).
     pub kv_request_bytes: tokio::sync::Semaphore,
+    /// One permit per call blocking a thread of its own ([`BLOCKING_CALLS_MAX`]).
+    pub blocking_calls: tokio::sync::Semaphore,
     pub handle: tokio::runtime::Handle,
 }
 
@@ -98,6 +105,15 @@ impl Shared {
             None => tracing::debug!(node = self.id, ?peer, error = %e, "stream ended"),
         }
         let _ = recv.stop(codes::REJECTED);
+    }
+
+    /// Runs `call`, which may block, on a thread of its own (`block_in_place`: this worker's
+    /// other tasks move to another), once fewer than [`BLOCKING_CALLS_MAX`] calls run. Only for
+    /// a call that would block: each costs a thread hand-off.
+    pub async fn blocking<T>(&self, call: impl FnOnce() -> T) -> T {
+        // Never closed; were it, the call would simply run without a turn.
+        let _turn = self.blocking_calls.acquire().await.ok();
+        tokio::task::block_in_place(call)
     }
 
     /// `read` bounded by the handshake timeout (`Idle` past it): a peer or client that stalls

@@ -453,9 +453,53 @@ fn a_malformed_or_oversized_key_value_request_is_answered_as_refused_and_counted
     }
 }
 
+/// Threads of node `id`'s transport runtime: its workers, and the threads blocking calls hold.
+/// (By name: a test that counts them gives its cluster ids no other test uses.)
+fn transport_threads(id: u64) -> usize {
+    let name = format!("keel-quic-{id}");
+    std::fs::read_dir("/proc/self/task")
+        .expect("this process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
 #[test]
-fn a_read_waiting_for_the_state_machine_leaves_the_node_serving_its_other_streams() {
-    let cluster = Cluster::new(&[1, 2, 3]);
+fn key_value_requests_that_need_not_wait_take_no_thread_of_their_own() {
+    let cluster = Cluster::new(&[61, 62, 63]);
+    let leader = cluster.leader();
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
+    let put = small_put();
+    client.runtime.block_on(async {
+        let mut answers = Vec::new();
+        for _ in 0..64 {
+            let (mut send, recv) = conn.open_bi().await.expect("a stream");
+            send.write_all(&put).await.expect("written");
+            let _ = send.finish();
+            answers.push(recv);
+        }
+        for mut recv in answers {
+            let answer = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
+            let answer = tokio::time::timeout(WAIT, answer)
+                .await
+                .expect("answered in time");
+            assert_applied(&answer.expect("a response frame"));
+        }
+    });
+    // Each put handed the runtime's worker to another thread (`block_in_place`) in case the
+    // proposal queue was full, and the blocking pool kept those threads: under load, hundreds
+    // of them, and a thread hand-off per request.
+    assert_eq!(
+        transport_threads(leader),
+        1,
+        "only the runtime's one worker"
+    );
+}
+
+#[test]
+fn reads_waiting_for_the_state_machine_leave_the_node_serving_and_hold_few_threads() {
+    const READS: usize = 16;
+    let cluster = Cluster::new(&[71, 72, 73]);
     let leader = cluster.leader();
     let node = cluster.node(leader).clone();
     node.put("k", "v", WAIT).expect("put");
@@ -482,41 +526,58 @@ fn a_read_waiting_for_the_state_machine_leaves_the_node_serving_its_other_stream
     .expect("archived");
     let read = encode_contiguous(FrameKind::KvRequest, &read).expect("frame");
     let malformed = encode_contiguous(FrameKind::KvRequest, &[0xFF; 64]).expect("frame");
-    let (mut read_answer, refused) = client.runtime.block_on(async {
-        let (mut send, recv) = conn.open_bi().await.expect("a stream");
-        send.write_all(&read).await.expect("written");
-        let _ = send.finish();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // The read waits for the state machine; a request that needs none is answered.
+    let reads = client.runtime.block_on(async {
+        let mut reads = Vec::new();
+        for _ in 0..READS {
+            let (mut send, recv) = conn.open_bi().await.expect("a stream");
+            send.write_all(&read).await.expect("written");
+            let _ = send.finish();
+            reads.push(recv);
+        }
+        reads
+    });
+    // Each waiting read used to hold a thread of its own: one per read behind a long restore.
+    let most = 1 + keel_transport_quic::BLOCKING_CALLS_MAX;
+    eventually("the reads wait for the state machine", || {
+        transport_threads(leader) >= most
+    });
+    let refused = client.runtime.block_on(async {
+        // A request that needs no state machine is answered meanwhile.
         let (mut send, mut other) = conn.open_bi().await.expect("a stream");
         send.write_all(&malformed).await.expect("written");
         let _ = send.finish();
-        let refused = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(2),
             expect_frame(&mut other, FrameKind::KvResponse, 1 << 20),
         )
-        .await;
-        (recv, refused)
+        .await
     });
     assert!(
         matches!(refused, Ok(Ok(_))),
-        "the node stopped serving while one read waited: {refused:?}"
+        "the node stopped serving while reads waited: {refused:?}"
+    );
+    let threads = transport_threads(leader);
+    assert!(
+        threads <= most,
+        "{READS} waiting reads hold {threads} threads"
     );
     drop(held);
-    let answer = client
-        .runtime
-        .block_on(async {
-            let read = expect_frame(&mut read_answer, FrameKind::KvResponse, 1 << 20);
-            tokio::time::timeout(WAIT, read).await
-        })
-        .expect("answered in time")
-        .expect("a response frame");
-    let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
-        .expect("a valid response");
-    assert!(
-        matches!(response, ArchivedWireKvResponse::Value { .. }),
-        "the read is answered once the state machine is free"
-    );
+    for mut read in reads {
+        let answer = client
+            .runtime
+            .block_on(async {
+                let read = expect_frame(&mut read, FrameKind::KvResponse, 1 << 20);
+                tokio::time::timeout(WAIT, read).await
+            })
+            .expect("answered in time")
+            .expect("a response frame");
+        let response = keel_transport_quic::frame::access::<ArchivedWireKvResponse>(&answer.body)
+            .expect("a valid response");
+        assert!(
+            matches!(response, ArchivedWireKvResponse::Value { .. }),
+            "a read is answered once the state machine is free"
+        );
+    }
 }
 
 /// The key-value request budget of [`cluster_with_a_kv_budget`].

@@ -48,7 +48,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::core::{
@@ -344,20 +344,48 @@ impl<S: StateMachine> Node<S> {
         check_proposal_size(command, self.cfg.max_proposal_bytes, &self.metrics)
     }
 
-    fn submit(&self, command: Option<Bytes>) -> Proposal {
-        if self.stopped.is_halted() {
-            return Proposal::failed(self.stopped.error());
-        }
-        if let Some(c) = &command {
-            if let Err(e) = self.check_size(c) {
-                return Proposal::failed(e);
+    /// Like [`Node::propose`], but hands the command back instead of waiting while the node's
+    /// proposal queue is full: for callers that must not block, such as an async task.
+    pub fn try_propose(&self, command: impl Into<Bytes>) -> Result<Proposal, Bytes> {
+        let (proposal, request) = match self.prepare(Some(command.into())) {
+            Ok(request) => request,
+            Err(failed) => return Ok(failed),
+        };
+        match self.proposals.try_send(request) {
+            Ok(()) => Ok(proposal),
+            Err(TrySendError::Full(request)) => {
+                Err(request.command.expect("a proposal carries its command"))
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                request.reply.fail(self.stopped.error());
+                Ok(proposal)
             }
         }
-        let (proposal, reply) = ProposalReply::new();
-        if let Err(e) = self.proposals.send(ProposalRequest { command, reply }) {
+    }
+
+    fn submit(&self, command: Option<Bytes>) -> Proposal {
+        let (proposal, request) = match self.prepare(command) {
+            Ok(request) => request,
+            Err(failed) => return failed,
+        };
+        if let Err(e) = self.proposals.send(request) {
             e.into_inner().reply.fail(self.stopped.error());
         }
         proposal
+    }
+
+    /// A proposal and its request for the driver, or the proposal already failed.
+    fn prepare(&self, command: Option<Bytes>) -> Result<(Proposal, ProposalRequest), Proposal> {
+        if self.stopped.is_halted() {
+            return Err(Proposal::failed(self.stopped.error()));
+        }
+        if let Some(c) = &command {
+            if let Err(e) = self.check_size(c) {
+                return Err(Proposal::failed(e));
+            }
+        }
+        let (proposal, reply) = ProposalReply::new();
+        Ok((proposal, ProposalRequest { command, reply }))
     }
 
     /// Completes with an index once reading this node's state is linearizable: the state

@@ -7,7 +7,7 @@ use std::io::Read as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
 use crate::core::{Body, Message, NodeId};
@@ -162,20 +162,51 @@ impl Inbox {
     /// A proposal forwarded by another node. Held to this node's `max_proposal_bytes`: the
     /// node that forwarded it may allow more.
     pub fn propose(&self, command: Bytes, reply: ProposalReply) {
+        if let Some(request) = self.prepare(command, reply) {
+            if let Err(e) = self.proposals.send(request) {
+                e.into_inner().reply.fail(Self::stopped());
+            }
+        }
+    }
+
+    /// Like [`Inbox::propose`], but hands the command and its reply back instead of waiting
+    /// while the node's proposal queue is full: for callers that must not block.
+    pub fn try_propose(
+        &self,
+        command: Bytes,
+        reply: ProposalReply,
+    ) -> Result<(), (Bytes, ProposalReply)> {
+        let Some(request) = self.prepare(command, reply) else {
+            return Ok(());
+        };
+        match self.proposals.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(ProposalRequest { command, reply })) => Err((
+                command.expect("a forwarded proposal carries its command"),
+                reply,
+            )),
+            Err(TrySendError::Disconnected(request)) => {
+                request.reply.fail(Self::stopped());
+                Ok(())
+            }
+        }
+    }
+
+    /// The request for the driver, or none when the proposal failed already (too large).
+    fn prepare(&self, command: Bytes, reply: ProposalReply) -> Option<ProposalRequest> {
         if let Err(e) = super::check_proposal_size(&command, self.max_proposal_bytes, &self.metrics)
         {
             reply.fail(e);
-            return;
+            return None;
         }
-        let request = ProposalRequest {
+        Some(ProposalRequest {
             command: Some(command),
             reply,
-        };
-        if let Err(e) = self.proposals.send(request) {
-            e.into_inner()
-                .reply
-                .fail(super::Error::stopped("the leader stopped"));
-        }
+        })
+    }
+
+    fn stopped() -> super::Error {
+        super::Error::stopped("the leader stopped")
     }
 
     fn push(&self, inbound: Inbound) {
