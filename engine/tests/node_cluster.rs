@@ -1156,6 +1156,32 @@ fn bad_input_is_refused_and_calls_after_stop_fail() {
 }
 
 #[test]
+fn timeouts_too_long_for_the_clock_wait_without_a_deadline() {
+    // `Duration::MAX` for "no timeout": adding it to the clock panicked, in the caller's wait
+    // and in the driver, which a read's deadline stopped.
+    let cluster = Cluster::with(1, |cfg| cfg.command_timeout = Duration::MAX);
+    let node = cluster.node(1);
+    assert_eq!(node.wait_for_leader(Duration::MAX), Ok(1));
+    let written = node
+        .propose(
+            KvCommand::Put {
+                key: "k".into(),
+                value: "v".into(),
+            }
+            .encode(),
+        )
+        .wait(Duration::MAX)
+        .expect("commits")
+        .index;
+    let read = node.read_index().wait(Duration::MAX).expect("reads");
+    assert!(
+        read >= written,
+        "read at {read}, below the write at {written}"
+    );
+    assert_eq!(node.status().expect("the node runs").role, Role::Leader);
+}
+
+#[test]
 fn manual_ticks_make_elections_deterministic() {
     let cluster = Cluster::with(1, |cfg| cfg.manual_ticks = true);
     let node = cluster.node(1);

@@ -274,7 +274,11 @@ impl KvClient {
             })
             .into());
         }
-        let deadline = Instant::now() + self.cfg.request_timeout;
+        // A timeout too long for the clock (`Duration::MAX`) is as good as forever.
+        let forever = || Instant::now() + Duration::from_secs(u64::from(u32::MAX));
+        let deadline = Instant::now()
+            .checked_add(self.cfg.request_timeout)
+            .unwrap_or_else(forever);
         let mut redirects = Redirects::default();
         // Nodes that let an attempt of this call time out: seeds pass over them while another
         // is left to try.

@@ -734,7 +734,8 @@ impl Driver {
             match read.index {
                 Ok(index) => {
                     // Its deadline goes with it: the entries through `index` may never come.
-                    let deadline = Some(asked + self.cfg.command_timeout);
+                    // (None when `command_timeout` is too long for the clock.)
+                    let deadline = asked.checked_add(self.cfg.command_timeout);
                     let _ = self.apply.send(ApplyTask::WaitApplied {
                         index,
                         reply,

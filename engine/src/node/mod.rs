@@ -474,7 +474,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Blocks until this node knows a leader.
     pub fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if let Some(leader) = self.leader() {
                 return Ok(leader);
@@ -482,7 +482,7 @@ impl<S: StateMachine> Node<S> {
             if self.stopped.is_halted() {
                 return Err(self.stopped.error());
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(Error::Timeout);
             }
             std::thread::sleep(Duration::from_millis(1));

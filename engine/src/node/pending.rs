@@ -85,26 +85,23 @@ impl<T> Drop for Completer<T> {
 impl<T: Clone> Pending<T> {
     /// Blocks until the result is known or `timeout` passes.
     pub fn wait(&self, timeout: Duration) -> Result<T, Error> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.slot.state.lock();
-        loop {
-            if let Some(result) = &state.result {
-                return result.clone();
-            }
-            if self.slot.ready.wait_until(&mut state, deadline).timed_out() {
-                return state.result.clone().unwrap_or(Err(Error::Timeout));
-            }
-        }
+        self.wait_for(timeout).unwrap_or(Err(Error::Timeout))
     }
 
     /// Blocks until the result is known or `timeout` passes; `None` if it is still pending
     /// (unlike [`Pending::wait`], which reports that as `Timeout`).
     pub fn wait_for(&self, timeout: Duration) -> Option<Result<T, Error>> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long for the clock (`Duration::MAX`) waits for good.
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.slot.state.lock();
         while state.result.is_none() {
-            if self.slot.ready.wait_until(&mut state, deadline).timed_out() {
-                break;
+            match deadline {
+                Some(deadline) => {
+                    if self.slot.ready.wait_until(&mut state, deadline).timed_out() {
+                        break;
+                    }
+                }
+                None => self.slot.ready.wait(&mut state),
             }
         }
         state.result.clone()
