@@ -47,7 +47,8 @@ pub struct QuicConfig {
     /// Streams a peer may have open towards this node at once (a flood waits for credit).
     pub streams_uni_max: u32,
     pub streams_bidi_max: u32,
-    /// Connections being handshaken at once; beyond this new ones are refused.
+    /// Connections being handshaken at once; beyond this new ones are refused (counted as
+    /// `too_many_handshakes`).
     pub handshakes_max: usize,
     /// Key-value client connections served at once; beyond this new ones are refused.
     pub kv_connections_max: usize,

@@ -16,20 +16,41 @@ use crate::shared::{codes, Shared};
 use crate::tls::{self, KV_ALPN, PEER_ALPN};
 use crate::{forward, snapshot};
 
-/// Accepts connections until the endpoint closes.
+/// Accepts connections until the endpoint closes, at most `handshakes_max` handshakes at once:
+/// each costs a key exchange and a task for up to the handshake timeout, and anyone can start
+/// one. (quinn's `max_incoming` counts only connections not yet accepted, which here is none.)
 pub(crate) async fn run_acceptor(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(shared.cfg.handshakes_max));
     while let Some(incoming) = endpoint.accept().await {
+        let Ok(turn) = handshakes.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .handshake_refused(HandshakeRefusal::TooManyHandshakes);
+            tracing::warn!(
+                node = shared.id,
+                remote = %incoming.remote_address(),
+                "refused a connection: too many handshakes under way"
+            );
+            incoming.refuse();
+            continue;
+        };
         let shared = shared.clone();
         shared
             .handle
             .clone()
-            .spawn(handle_incoming(shared, incoming));
+            .spawn(handle_incoming(shared, incoming, turn));
     }
 }
 
-async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn handle_incoming(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(shared.cfg.handshake_timeout, incoming).await {
+    let handshaken = tokio::time::timeout(shared.cfg.handshake_timeout, incoming).await;
+    drop(handshake);
+    let conn = match handshaken {
         Err(_) => {
             shared.metrics.handshake_refused(HandshakeRefusal::Timeout);
             tracing::warn!(node = shared.id, %remote, "a handshake did not finish in time");

@@ -73,10 +73,12 @@ pub enum HandshakeRefusal {
     Timeout,
     /// The key-value endpoint already serves `kv_connections_max` clients.
     TooManyClients,
+    /// `handshakes_max` handshakes were under way already.
+    TooManyHandshakes,
 }
 
 impl HandshakeRefusal {
-    pub const ALL: [HandshakeRefusal; 9] = [
+    pub const ALL: [HandshakeRefusal; 10] = [
         Self::UnknownCa,
         Self::Expired,
         Self::WrongId,
@@ -86,6 +88,7 @@ impl HandshakeRefusal {
         Self::RefusedByPeer,
         Self::Timeout,
         Self::TooManyClients,
+        Self::TooManyHandshakes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +102,7 @@ impl HandshakeRefusal {
             Self::RefusedByPeer => "refused_by_peer",
             Self::Timeout => "timeout",
             Self::TooManyClients => "too_many_clients",
+            Self::TooManyHandshakes => "too_many_handshakes",
         }
     }
 }

@@ -59,7 +59,7 @@ impl QuicTransport {
         let mut server =
             tls::server_config(&cfg.identity, &cfg.ca, metrics.clone(), local.clone())?;
         server.transport_config(transport_cfg.clone());
-        // Bound handshakes in progress, so a flood of new connections cannot grow memory.
+        // Connections not yet accepted; the acceptor bounds handshakes under way.
         server.max_incoming(cfg.handshakes_max);
         let mut client =
             tls::client_config(&cfg.identity, &cfg.ca, PEER_ALPN, metrics.clone(), local)?;

@@ -157,6 +157,67 @@ fn a_valid_certificate_for_another_id_is_refused() {
         .expect("put");
 }
 
+/// Forwards datagrams to `to` and drops every answer, until `stop`: a handshake through it never
+/// finishes. Returns where to send.
+fn one_way_proxy(
+    to: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let front = std::net::UdpSocket::bind("127.0.0.1:0").expect("bound");
+    let back = std::net::UdpSocket::bind("127.0.0.1:0").expect("bound");
+    front
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let addr = front.local_addr().expect("bound");
+    let forwarding = std::thread::spawn(move || {
+        let mut datagram = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((len, _)) = front.recv_from(&mut datagram) {
+                let _ = back.send_to(&datagram[..len], to);
+            }
+        }
+    });
+    (addr, forwarding)
+}
+
+#[test]
+fn a_connection_beyond_the_handshakes_under_way_is_refused() {
+    // Anyone can start a handshake, and each costs a key exchange and a task until it times out.
+    let cluster = Cluster::with(&[1, 2, 3], &[], |_| {}, |q| q.handshakes_max = 1);
+    cluster.leader();
+    let metrics = cluster.transport(3).metrics().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (proxy, forwarding) = one_way_proxy(cluster.addrs[&3], stop.clone());
+    let stalled = Rogue::new(
+        &cluster.ca.issue_client().expect("cert").identity,
+        &cluster.ca,
+    );
+    let stalling = std::thread::spawn(move || stalled.dial(3, proxy));
+    // The stalled handshake holds node 3's one turn until its handshake timeout (2 s).
+    std::thread::sleep(Duration::from_millis(300));
+    let client = || {
+        Rogue::new(
+            &cluster.ca.issue_client().expect("cert").identity,
+            &cluster.ca,
+        )
+    };
+    let Err(why) = client().dial(3, cluster.addrs[&3]) else {
+        panic!("a connection beyond handshakes_max was taken");
+    };
+    assert!(
+        metrics.handshakes_refused(HandshakeRefusal::TooManyHandshakes) >= 1,
+        "refused, but not counted: {why}"
+    );
+    let stalled = stalling.join().expect("the stalled dial ends");
+    assert!(stalled.is_err(), "a handshake with no answers finished");
+    eventually(
+        "node 3 takes a connection once the stalled handshake ends",
+        || client().dial(3, cluster.addrs[&3]).is_ok(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    forwarding.join().expect("the proxy stops");
+}
+
 fn header(len: u32, version: u8, kind: u8) -> Vec<u8> {
     let mut h = len.to_le_bytes().to_vec();
     h.extend_from_slice(&[version, kind, 0, 0]);
