@@ -738,6 +738,80 @@ fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
         .expect("taken once the queue has room, it commits");
 }
 
+/// A transport whose driver-side sends panic once `armed`: a bug in the driver, on demand.
+struct Panicking {
+    inner: Arc<keel_engine::node::MemTransport>,
+    armed: AtomicBool,
+}
+
+impl Transport for Panicking {
+    fn attach(&self, inbox: Inbox) {
+        self.inner.attach(inbox);
+    }
+    fn send(&self, messages: Vec<Message>) {
+        let on_driver = std::thread::current()
+            .name()
+            .is_some_and(|name| name.starts_with("keel-driver"));
+        assert!(!(on_driver && self.armed.load(Ordering::Relaxed)), "armed");
+        self.inner.send(messages);
+    }
+    fn send_snapshot(&self, message: Message, data: SnapshotReader) {
+        self.inner.send_snapshot(message, data);
+    }
+    fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply) {
+        self.inner.forward(leader, command, reply);
+    }
+    fn detach(&self) {
+        self.inner.detach();
+    }
+}
+
+#[test]
+fn a_leader_whose_driver_panics_no_longer_says_it_leads() {
+    let mut cluster = Cluster {
+        net: MemNetwork::new(),
+        dir: tempfile::tempdir().expect("temp dir"),
+        nodes: Vec::new(),
+        voters: vec![1, 2, 3],
+    };
+    let mut transports = Vec::new();
+    for id in 1..=3 {
+        let transport = Arc::new(Panicking {
+            inner: cluster.net.transport(id),
+            armed: AtomicBool::new(false),
+        });
+        transports.push(transport.clone());
+        let dir = cluster.dir.path().join(format!("node-{id}"));
+        let cfg = config(id, &cluster.voters);
+        let node = Node::start(cfg, dir, transport, KvStore::default()).expect("node starts");
+        cluster.nodes.push(Some(Arc::new(node)));
+    }
+    let leader = cluster.leader();
+    let node = cluster.node(leader);
+    let events = node.subscribe();
+    transports[leader as usize - 1]
+        .armed
+        .store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Stopped { reason }) => {
+                break assert!(reason.contains("panicked"), "{reason}")
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the driver never stopped: {e}"),
+        }
+    }
+    // Status, routing and metrics read these: a dead leader kept saying it led.
+    assert!(!node.is_leader());
+    assert_eq!(node.leader(), None);
+    assert!(matches!(
+        node.wait_for_leader(Duration::from_millis(50)),
+        Err(Error::Stopped { .. })
+    ));
+    assert_eq!(NodeMetrics::get(&node.metrics().role), 0);
+}
+
 #[test]
 fn leadership_transfers_on_request() {
     let cluster = Cluster::new(3);

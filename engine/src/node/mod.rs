@@ -256,6 +256,7 @@ impl<S: StateMachine> Node<S> {
             halted: stopped.clone(),
         };
         let (driver_subscribers, driver_halt) = (subscribers.clone(), stopped.clone());
+        let driver_metrics = metrics.clone();
         let id = config.id;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -275,6 +276,9 @@ impl<S: StateMachine> Node<S> {
                         let reason = "the driver thread panicked";
                         tracing::error!("{reason}; the node stopped");
                         driver_halt.halt(reason);
+                        // As a stopping driver does: a node that led must not go on saying so.
+                        NodeMetrics::set(&driver_metrics.role, 0);
+                        NodeMetrics::set(&driver_metrics.leader, 0);
                         driver_subscribers.publish(Event::Stopped {
                             reason: reason.into(),
                         });
@@ -476,11 +480,11 @@ impl<S: StateMachine> Node<S> {
     pub fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            if let Some(leader) = self.leader() {
-                return Ok(leader);
-            }
             if self.stopped.is_halted() {
                 return Err(self.stopped.error());
+            }
+            if let Some(leader) = self.leader() {
+                return Ok(leader);
             }
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(Error::Timeout);
