@@ -1622,6 +1622,8 @@ struct Gates {
     release_restore: Signal,
     /// Whether a save was held already: only the first is.
     held_one: std::sync::atomic::AtomicBool,
+    /// Saves still to fail (as on a full disk), before any is held.
+    failing_saves: AtomicU64,
 }
 
 /// A one-shot flag a thread can wait on, bounded.
@@ -1680,6 +1682,11 @@ impl keel_engine::node::StateMachine for Gated {
         impl keel_engine::node::SnapshotSource for Held {
             fn write_to(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
                 if let Some(g) = &self.gates {
+                    let failing = g.failing_saves.load(Ordering::SeqCst);
+                    if failing > 0 {
+                        g.failing_saves.store(failing - 1, Ordering::SeqCst);
+                        return Err(std::io::Error::other("no space left (the test's)"));
+                    }
                     if !g.held_one.swap(true, Ordering::SeqCst) {
                         g.save_waiting.raise();
                         g.release_save.wait("the test releases the save");
@@ -1794,6 +1801,42 @@ fn a_save_that_ends_while_a_newer_snapshot_installs_leaves_the_node_running() {
         .expect("and keeps applying");
     let status = n3.status().expect("the learner is running");
     assert!(status.snapshot_index > first, "{status:?}");
+}
+
+#[test]
+fn a_snapshot_whose_save_failed_is_tried_again_without_new_entries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = MemNetwork::new();
+    let gates = Arc::new(Gates {
+        failing_saves: AtomicU64::new(1),
+        held_one: AtomicBool::new(true),
+        ..Gates::default()
+    });
+    let mut cfg = config(1, &[1]);
+    cfg.snapshot_threshold_entries = 20;
+    let sm = Gated {
+        gates: Some(gates.clone()),
+        ..Gated::default()
+    };
+    let node = Node::start(cfg, dir.path(), net.transport(1), sm).expect("node starts");
+    node.wait_for_leader(WAIT).expect("a leader");
+    let last = propose_and_apply(&node, 25);
+    // The first save fails; the failed one counted as taken, so the next waited for another
+    // threshold of entries, and the log went uncompacted for as long.
+    let deadline = Instant::now() + WAIT;
+    while node.status().expect("status").snapshot_index == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot after the failed save"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        gates.failing_saves.load(Ordering::SeqCst),
+        0,
+        "the save failed first"
+    );
+    assert!(node.status().expect("status").snapshot_index <= last);
 }
 
 #[test]

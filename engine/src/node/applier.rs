@@ -80,12 +80,16 @@ pub(crate) struct Applier<S> {
 impl<S: StateMachine> Applier<S> {
     pub(crate) fn run(mut self) {
         let mut waiting = Waiting::default();
-        let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
+        let mut snapshotting = Saves::default();
         loop {
             // While a save runs, a snapshot that fell due meanwhile is taken when it ends, not
-            // when the next entries come (after a burst, that could be never); while a read
-            // waits, it must fail at its deadline even if nothing more comes.
-            let task = if snapshotting.is_some() || waiting.with_deadline > 0 {
+            // when the next entries come (after a burst, that could be never); one that failed
+            // is tried again in time; while a read waits, it must fail at its deadline even if
+            // nothing more comes.
+            let task = if snapshotting.running.is_some()
+                || snapshotting.retry_at.is_some()
+                || waiting.with_deadline > 0
+            {
                 match self.tasks.recv_timeout(POLL) {
                     Ok(task) => Some(task),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -136,8 +140,8 @@ impl<S: StateMachine> Applier<S> {
             waiting.complete_through(self.applied);
             waiting.expire();
         }
-        if let Some(handle) = snapshotting {
-            let _ = handle.join();
+        if let Some(save) = snapshotting.running {
+            let _ = save.thread.join();
         }
     }
 
@@ -252,16 +256,22 @@ impl<S: StateMachine> Applier<S> {
     /// snapshotting then stays a fixed share of the work of writing the log, however large the
     /// state. Past `SNAPSHOT_ENTRIES_CAP` thresholds a snapshot is taken whatever the sizes,
     /// which bounds the log kept in memory. `force` takes one whatever the thresholds say.
-    fn maybe_snapshot(&mut self, in_flight: &mut Option<std::thread::JoinHandle<()>>, force: bool) {
-        // A save that ended is reaped first: `in_flight` then says whether one is running.
-        if in_flight
+    fn maybe_snapshot(&mut self, saves: &mut Saves, force: bool) {
+        // A save that ended is reaped first: `running` then says whether one is.
+        if saves
+            .running
             .as_ref()
-            .is_some_and(std::thread::JoinHandle::is_finished)
+            .is_some_and(|save| save.thread.is_finished())
         {
-            if let Some(done) = in_flight.take() {
-                let _ = done.join();
+            if let Some(done) = saves.running.take() {
+                let saved = done.thread.join().unwrap_or(false);
+                self.reaped(saves, saved, done.index, done.before);
             }
         }
+        if saves.retry_at.is_some_and(|at| Instant::now() >= at) {
+            saves.retry_at = None;
+        }
+        let waiting_to_retry = saves.retry_at.is_some() && !force;
         let due = force
             || snapshot_due(
                 self.applied.saturating_sub(self.last_snapshot),
@@ -270,7 +280,7 @@ impl<S: StateMachine> Applier<S> {
                 self.snapshot_threshold_entries,
                 self.snapshot_spacing_percent,
             );
-        if !due || in_flight.is_some() {
+        if !due || saves.running.is_some() || waiting_to_retry {
             return;
         }
         let sm = self.sm.read();
@@ -286,6 +296,7 @@ impl<S: StateMachine> Applier<S> {
             bytes: 0,
         };
         drop(sm);
+        let before = (self.last_snapshot, self.applied_bytes_since_snapshot);
         self.last_snapshot = index;
         self.applied_bytes_since_snapshot = 0;
         let last_snapshot_bytes = self.last_snapshot_bytes.clone();
@@ -307,18 +318,68 @@ impl<S: StateMachine> Applier<S> {
                         NodeMetrics::add(&metrics.snapshots_taken, 1);
                         subscribers.publish(Event::SnapshotTaken { index });
                         let _ = events.send(ApplierEvent::SnapshotSaved(index));
+                        true
                     }
                     Err(e) => {
-                        tracing::warn!(index, error = %e, "snapshot not saved; will retry later")
+                        tracing::warn!(index, error = %e, "snapshot not saved; will retry");
+                        false
                     }
                 }
             });
         match spawned {
-            Ok(handle) => *in_flight = Some(handle),
-            Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
+            Ok(thread) => {
+                saves.running = Some(Running {
+                    thread,
+                    index,
+                    before,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the snapshot thread");
+                self.reaped(saves, false, index, before);
+            }
         }
     }
+
+    /// A save at `index` ended. One that failed leaves the snapshot due as it was (its log is
+    /// not compacted, so the next must not wait for a threshold counted from it), to be tried
+    /// again after a pause that doubles while saves keep failing.
+    fn reaped(&mut self, saves: &mut Saves, saved: bool, index: Index, before: (Index, u64)) {
+        if saved {
+            saves.retry_at = None;
+            saves.backoff = Duration::ZERO;
+            return;
+        }
+        // Unless an installed snapshot took its place meanwhile.
+        if self.last_snapshot == index {
+            self.last_snapshot = before.0;
+            self.applied_bytes_since_snapshot += before.1;
+        }
+        saves.backoff = (saves.backoff * 2).clamp(RETRY_MIN, RETRY_MAX);
+        saves.retry_at = Instant::now().checked_add(saves.backoff);
+    }
 }
+
+/// The snapshot save under way, and when to try again after one failed.
+#[derive(Default)]
+struct Saves {
+    running: Option<Running>,
+    /// Not before then: a save failed (a full disk, say), and each try serializes the whole state.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+struct Running {
+    /// Whether the save succeeded.
+    thread: std::thread::JoinHandle<bool>,
+    index: Index,
+    /// The due-date counters (last snapshot, bytes since) before this save reset them.
+    before: (Index, u64),
+}
+
+/// The pause before a failed save is tried again, doubling up to `RETRY_MAX`.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// How often the applier looks whether a snapshot being saved has ended, or a read waiting has
 /// reached its deadline, while no task comes.
