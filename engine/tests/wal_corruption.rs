@@ -425,6 +425,62 @@ fn a_lost_page_inside_a_large_last_write_is_a_torn_tail() {
     );
 }
 
+#[test]
+fn a_torn_group_written_after_a_torn_tail_was_cut_is_a_torn_tail_too() {
+    // Two power losses: the first tears a large group (recovery keeps its records before the
+    // lost page), the second the first group written after that.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    let big = |index: Index| Entry {
+        index,
+        term: 1,
+        payload: Payload::Command(Bytes::from(vec![index as u8; 1000])),
+    };
+    let write = |wal: &mut Wal, indexes: std::ops::RangeInclusive<Index>| {
+        wal.append(&Write {
+            entries: indexes.map(big).collect(),
+            ..Write::default()
+        })
+        .unwrap();
+        wal.sync().unwrap();
+    };
+    write(&mut wal, 1..=1);
+    write(&mut wal, 2..=17);
+    let last = wal.segment_paths().pop().unwrap();
+    drop(wal);
+    let page = 4096;
+    let lost_from = (last_group_start(&last) + 1).next_multiple_of(page);
+    damage(&last, |b| b[lost_from..lost_from + page].fill(0));
+    let (mut wal, rec) = Wal::open(tmp.path(), WalOptions::default()).expect("recovers");
+    assert!(rec.torn_tail.is_some(), "the first loss is a torn tail");
+    let kept = rec.entries.len() as Index;
+    assert!(
+        kept > 1,
+        "the torn group's records before the lost page are kept"
+    );
+
+    write(&mut wal, kept + 1..=kept + 16);
+    assert_eq!(
+        wal.segment_paths().pop().unwrap(),
+        last,
+        "written in the same segment"
+    );
+    drop(wal);
+    // The page that holds the new group's start is lost; its later pages reached the disk.
+    let start = last_group_start(&last);
+    damage(&last, |b| {
+        b[start..(start + 1).next_multiple_of(page)].fill(0)
+    });
+    let (_, rec) = Wal::open(tmp.path(), WalOptions::default())
+        .expect("the second loss is a torn tail too, not damage inside the log");
+    assert!(rec.torn_tail.is_some());
+    assert_eq!(
+        rec.entries[..],
+        (1..=kept).map(big).collect::<Vec<_>>()[..],
+        "everything recovered the first time is kept"
+    );
+}
+
 /// Where the last write group in a segment starts.
 fn last_group_start(path: &Path) -> usize {
     let bytes = fs::read(path).unwrap();

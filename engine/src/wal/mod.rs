@@ -407,6 +407,9 @@ impl Wal {
             durable: DurablePoint::default(),
         };
         wal.assert_invariants();
+        if let Some(at) = found.open_group_at {
+            wal.close_cut_group(at)?;
+        }
         wal.sync_recovered()?;
         wal.recorded_snapshot.publish(wal.state.snapshot.index);
         Ok((wal, recovered))
@@ -454,6 +457,18 @@ impl Wal {
         // The failpoint counts the caller's syncs, not this one.
         wal.data_syncs_attempted = 0;
         Ok((wal, Recovered::default()))
+    }
+
+    /// Rewrites the start of the write group at `at`, cut short by recovery, to claim only what
+    /// was kept (made durable by `sync_recovered`). Left claiming the bytes cut, where the next
+    /// group goes, it would make a torn tail of that group look like damage inside this one,
+    /// followed by "a later group", and the log would be refused after a second crash.
+    fn close_cut_group(&mut self, at: u64) -> Result<(), WalError> {
+        let kept = record::group_start(self.active_written_bytes - at);
+        let path = self.active_path();
+        self.active
+            .write_all_at(&kept, at)
+            .map_err(io_error("close the write group recovery cut", &path))
     }
 
     /// Makes what recovery read durable before anyone relies on it. A process killed after

@@ -43,6 +43,9 @@ pub(super) struct Recovery {
     /// Valid bytes in the last segment.
     pub active_len_bytes: u64,
     pub torn_tail: Option<TornTail>,
+    /// Where the last segment's last write group starts, when the tail was cut inside that
+    /// group: its start still claims the bytes cut, where the next writes go (see `Wal::open`).
+    pub open_group_at: Option<u64>,
 }
 
 /// A torn tail found by the scan, cut only once everything else checked out.
@@ -84,6 +87,7 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     let mut segments: Vec<SegmentMeta> = Vec::new();
     let mut active_len_bytes = 0;
     let mut torn: Option<TornCut> = None;
+    let mut open_group_at = None;
     let next_index = |s: &Option<LogState<_>>| s.as_ref().map_or(1, LogState::next_index);
 
     for (i, &seq) in seqs.iter().enumerate() {
@@ -180,6 +184,11 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
             break;
         }
         let log = state.get_or_insert_with(|| LogState::new(header.first_index));
+        // The last write group's start, and where it says the group ends.
+        let last_group = scan.records.iter().rev().find_map(|(offset, r)| match r {
+            Record::GroupStart { group_bytes } => Some((*offset, offset + group_bytes)),
+            _ => None,
+        });
 
         for (offset, record) in scan.records {
             let loc = EntryLoc {
@@ -248,6 +257,9 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
                 remove_file: false,
             });
         }
+        open_group_at = last_group
+            .filter(|&(_, end)| end > active_len_bytes)
+            .map(|(at, _)| at);
     }
 
     let Some(state) = state else {
@@ -328,6 +340,7 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         segments,
         active_len_bytes,
         torn_tail,
+        open_group_at,
     }))
 }
 
