@@ -203,6 +203,12 @@ impl TransportMetrics {
         self.peers.lock().entry(peer).or_default().clone()
     }
 
+    /// Drops a removed peer's counters: its series end with it (as the node's per-member
+    /// series do). Its stopping tasks may still count into the ones they hold.
+    pub(crate) fn forget(&self, peer: NodeId) {
+        self.peers.lock().remove(&peer);
+    }
+
     pub fn peers_connected(&self) -> u64 {
         get(&self.peers_connected)
     }

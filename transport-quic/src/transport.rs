@@ -138,10 +138,11 @@ impl QuicTransport {
         }
     }
 
-    /// Forgets a peer: closes its connection and stops its tasks.
+    /// Forgets a peer: closes its connection, stops its tasks and drops its metrics.
     pub fn remove_peer(&self, id: NodeId) {
         if let Some(p) = self.shared.peers.write().remove(&id) {
             p.stop();
+            self.shared.metrics.forget(id);
         }
     }
 

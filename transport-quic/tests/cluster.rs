@@ -338,3 +338,26 @@ fn a_node_that_serves_no_store_refuses_a_write_definitely() {
     }
     transport.shutdown();
 }
+
+#[test]
+fn a_removed_peer_s_traffic_counters_go_with_it() {
+    let cluster = Cluster::new(&[1, 2, 3]);
+    cluster.leader();
+    let counted = |peer| {
+        cluster
+            .transport(1)
+            .metrics()
+            .snapshot()
+            .peers
+            .iter()
+            .any(|(&id, _)| id == peer)
+    };
+    eventually("node 1 counts its traffic with node 3", || counted(3));
+    cluster.transport(1).remove_peer(3);
+    // Each scrape went on exporting the removed peer's series, frozen, for good.
+    assert!(
+        !counted(3),
+        "the removed peer's counters are still exported"
+    );
+    assert!(counted(2), "the other peer's are kept");
+}
