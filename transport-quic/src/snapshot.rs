@@ -106,6 +106,9 @@ fn read_file_chunks(
     }
 }
 
+/// The largest snapshot offer taken: its message's snapshot metadata (a membership) is small.
+const OFFER_BYTES_MAX: usize = 1 << 20;
+
 /// Receives one snapshot from `peer`, writing it through the node's sink as it arrives, and
 /// acknowledges whether the node took it.
 pub(crate) async fn receive(
@@ -114,8 +117,9 @@ pub(crate) async fn receive(
     mut send: quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FrameError> {
-    let max = shared.cfg.frame_bytes_max;
-    // (The chunks that follow have their own bound, per chunk.)
+    // An offer is a message and a length: a peer announcing more would have this node hold up
+    // to `frame_bytes_max` per stream. (The chunks that follow have their own bound, per chunk.)
+    let max = shared.cfg.frame_bytes_max.min(OFFER_BYTES_MAX);
     let offer_frame = shared
         .within_handshake(frame::expect_frame(recv, FrameKind::SnapshotOffer, max))
         .await?;

@@ -420,6 +420,30 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
 }
 
 #[test]
+fn a_snapshot_offer_announced_larger_than_an_offer_is_refused_from_its_header() {
+    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let cluster = Cluster::with(&[2, 3, 4], &[(1, unused)], |_| {}, |_| {});
+    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
+    let metrics = cluster.transport(3).metrics().clone();
+    let before = metrics.frames_rejected(FrameRejection::TooLarge);
+    // 8 MiB announced, under a frame's 16 MiB: the node held what came of it, on each stream.
+    let _held = rogue.runtime.block_on(async {
+        let (mut send, recv) = conn.open_bi().await.expect("a stream");
+        let mut bytes = vec![StreamKind::Snapshot as u8];
+        bytes.extend(header(
+            8 << 20,
+            FORMAT_VERSION,
+            FrameKind::SnapshotOffer as u8,
+        ));
+        send.write_all(&bytes).await.expect("written");
+        (send, recv)
+    });
+    eventually("the offer is refused as too large", || {
+        metrics.frames_rejected(FrameRejection::TooLarge) > before
+    });
+}
+
+#[test]
 fn a_peer_that_stalls_inside_a_snapshot_offer_or_a_forwarded_proposal_is_given_up_on() {
     // Node 1 is a known peer that the test plays with its genuine certificate.
     let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
