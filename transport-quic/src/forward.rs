@@ -121,22 +121,52 @@ pub(crate) async fn serve(
     mut send: quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FrameError> {
+    let failed = |e: &NodeError| WireForwardReply::Failed {
+        error: WireError::from_node(e, leader_addr(shared, e)),
+    };
+    // No larger than the largest command the node takes: a peer could otherwise have it hold
+    // frames of up to `frame_bytes_max` (16 MiB) on each of its streams only to refuse them.
+    let inbox = shared.inbox();
+    let max_body_bytes = inbox.as_ref().map_or(shared.cfg.frame_bytes_max, |inbox| {
+        inbox.max_proposal_bytes().min(shared.cfg.frame_bytes_max)
+    });
     let request = shared
         .within_handshake(frame::expect_frame(
             recv,
             FrameKind::ForwardRequest,
-            shared.cfg.frame_bytes_max,
+            max_body_bytes,
         ))
-        .await?;
+        .await;
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => {
+            if let FrameError::TooLarge {
+                body_bytes,
+                max_bytes,
+            } = e
+            {
+                // Refused definitely, as the node would have: the proposal was never made.
+                let too_large = failed(&NodeError::TooLarge {
+                    size_bytes: body_bytes,
+                    max_bytes,
+                });
+                let _ = shared
+                    .within_handshake(frame::write_frame(
+                        &mut send,
+                        FrameKind::ForwardReply,
+                        frame::archive(&too_large)?,
+                    ))
+                    .await;
+            }
+            return Err(e);
+        }
+    };
     add(&shared.metrics.forwards_served, 1);
     add(
         &peer.counters.bytes_received,
         (frame::HEADER_BYTES + request.body.len()) as u64,
     );
-    let failed = |e: &NodeError| WireForwardReply::Failed {
-        error: WireError::from_node(e, leader_addr(shared, e)),
-    };
-    let Some(inbox) = shared.inbox() else {
+    let Some(inbox) = inbox else {
         let reply = failed(&NodeError::Stopped {
             reason: "the node stopped".into(),
         });

@@ -444,6 +444,47 @@ fn a_snapshot_offer_announced_larger_than_an_offer_is_refused_from_its_header() 
 }
 
 #[test]
+fn a_forwarded_proposal_larger_than_the_node_takes_is_refused_from_its_header() {
+    use keel_transport_quic::wire::ArchivedWireForwardReply;
+    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let cluster = Cluster::with(&[2, 3, 4], &[(1, unused)], |_| {}, |_| {});
+    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
+    let metrics = cluster.transport(3).metrics().clone();
+    let before = metrics.frames_rejected(FrameRejection::TooLarge);
+    // 2 MiB announced: over the node's largest command (1 MiB), under a frame's 16 MiB.
+    let announced: u32 = 2 << 20;
+    let answer = rogue.runtime.block_on(async {
+        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+        let mut bytes = vec![StreamKind::Forward as u8];
+        bytes.extend(header(
+            announced,
+            FORMAT_VERSION,
+            FrameKind::ForwardRequest as u8,
+        ));
+        send.write_all(&bytes).await.expect("written");
+        let answer = expect_frame(&mut recv, FrameKind::ForwardReply, 1 << 20);
+        tokio::time::timeout(WAIT, answer).await
+    });
+    let answer = answer
+        .expect("answered before the body came")
+        .expect("a reply frame");
+    let reply = keel_transport_quic::frame::access::<ArchivedWireForwardReply>(&answer.body)
+        .expect("a valid reply");
+    let ArchivedWireForwardReply::Failed { error } = reply else {
+        panic!("a refusal expected");
+    };
+    let error = error.to_node();
+    assert!(
+        matches!(error, keel_engine::node::Error::TooLarge { size_bytes, .. }
+            if size_bytes == announced as usize),
+        "{error}"
+    );
+    eventually("the request is counted as too large", || {
+        metrics.frames_rejected(FrameRejection::TooLarge) > before
+    });
+}
+
+#[test]
 fn a_peer_that_stalls_inside_a_snapshot_offer_or_a_forwarded_proposal_is_given_up_on() {
     // Node 1 is a known peer that the test plays with its genuine certificate.
     let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));

@@ -133,6 +133,11 @@ impl Inbox {
         self.id
     }
 
+    /// The largest command the node takes (its `max_proposal_bytes`), forwarded ones included.
+    pub fn max_proposal_bytes(&self) -> usize {
+        self.max_proposal_bytes
+    }
+
     /// Hands the node a message. Dropped when the node is overloaded or stopped: Raft retries.
     /// A snapshot's message comes only through [`Inbox::begin_snapshot`], with its data: the
     /// node ignores one delivered here.
