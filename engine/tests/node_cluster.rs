@@ -676,6 +676,8 @@ fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
     for id in 1..=3 {
         let mut cfg = config(id, &cluster.voters);
         cfg.proposal_queue_depth = 1;
+        // The leader's driver stands still for a while: no follower may campaign meanwhile.
+        cfg.election_timeout = Duration::from_secs(2);
         let transport = Arc::new(Stalling {
             inner: cluster.net.transport(id),
             gate: std::sync::Mutex::new(false),
@@ -699,7 +701,15 @@ fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
         .encode()
     };
     // The leader's driver stops at its next send (a heartbeat), and one proposal fills the
-    // queue behind it.
+    // queue behind it. (Opened again whatever happens: a driver left waiting would hang the
+    // test's end, which stops the node.)
+    struct Reopen<'a>(&'a Stalling);
+    impl Drop for Reopen<'_> {
+        fn drop(&mut self) {
+            self.0.set_closed(false);
+        }
+    }
+    let reopen = Reopen(transport);
     transport.set_closed(true);
     let stalled = Instant::now() + WAIT;
     while !transport.stalled.load(Ordering::Relaxed) {
@@ -723,7 +733,7 @@ fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
         .expect_err("a forwarded proposal finds the queue full too");
     assert_eq!(forwarded, command("3"));
 
-    transport.set_closed(false);
+    drop(reopen);
     queued.wait(WAIT).expect("the queued proposal commits");
     let deadline = Instant::now() + WAIT;
     let taken = loop {

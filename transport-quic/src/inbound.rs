@@ -19,14 +19,25 @@ use crate::{forward, snapshot};
 /// Accepts connections until the endpoint closes, at most `handshakes_max` handshakes at once:
 /// each costs a key exchange and a task for up to the handshake timeout, and anyone can start
 /// one. (quinn's `max_incoming` counts only connections not yet accepted, which here is none.)
+/// While the handshakes are full, a dialler must first prove its address (a stateless retry):
+/// packets from forged addresses then hold no turn, and cannot keep genuine peers out.
 pub(crate) async fn run_acceptor(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(shared.cfg.handshakes_max));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(turn) = handshakes.clone().try_acquire_owned() else {
+            let incoming = if !incoming.remote_address_validated() && incoming.may_retry() {
+                match incoming.retry() {
+                    Ok(()) => continue,
+                    Err(e) => e.into_incoming(),
+                }
+            } else {
+                incoming
+            };
             shared
                 .metrics
                 .handshake_refused(HandshakeRefusal::TooManyHandshakes);
-            tracing::warn!(
+            // Counted, not logged at warn: a flood would flood the log too.
+            tracing::debug!(
                 node = shared.id,
                 remote = %incoming.remote_address(),
                 "refused a connection: too many handshakes under way"

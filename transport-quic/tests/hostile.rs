@@ -162,6 +162,7 @@ fn a_valid_certificate_for_another_id_is_refused() {
 fn one_way_proxy(
     to: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
+    forwarded: Arc<AtomicU64>,
 ) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let front = std::net::UdpSocket::bind("127.0.0.1:0").expect("bound");
     let back = std::net::UdpSocket::bind("127.0.0.1:0").expect("bound");
@@ -174,6 +175,7 @@ fn one_way_proxy(
         while !stop.load(Ordering::Relaxed) {
             if let Ok((len, _)) = front.recv_from(&mut datagram) {
                 let _ = back.send_to(&datagram[..len], to);
+                forwarded.fetch_add(1, Ordering::Relaxed);
             }
         }
     });
@@ -185,16 +187,24 @@ fn a_connection_beyond_the_handshakes_under_way_is_refused() {
     // Anyone can start a handshake, and each costs a key exchange and a task until it times out.
     let cluster = Cluster::with(&[1, 2, 3], &[], |_| {}, |q| q.handshakes_max = 1);
     cluster.leader();
+    // Nodes 1 and 2 dial node 3: their handshakes must be over before the turn is taken.
+    eventually("node 3 is connected to both peers", || {
+        cluster.transport(3).connected_peers().len() == 2
+    });
     let metrics = cluster.transport(3).metrics().clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let (proxy, forwarding) = one_way_proxy(cluster.addrs[&3], stop.clone());
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let (proxy, forwarding) = one_way_proxy(cluster.addrs[&3], stop.clone(), forwarded.clone());
     let stalled = Rogue::new(
         &cluster.ca.issue_client().expect("cert").identity,
         &cluster.ca,
     );
     let stalling = std::thread::spawn(move || stalled.dial(3, proxy));
     // The stalled handshake holds node 3's one turn until its handshake timeout (2 s).
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the stalled dial reaches node 3", || {
+        forwarded.load(Ordering::Relaxed) > 0
+    });
+    std::thread::sleep(Duration::from_millis(100));
     let client = || {
         Rogue::new(
             &cluster.ca.issue_client().expect("cert").identity,

@@ -255,7 +255,8 @@ impl<S: StateMachine> Applier<S> {
     /// applied since then add up to `SNAPSHOT_PAYBACK` times that snapshot's size: the work of
     /// snapshotting then stays a fixed share of the work of writing the log, however large the
     /// state. Past `SNAPSHOT_ENTRIES_CAP` thresholds a snapshot is taken whatever the sizes,
-    /// which bounds the log kept in memory. `force` takes one whatever the thresholds say.
+    /// which bounds the log kept in memory. `force` takes one whatever the thresholds say, though
+    /// not in the pause after a failed save.
     fn maybe_snapshot(&mut self, saves: &mut Saves, force: bool) {
         // A save that ended is reaped first: `running` then says whether one is.
         if saves
@@ -271,7 +272,8 @@ impl<S: StateMachine> Applier<S> {
         if saves.retry_at.is_some_and(|at| Instant::now() >= at) {
             saves.retry_at = None;
         }
-        let waiting_to_retry = saves.retry_at.is_some() && !force;
+        // Forced too: a damaged snapshot asks again after each refused send.
+        let waiting_to_retry = saves.retry_at.is_some();
         let due = force
             || snapshot_due(
                 self.applied.saturating_sub(self.last_snapshot),
