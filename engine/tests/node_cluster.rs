@@ -549,26 +549,31 @@ fn reads_are_linearizable_from_every_node() {
     }
 }
 
-/// Drops the appends sent to one node (`starved`, 0 for none) and nothing else: that node hears
-/// heartbeats, so it follows and its reads are answered, but it gets no entries.
-struct Starving {
-    inner: Arc<keel_engine::node::MemTransport>,
-    starved: Arc<AtomicU64>,
+/// What a test transport does to each batch of messages before the network takes it.
+trait SendHook: Send + Sync + 'static {
+    fn before_send(&self, messages: &mut Vec<Message>);
 }
 
-impl Transport for Starving {
-    fn attach(&self, inbox: keel_engine::node::Inbox) {
+/// The in-memory transport with a hook on its sends; keeps the inbox its node gave it.
+struct Hooked<H> {
+    inner: Arc<keel_engine::node::MemTransport>,
+    hook: H,
+    inbox: std::sync::Mutex<Option<Inbox>>,
+}
+
+impl<H: SendHook> Transport for Hooked<H> {
+    fn attach(&self, inbox: Inbox) {
+        *self.inbox.lock().expect("inbox") = Some(inbox.clone());
         self.inner.attach(inbox);
     }
     fn send(&self, mut messages: Vec<Message>) {
-        let starved = self.starved.load(Ordering::Relaxed);
-        messages.retain(|m| !(m.to == starved && matches!(m.body, Body::Append { .. })));
+        self.hook.before_send(&mut messages);
         self.inner.send(messages);
     }
     fn send_snapshot(&self, message: Message, data: SnapshotReader) {
         self.inner.send_snapshot(message, data);
     }
-    fn forward(&self, leader: NodeId, command: Bytes, reply: keel_engine::node::ProposalReply) {
+    fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply) {
         self.inner.forward(leader, command, reply);
     }
     fn detach(&self) {
@@ -576,27 +581,53 @@ impl Transport for Starving {
     }
 }
 
-#[test]
-fn a_read_whose_entries_never_come_fails_at_its_deadline() {
-    const READ_TIMEOUT: Duration = Duration::from_millis(300);
-    let starved = Arc::new(AtomicU64::new(0));
+/// Three nodes configured by `tweak`, each on a transport with the hook `hook` makes for it.
+fn hooked_cluster<H: SendHook>(
+    tweak: fn(&mut NodeConfig),
+    hook: impl Fn(NodeId) -> H,
+) -> (Cluster, Vec<Arc<Hooked<H>>>) {
     let mut cluster = Cluster {
         net: MemNetwork::new(),
         dir: tempfile::tempdir().expect("temp dir"),
         nodes: Vec::new(),
         voters: vec![1, 2, 3],
     };
+    let mut transports = Vec::new();
     for id in 1..=3 {
         let mut cfg = config(id, &cluster.voters);
-        cfg.command_timeout = READ_TIMEOUT;
-        let transport = Arc::new(Starving {
+        tweak(&mut cfg);
+        let transport = Arc::new(Hooked {
             inner: cluster.net.transport(id),
-            starved: starved.clone(),
+            hook: hook(id),
+            inbox: std::sync::Mutex::new(None),
         });
+        transports.push(transport.clone());
         let dir = cluster.dir.path().join(format!("node-{id}"));
         let node = Node::start(cfg, dir, transport, KvStore::default()).expect("node starts");
         cluster.nodes.push(Some(Arc::new(node)));
     }
+    (cluster, transports)
+}
+
+/// Drops the appends sent to one node (0 for none) and nothing else: that node hears
+/// heartbeats, so it follows and its reads are answered, but it gets no entries.
+struct Starve(Arc<AtomicU64>);
+
+impl SendHook for Starve {
+    fn before_send(&self, messages: &mut Vec<Message>) {
+        let starved = self.0.load(Ordering::Relaxed);
+        messages.retain(|m| !(m.to == starved && matches!(m.body, Body::Append { .. })));
+    }
+}
+
+#[test]
+fn a_read_whose_entries_never_come_fails_at_its_deadline() {
+    const READ_TIMEOUT: Duration = Duration::from_millis(300);
+    let starved = Arc::new(AtomicU64::new(0));
+    let (cluster, _) = hooked_cluster(
+        |cfg| cfg.command_timeout = READ_TIMEOUT,
+        |_| Starve(starved.clone()),
+    );
     let leader = cluster.leader();
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     cluster.converge(put(cluster.node(leader), "a", "1").expect("put"));
@@ -621,78 +652,46 @@ fn a_read_whose_entries_never_come_fails_at_its_deadline() {
     );
 }
 
-/// A transport whose sends wait while its gate is closed, holding its node's driver still, and
-/// which keeps the inbox its node gave it.
-struct Stalling {
-    inner: Arc<keel_engine::node::MemTransport>,
+/// Sends wait while the gate is closed, holding the sending thread (the driver) still.
+#[derive(Default)]
+struct Gate {
     /// Closed while true; `stalled` says a send waits at it.
-    gate: std::sync::Mutex<bool>,
+    closed: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
     stalled: AtomicBool,
-    inbox: std::sync::Mutex<Option<Inbox>>,
 }
 
-impl Stalling {
+impl Gate {
     fn set_closed(&self, closed: bool) {
-        *self.gate.lock().expect("gate") = closed;
+        *self.closed.lock().expect("gate") = closed;
         self.opened.notify_all();
     }
 }
 
-impl Transport for Stalling {
-    fn attach(&self, inbox: Inbox) {
-        *self.inbox.lock().expect("inbox") = Some(inbox.clone());
-        self.inner.attach(inbox);
-    }
-    fn send(&self, messages: Vec<Message>) {
-        let mut closed = self.gate.lock().expect("gate");
+impl SendHook for Gate {
+    fn before_send(&self, _: &mut Vec<Message>) {
+        let mut closed = self.closed.lock().expect("gate");
         while *closed {
             self.stalled.store(true, Ordering::Relaxed);
             closed = self.opened.wait(closed).expect("gate");
         }
-        drop(closed);
-        self.inner.send(messages);
-    }
-    fn send_snapshot(&self, message: Message, data: SnapshotReader) {
-        self.inner.send_snapshot(message, data);
-    }
-    fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply) {
-        self.inner.forward(leader, command, reply);
-    }
-    fn detach(&self) {
-        self.inner.detach();
     }
 }
 
 #[test]
 fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
-    let mut cluster = Cluster {
-        net: MemNetwork::new(),
-        dir: tempfile::tempdir().expect("temp dir"),
-        nodes: Vec::new(),
-        voters: vec![1, 2, 3],
-    };
-    let mut transports = Vec::new();
-    for id in 1..=3 {
-        let mut cfg = config(id, &cluster.voters);
-        cfg.proposal_queue_depth = 1;
-        // The leader's driver stands still for a while: no follower may campaign meanwhile.
-        cfg.election_timeout = Duration::from_secs(2);
-        let transport = Arc::new(Stalling {
-            inner: cluster.net.transport(id),
-            gate: std::sync::Mutex::new(false),
-            opened: std::sync::Condvar::new(),
-            stalled: AtomicBool::new(false),
-            inbox: std::sync::Mutex::new(None),
-        });
-        transports.push(transport.clone());
-        let dir = cluster.dir.path().join(format!("node-{id}"));
-        let node = Node::start(cfg, dir, transport, KvStore::default()).expect("node starts");
-        cluster.nodes.push(Some(Arc::new(node)));
-    }
+    let (cluster, transports) = hooked_cluster(
+        |cfg| {
+            cfg.proposal_queue_depth = 1;
+            // The leader's driver stands still for a while: no follower may campaign meanwhile.
+            cfg.election_timeout = Duration::from_secs(2);
+        },
+        |_| Gate::default(),
+    );
     let leader = cluster.leader();
     let node = cluster.node(leader);
     let transport = &transports[leader as usize - 1];
+    let gate = &transport.hook;
     let command = |value: &'static str| {
         KvCommand::Put {
             key: Bytes::from_static(b"k"),
@@ -703,16 +702,16 @@ fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
     // The leader's driver stops at its next send (a heartbeat), and one proposal fills the
     // queue behind it. (Opened again whatever happens: a driver left waiting would hang the
     // test's end, which stops the node.)
-    struct Reopen<'a>(&'a Stalling);
+    struct Reopen<'a>(&'a Gate);
     impl Drop for Reopen<'_> {
         fn drop(&mut self) {
             self.0.set_closed(false);
         }
     }
-    let reopen = Reopen(transport);
-    transport.set_closed(true);
+    let reopen = Reopen(gate);
+    gate.set_closed(true);
     let stalled = Instant::now() + WAIT;
-    while !transport.stalled.load(Ordering::Relaxed) {
+    while !gate.stalled.load(Ordering::Relaxed) {
         assert!(Instant::now() < stalled, "the driver never sent");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -748,59 +747,28 @@ fn a_proposal_into_a_full_queue_is_handed_back_instead_of_waiting() {
         .expect("taken once the queue has room, it commits");
 }
 
-/// A transport whose driver-side sends panic once `armed`: a bug in the driver, on demand.
-struct Panicking {
-    inner: Arc<keel_engine::node::MemTransport>,
-    armed: AtomicBool,
-}
+/// Sends from the driver panic once armed: a bug in the driver, on demand.
+#[derive(Default)]
+struct DriverPanic(AtomicBool);
 
-impl Transport for Panicking {
-    fn attach(&self, inbox: Inbox) {
-        self.inner.attach(inbox);
-    }
-    fn send(&self, messages: Vec<Message>) {
+impl SendHook for DriverPanic {
+    fn before_send(&self, _: &mut Vec<Message>) {
         let on_driver = std::thread::current()
             .name()
             .is_some_and(|name| name.starts_with("keel-driver"));
-        assert!(!(on_driver && self.armed.load(Ordering::Relaxed)), "armed");
-        self.inner.send(messages);
-    }
-    fn send_snapshot(&self, message: Message, data: SnapshotReader) {
-        self.inner.send_snapshot(message, data);
-    }
-    fn forward(&self, leader: NodeId, command: Bytes, reply: ProposalReply) {
-        self.inner.forward(leader, command, reply);
-    }
-    fn detach(&self) {
-        self.inner.detach();
+        assert!(!(on_driver && self.0.load(Ordering::Relaxed)), "armed");
     }
 }
 
 #[test]
 fn a_leader_whose_driver_panics_no_longer_says_it_leads() {
-    let mut cluster = Cluster {
-        net: MemNetwork::new(),
-        dir: tempfile::tempdir().expect("temp dir"),
-        nodes: Vec::new(),
-        voters: vec![1, 2, 3],
-    };
-    let mut transports = Vec::new();
-    for id in 1..=3 {
-        let transport = Arc::new(Panicking {
-            inner: cluster.net.transport(id),
-            armed: AtomicBool::new(false),
-        });
-        transports.push(transport.clone());
-        let dir = cluster.dir.path().join(format!("node-{id}"));
-        let cfg = config(id, &cluster.voters);
-        let node = Node::start(cfg, dir, transport, KvStore::default()).expect("node starts");
-        cluster.nodes.push(Some(Arc::new(node)));
-    }
+    let (cluster, transports) = hooked_cluster(|_| {}, |_| DriverPanic::default());
     let leader = cluster.leader();
     let node = cluster.node(leader);
     let events = node.subscribe();
     transports[leader as usize - 1]
-        .armed
+        .hook
+        .0
         .store(true, Ordering::Relaxed);
     let deadline = Instant::now() + WAIT;
     loop {

@@ -140,16 +140,8 @@ pub(crate) async fn serve(
     let request = match request {
         Ok(request) => request,
         Err(e) => {
-            if let FrameError::TooLarge {
-                body_bytes,
-                max_bytes,
-            } = e
-            {
-                // Refused definitely, as the node would have: the proposal was never made.
-                let too_large = failed(&NodeError::TooLarge {
-                    size_bytes: body_bytes,
-                    max_bytes,
-                });
+            if let Some(too_large) = e.as_too_large() {
+                let too_large = failed(&too_large);
                 let _ = shared
                     .within_handshake(frame::write_frame(
                         &mut send,

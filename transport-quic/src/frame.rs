@@ -124,6 +124,21 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// A request refused for its size, as the node would have refused its command: a definite
+    /// answer for the client or peer that sent it (the request was never made).
+    pub(crate) fn as_too_large(&self) -> Option<keel_engine::node::Error> {
+        match *self {
+            FrameError::TooLarge {
+                body_bytes,
+                max_bytes,
+            } => Some(keel_engine::node::Error::TooLarge {
+                size_bytes: body_bytes,
+                max_bytes,
+            }),
+            _ => None,
+        }
+    }
+
     /// The counter this failure increments; `None` for failures that are not the input's fault.
     pub fn rejection(&self) -> Option<FrameRejection> {
         Some(match self {

@@ -52,15 +52,7 @@ async fn serve_request(
     let (request, room) = match request {
         Ok(request) => request,
         Err(e) => {
-            if let FrameError::TooLarge {
-                body_bytes,
-                max_bytes,
-            } = e
-            {
-                let too_large = NodeError::TooLarge {
-                    size_bytes: body_bytes,
-                    max_bytes,
-                };
+            if let Some(too_large) = e.as_too_large() {
                 refuse(shared, &mut send, &too_large).await;
             }
             return Err(e);
