@@ -1781,23 +1781,28 @@ fn a_save_that_ends_while_a_newer_snapshot_installs_leaves_the_node_running() {
     assert!(status.snapshot_index > first, "{status:?}");
 }
 
-#[test]
-fn a_snapshot_whose_save_failed_is_tried_again_without_new_entries() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let net = MemNetwork::new();
-    let gates = Arc::new(Gates {
-        failing_saves: AtomicU64::new(1),
-        held_one: AtomicBool::new(true),
-        ..Gates::default()
-    });
+/// A lone node over a [`Gated`] state machine, a snapshot due every 20 entries, once it leads.
+fn lone_gated_leader(gates: &Arc<Gates>, dir: &std::path::Path) -> Node<Gated> {
     let mut cfg = config(1, &[1]);
     cfg.snapshot_threshold_entries = 20;
     let sm = Gated {
         gates: Some(gates.clone()),
         ..Gated::default()
     };
-    let node = Node::start(cfg, dir.path(), net.transport(1), sm).expect("node starts");
+    let node = Node::start(cfg, dir, MemNetwork::new().transport(1), sm).expect("node starts");
     node.wait_for_leader(WAIT).expect("a leader");
+    node
+}
+
+#[test]
+fn a_snapshot_whose_save_failed_is_tried_again_without_new_entries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gates = Arc::new(Gates {
+        failing_saves: AtomicU64::new(1),
+        held_one: AtomicBool::new(true),
+        ..Gates::default()
+    });
+    let node = lone_gated_leader(&gates, dir.path());
     let last = propose_and_apply(&node, 25);
     // The first save fails; the failed one counted as taken, so the next waited for another
     // threshold of entries, and the log went uncompacted for as long.
@@ -1820,16 +1825,8 @@ fn a_snapshot_whose_save_failed_is_tried_again_without_new_entries() {
 #[test]
 fn a_snapshot_due_while_another_is_saved_is_taken_when_that_one_ends() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let net = MemNetwork::new();
     let gates = Arc::new(Gates::default());
-    let mut cfg = config(1, &[1]);
-    cfg.snapshot_threshold_entries = 20;
-    let sm = Gated {
-        gates: Some(gates.clone()),
-        ..Gated::default()
-    };
-    let node = Node::start(cfg, dir.path(), net.transport(1), sm).expect("node starts");
-    node.wait_for_leader(WAIT).expect("a leader");
+    let node = lone_gated_leader(&gates, dir.path());
     let propose = |count: usize| propose_and_apply(&node, count);
     propose(25);
     gates.save_waiting.wait("the first save starts");

@@ -379,17 +379,21 @@ fn damage_from_a_synced_group_into_the_last_one_is_refused() {
     assert_unchanged(fx.last(), &damaged);
 }
 
+/// An entry of about 1 KiB.
+fn big(index: Index) -> Entry {
+    Entry {
+        index,
+        term: 1,
+        payload: Payload::Command(Bytes::from(vec![index as u8; 1000])),
+    }
+}
+
 #[test]
 fn a_lost_page_inside_a_large_last_write_is_a_torn_tail() {
     // A group of 16 KiB, one of whose 4 KiB pages never reached the disk while the rest did,
     // in a segment zero-filled ahead of use.
     let tmp = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
-    let big = |index: Index| Entry {
-        index,
-        term: 1,
-        payload: Payload::Command(Bytes::from(vec![index as u8; 1000])),
-    };
     for index in 1..=5 {
         wal.append(&Write {
             entries: vec![big(index)],
@@ -431,11 +435,6 @@ fn a_torn_group_written_after_a_torn_tail_was_cut_is_a_torn_tail_too() {
     // lost page), the second the first group written after that.
     let tmp = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
-    let big = |index: Index| Entry {
-        index,
-        term: 1,
-        payload: Payload::Command(Bytes::from(vec![index as u8; 1000])),
-    };
     let write = |wal: &mut Wal, indexes: std::ops::RangeInclusive<Index>| {
         wal.append(&Write {
             entries: indexes.map(big).collect(),
