@@ -429,25 +429,44 @@ fn malformed_frames_close_only_their_stream_and_the_node_keeps_serving() {
     cluster.converge(index);
 }
 
+/// Nodes 2, 3 and 4, whose address books also name node 1; the test plays node 1 with its
+/// genuine certificate, connected to node 3.
+fn played_peer_1(
+    quic_tweak: fn(&mut keel_transport_quic::QuicConfig),
+) -> (Cluster, Rogue, quinn::Connection) {
+    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let cluster = Cluster::with(&[2, 3, 4], &[(1, unused)], |_| {}, quic_tweak);
+    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
+    (cluster, rogue, conn)
+}
+
+/// Opens a `stream` and sends only the header of its first frame, a `kind` of `len` bytes.
+async fn announce(
+    conn: &quinn::Connection,
+    stream: StreamKind,
+    kind: FrameKind,
+    len: u32,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = conn.open_bi().await.expect("a stream");
+    let mut bytes = vec![stream as u8];
+    bytes.extend(header(len, FORMAT_VERSION, kind as u8));
+    send.write_all(&bytes).await.expect("written");
+    (send, recv)
+}
+
 #[test]
 fn a_snapshot_offer_announced_larger_than_an_offer_is_refused_from_its_header() {
-    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-    let cluster = Cluster::with(&[2, 3, 4], &[(1, unused)], |_| {}, |_| {});
-    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
+    let (cluster, rogue, conn) = played_peer_1(|_| {});
     let metrics = cluster.transport(3).metrics().clone();
     let before = metrics.frames_rejected(FrameRejection::TooLarge);
     // 8 MiB announced, under a frame's 16 MiB: the node held what came of it, on each stream.
-    let _held = rogue.runtime.block_on(async {
-        let (mut send, recv) = conn.open_bi().await.expect("a stream");
-        let mut bytes = vec![StreamKind::Snapshot as u8];
-        bytes.extend(header(
-            8 << 20,
-            FORMAT_VERSION,
-            FrameKind::SnapshotOffer as u8,
-        ));
-        send.write_all(&bytes).await.expect("written");
-        (send, recv)
-    });
+    let offer = announce(
+        &conn,
+        StreamKind::Snapshot,
+        FrameKind::SnapshotOffer,
+        8 << 20,
+    );
+    let _held = rogue.runtime.block_on(offer);
     eventually("the offer is refused as too large", || {
         metrics.frames_rejected(FrameRejection::TooLarge) > before
     });
@@ -456,22 +475,19 @@ fn a_snapshot_offer_announced_larger_than_an_offer_is_refused_from_its_header() 
 #[test]
 fn a_forwarded_proposal_larger_than_the_node_takes_is_refused_from_its_header() {
     use keel_transport_quic::wire::ArchivedWireForwardReply;
-    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-    let cluster = Cluster::with(&[2, 3, 4], &[(1, unused)], |_| {}, |_| {});
-    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
+    let (cluster, rogue, conn) = played_peer_1(|_| {});
     let metrics = cluster.transport(3).metrics().clone();
     let before = metrics.frames_rejected(FrameRejection::TooLarge);
     // 2 MiB announced: over the node's largest command (1 MiB), under a frame's 16 MiB.
     let announced: u32 = 2 << 20;
     let answer = rogue.runtime.block_on(async {
-        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
-        let mut bytes = vec![StreamKind::Forward as u8];
-        bytes.extend(header(
+        let (_send, mut recv) = announce(
+            &conn,
+            StreamKind::Forward,
+            FrameKind::ForwardRequest,
             announced,
-            FORMAT_VERSION,
-            FrameKind::ForwardRequest as u8,
-        ));
-        send.write_all(&bytes).await.expect("written");
+        )
+        .await;
         let answer = expect_frame(&mut recv, FrameKind::ForwardReply, 1 << 20);
         tokio::time::timeout(WAIT, answer).await
     });
@@ -496,15 +512,7 @@ fn a_forwarded_proposal_larger_than_the_node_takes_is_refused_from_its_header() 
 
 #[test]
 fn a_peer_that_stalls_inside_a_snapshot_offer_or_a_forwarded_proposal_is_given_up_on() {
-    // Node 1 is a known peer that the test plays with its genuine certificate.
-    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-    let cluster = Cluster::with(
-        &[2, 3, 4],
-        &[(1, unused)],
-        |_| {},
-        |q| q.handshake_timeout = Duration::from_secs(1),
-    );
-    let (rogue, conn) = Rogue::peer_of(&cluster, 1, 3);
+    let (cluster, rogue, conn) = played_peer_1(|q| q.handshake_timeout = Duration::from_secs(1));
     let metrics = cluster.transport(3).metrics().clone();
     let idle_before = metrics.frames_rejected(FrameRejection::Idle);
     // Each stream announces its first frame and sends half of it.
@@ -515,11 +523,8 @@ fn a_peer_that_stalls_inside_a_snapshot_offer_or_a_forwarded_proposal_is_given_u
     let _held = rogue.runtime.block_on(async {
         let mut held = Vec::new();
         for (stream, kind) in stalled {
-            let (mut send, recv) = conn.open_bi().await.expect("a stream");
-            let mut bytes = vec![stream as u8];
-            bytes.extend(header(1000, FORMAT_VERSION, kind as u8));
-            bytes.resize(bytes.len() + 500, 0);
-            send.write_all(&bytes).await.expect("written");
+            let (mut send, recv) = announce(&conn, stream, kind, 1000).await;
+            send.write_all(&[0; 500]).await.expect("written");
             held.push((send, recv));
         }
         held
