@@ -678,7 +678,16 @@ impl Wal {
         self.active_written_bytes = 0;
         self.segments.push(SegmentMeta { seq, first_index });
         self.dir_unsynced = true;
-        self.begin_segment(seq, first_index)
+        self.begin_segment(seq, first_index)?;
+        // The header and checkpoint are made durable, with the segment's name, before any group
+        // goes in. Written and synced with the first group instead, a power loss could keep a
+        // later page of that group and lose the header's page: a segment with a bad header and
+        // valid records after it, which recovery must refuse as damage, not cut as a torn tail.
+        // One more fdatasync per segment.
+        self.write_buf()?;
+        self.sync_data()?;
+        self.sync_dir()?;
+        self.record_durable()
     }
 
     /// Cuts the unused zeros off the segment being sealed, durably, before the next segment

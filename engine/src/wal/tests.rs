@@ -198,14 +198,15 @@ fn a_sync_counts_the_fdatasyncs_of_the_rollovers_before_it() {
     wal.append(&entries(1..=1, 1)).unwrap();
     wal.sync().unwrap();
     let before = wal.segment_paths().len();
-    // Some 100-byte entries to a 2 KiB segment: several rollovers, each sealing its segment.
+    // Some 100-byte entries to a 2 KiB segment: several rollovers, each sealing its segment and
+    // making the next one's header durable.
     for i in 2..=60 {
         wal.append(&entries(i..=i, 1)).unwrap();
     }
     let stats = wal.sync().unwrap();
     let rollovers = wal.segment_paths().len() - before;
     assert!(rollovers >= 2, "{rollovers} rollovers");
-    assert_eq!(stats.fdatasyncs as usize, rollovers + 1);
+    assert_eq!(stats.fdatasyncs as usize, 2 * rollovers + 1);
 }
 
 #[test]
@@ -762,6 +763,53 @@ fn a_power_loss_keeps_exactly_what_was_synced() {
     let (_, rec) = Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap();
     assert_eq!(rec.entries.last().map(|e| e.index), Some(5));
     assert_eq!(rec.torn_tail, None, "cut at a record boundary");
+}
+
+/// A power loss during a sync that began with the log durable up to `durable`, in which the
+/// first page written past that point is lost and every later page reached the disk: a disk
+/// writes pages back in any order until an fdatasync returns.
+fn lose_the_first_unsynced_page(dir: &Path, durable: ledger::DurablePoint) {
+    const PAGE: u64 = 4096;
+    let (seq, from) = match recovery::list_segments(dir).unwrap().last() {
+        Some(&last) if last > durable.seq => (last, 0),
+        _ => (durable.seq, durable.len_bytes),
+    };
+    let path = segment::segment_path(dir, seq);
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let lost = PAGE - from % PAGE;
+    file.write_all_at(&vec![0; lost as usize], from).unwrap();
+}
+
+#[test]
+fn a_rollover_makes_the_new_segment_s_header_durable_before_its_first_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        segment_bytes_max: 32 * 1024,
+        ..with_ledger(SyncMode::Fdatasync)
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let write = |range: std::ops::RangeInclusive<Index>, payload_bytes| Write {
+        entries: range.map(|i| entry(i, 1, payload_bytes)).collect(),
+        ..Write::default()
+    };
+    // Less than a page left in the first segment...
+    let mut next = 1;
+    while wal.active_written_bytes + 4096 < opts.segment_bytes_max {
+        wal.append(&write(next..=next, 1000)).unwrap();
+        wal.sync().unwrap();
+        next += 1;
+    }
+    // ...so that a group of four pages begins the second; a power loss cuts its sync short.
+    wal.append(&write(next..=next + 2, 5000)).unwrap();
+    assert_eq!(wal.segment_paths().len(), 2, "the group rolled over");
+    let durable = ledger::read_durable_point(dir.path()).unwrap().unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    lose_the_first_unsynced_page(dir.path(), durable);
+
+    let (_, rec) = Wal::open(dir.path(), opts).unwrap();
+    assert!(rec.torn_tail.is_some(), "the group is a torn tail");
+    assert_eq!(rec.entries, write(1..=next - 1, 1000).entries);
 }
 
 #[test]
