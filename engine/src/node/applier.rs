@@ -395,22 +395,47 @@ const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 /// A read or wait, and when it fails if its index is not applied by then.
 type WaitingRead = (Completer<Index>, Option<Instant>);
 
+/// Waiters are looked over for abandoned ones once there are this many, and again each time
+/// their number has doubled since.
+const SWEEP_WAITERS_MIN: usize = 1024;
+
 /// Reads and waits for an index not applied yet, by index.
 #[derive(Default)]
 struct Waiting {
     by_index: BTreeMap<Index, Vec<WaitingRead>>,
+    len: usize,
     /// How many of them have a deadline.
     with_deadline: usize,
     last_expiry: Option<Instant>,
+    /// How many were left after the last sweep.
+    swept_to: usize,
 }
 
 impl Waiting {
     fn push(&mut self, index: Index, reply: Completer<Index>, deadline: Option<Instant>) {
         self.with_deadline += usize::from(deadline.is_some());
+        self.len += 1;
         self.by_index
             .entry(index)
             .or_default()
             .push((reply, deadline));
+        if self.len >= SWEEP_WAITERS_MIN.max(2 * self.swept_to) {
+            self.sweep();
+        }
+    }
+
+    /// Drops the waiters whose caller has dropped its handle. A `wait_applied` has no deadline:
+    /// on a node that never reaches its index (removed, or cut off for good), callers that gave
+    /// up would otherwise each leave a waiter here until the node stops. Amortized by `push`.
+    fn sweep(&mut self) {
+        for replies in self.by_index.values_mut() {
+            replies.retain(|(reply, _)| !reply.is_abandoned());
+        }
+        self.by_index.retain(|_, replies| !replies.is_empty());
+        let kept = self.by_index.values().flatten();
+        self.with_deadline = kept.clone().filter(|(_, d)| d.is_some()).count();
+        self.len = kept.count();
+        self.swept_to = self.len;
     }
 
     /// Completes those whose index is now applied, in index order.
@@ -420,6 +445,7 @@ impl Waiting {
                 break;
             }
             for (reply, deadline) in entry.remove() {
+                self.len -= 1;
                 self.with_deadline -= usize::from(deadline.is_some());
                 reply.complete(Ok(applied));
             }
@@ -446,6 +472,7 @@ impl Waiting {
             while i < replies.len() {
                 if replies[i].1.is_some_and(|d| d <= now) {
                     let (reply, _) = replies.swap_remove(i);
+                    self.len -= 1;
                     self.with_deadline -= 1;
                     reply.complete(Err(Error::Timeout));
                 } else {
@@ -544,6 +571,27 @@ mod tests {
         assert!(snapshot_due(150, 3_000, 1_000, 100, 150));
         assert!(!snapshot_due(1_199, 0, 1_000, 100, 150));
         assert!(snapshot_due(1_200, 0, 1_000, 100, 150));
+    }
+
+    #[test]
+    fn waiters_whose_callers_gave_up_are_dropped_as_more_come() {
+        let mut waiting = Waiting::default();
+        let mut held = Vec::new();
+        for i in 0..10 * SWEEP_WAITERS_MIN {
+            let (handle, reply) = super::super::pending::pending();
+            waiting.push(1_000, reply, None);
+            // One caller in a hundred still waits; the rest gave up and dropped their handle.
+            if i % 100 == 0 {
+                held.push(handle);
+            }
+        }
+        let left: usize = waiting.by_index.values().map(Vec::len).sum();
+        assert!(left < 2 * SWEEP_WAITERS_MIN, "{left} waiters left");
+        assert_eq!(waiting.len, left);
+        // Those still held are answered.
+        waiting.complete_through(1_000);
+        assert!(held.iter().all(|h| h.try_get() == Some(Ok(1_000))));
+        assert_eq!(waiting.len, 0);
     }
 
     #[test]

@@ -58,6 +58,13 @@ pub(crate) fn pending<T>() -> (Pending<T>, Completer<T>) {
 }
 
 impl<T> Completer<T> {
+    /// Whether the caller has dropped its handle, so that nobody would see the result.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_none_or(|slot| Arc::strong_count(slot) == 1)
+    }
+
     pub(crate) fn complete(mut self, result: Result<T, Error>) {
         if let Some(slot) = self.slot.take() {
             let waker = {
