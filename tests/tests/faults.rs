@@ -211,7 +211,8 @@ fn a_failed_fsync_stops_the_node_and_the_cluster_carries_on() {
 #[test]
 fn power_loss_keeps_every_synced_write() {
     let _serial = serial();
-    // kill -9, then every log write not yet fsynced is thrown away before the restart.
+    // kill -9, then each page of the log writes not yet fsynced is kept or lost before the
+    // restart: recovery must cut what is torn and keep every acknowledged write.
     let schedule = sequence(vec![
         (Fault::PowerLossFollower, 800),
         (Fault::PowerLossLeader, 800),

@@ -130,6 +130,55 @@ pub fn cut_to_durable(dir: &Path) -> Result<PowerLoss, WalError> {
     cut_after(dir, durable, false)
 }
 
+/// The unit in which [`lose_pages_after`] has a disk keep or lose what was not synced.
+pub const PAGE_BYTES: u64 = 4096;
+
+/// Simulates a power loss, on the (stopped) log in `dir`, in which the disk wrote back only some
+/// of what was not synced: what `durable` covers stays, and every page written after it either
+/// reached the disk or reads back as zeros, as `reached` decides page by page (a disk writes
+/// unsynced pages back in any order, until an `fdatasync` returns). Harsher than
+/// [`cut_to_durable`]: recovery must tell each of these from damage.
+pub fn lose_pages_after(
+    dir: &Path,
+    durable: DurablePoint,
+    mut reached: impl FnMut() -> bool,
+) -> Result<PowerLoss, WalError> {
+    let mut loss = PowerLoss {
+        durable,
+        ..PowerLoss::default()
+    };
+    for seq in list_segments(dir)? {
+        let from = match seq.cmp(&durable.seq) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Equal => durable.len_bytes,
+            std::cmp::Ordering::Greater => 0,
+        };
+        let path = segment_path(dir, seq);
+        let bytes = fs::read(&path).map_err(io_error("read a segment", &path))?;
+        // Past the last byte written there is nothing to lose.
+        let end = bytes
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |at| at as u64 + 1);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open a segment to damage", &path))?;
+        let mut page = from;
+        while page < end {
+            let next = ((page / PAGE_BYTES + 1) * PAGE_BYTES).min(end);
+            if !reached() {
+                let zeros = vec![0; (next - page) as usize];
+                file.write_all_at(&zeros, page)
+                    .map_err(io_error("lose a page", &path))?;
+                loss.bytes_dropped += next - page;
+            }
+            page = next;
+        }
+    }
+    Ok(loss)
+}
+
 /// Cuts the log in `dir` to `durable`: the durable segment to its durable length, every newer
 /// segment removed. With `sync`, a cut segment is synced (the caller syncs the directory).
 pub(super) fn cut_after(

@@ -766,18 +766,10 @@ fn a_power_loss_keeps_exactly_what_was_synced() {
 }
 
 /// A power loss during a sync that began with the log durable up to `durable`, in which the
-/// first page written past that point is lost and every later page reached the disk: a disk
-/// writes pages back in any order until an fdatasync returns.
+/// first page written past that point is lost and every later page reached the disk.
 fn lose_the_first_unsynced_page(dir: &Path, durable: ledger::DurablePoint) {
-    const PAGE: u64 = 4096;
-    let (seq, from) = match recovery::list_segments(dir).unwrap().last() {
-        Some(&last) if last > durable.seq => (last, 0),
-        _ => (durable.seq, durable.len_bytes),
-    };
-    let path = segment::segment_path(dir, seq);
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    let lost = PAGE - from % PAGE;
-    file.write_all_at(&vec![0; lost as usize], from).unwrap();
+    let mut first = true;
+    ledger::lose_pages_after(dir, durable, || !std::mem::replace(&mut first, false)).unwrap();
 }
 
 #[test]
@@ -792,16 +784,22 @@ fn a_rollover_makes_the_new_segment_s_header_durable_before_its_first_group() {
         entries: range.map(|i| entry(i, 1, payload_bytes)).collect(),
         ..Write::default()
     };
-    // Less than a page left in the first segment...
+    // Too little room left in the active segment (the first, or a spare the log moved to)...
     let mut next = 1;
-    while wal.active_written_bytes + 4096 < opts.segment_bytes_max {
+    while wal.active_written_bytes + 5100 < opts.segment_bytes_max {
         wal.append(&write(next..=next, 1000)).unwrap();
         wal.sync().unwrap();
         next += 1;
     }
-    // ...so that a group of four pages begins the second; a power loss cuts its sync short.
+    // ...for a group of three entries over four pages: it begins the next; a power loss cuts its
+    // sync short.
+    let segments = wal.segment_paths().len();
     wal.append(&write(next..=next + 2, 5000)).unwrap();
-    assert_eq!(wal.segment_paths().len(), 2, "the group rolled over");
+    assert_eq!(
+        wal.segment_paths().len(),
+        segments + 1,
+        "the group rolled over"
+    );
     let durable = ledger::read_durable_point(dir.path()).unwrap().unwrap();
     wal.sync().unwrap();
     drop(wal);

@@ -16,6 +16,8 @@ use keel_engine::node::NodeConfig;
 use keel_engine::wal::ledger::{self, PowerLoss};
 use keel_transport_quic::certs::{load_ca_pem, write_dev_certs, CertPaths, Identity};
 use keel_transport_quic::{KvClient, KvClientConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 use super::network::Network;
@@ -362,12 +364,24 @@ impl Cluster {
         self.node(id).start()
     }
 
-    /// Kills node `id` and throws away every log write it had not synced, as a power loss
-    /// would; it stays down until restarted.
-    pub fn power_loss(&mut self, id: NodeId) -> Result<PowerLoss, HarnessError> {
+    /// Kills node `id` and has its disk lose log writes it had not synced, as a power loss
+    /// would: each page written since the log's last sync reached the disk or not, as `seed`
+    /// decides (a disk writes pages back in any order). It stays down until restarted. A node
+    /// that never syncs (`unsafe_no_fsync`) loses its whole log, as that mode risks.
+    pub fn power_loss(&mut self, id: NodeId, seed: u64) -> Result<PowerLoss, HarnessError> {
         self.node(id).kill();
         let wal = self.data_dir(id).join("wal");
-        ledger::cut_to_durable(&wal).map_err(|e| HarnessError::Setup(e.to_string()))
+        let setup = |e: keel_engine::wal::WalError| HarnessError::Setup(e.to_string());
+        if self.opts.unsafe_no_fsync {
+            return ledger::cut_to_durable(&wal).map_err(setup);
+        }
+        let durable = ledger::read_durable_point(&wal)
+            .map_err(setup)?
+            .ok_or_else(|| {
+                HarnessError::Setup(format!("{} keeps no sync ledger", wal.display()))
+            })?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        ledger::lose_pages_after(&wal, durable, || rng.random_bool(0.5)).map_err(setup)
     }
 
     /// A spare that is not a member yet.

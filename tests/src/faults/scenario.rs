@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use keel_engine::core::NodeId;
 use keel_engine::kv::Consistency;
 use rand::seq::IndexedRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::cluster::{Agreement, Cluster, ClusterOptions};
@@ -506,7 +506,7 @@ impl Injector<'_> {
                 } else {
                     f
                 };
-                let loss = cluster.power_loss(n)?;
+                let loss = cluster.power_loss(n, self.rng.random())?;
                 self.note(format!(
                     "node {n}: power loss dropped {} bytes",
                     loss.bytes_dropped
@@ -515,7 +515,7 @@ impl Injector<'_> {
             }
             Fault::PowerLossAll => {
                 for &n in &members {
-                    let loss = cluster.power_loss(n)?;
+                    let loss = cluster.power_loss(n, self.rng.random())?;
                     self.note(format!(
                         "node {n}: power loss dropped {} bytes",
                         loss.bytes_dropped
