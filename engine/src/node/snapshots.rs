@@ -208,6 +208,17 @@ struct Reading {
 }
 
 impl Reading {
+    /// Marks the snapshot damaged, unless a save at its index replaced the file since (and
+    /// never lowering a newer mark); the error to return.
+    fn found_damaged(&self, e: &io::Error) -> io::Error {
+        let index = self.counted.index;
+        tracing::error!(index, error = %e, "this node's own snapshot is damaged");
+        if self.still_in_place() {
+            self.damaged.fetch_max(index, Ordering::AcqRel);
+        }
+        damaged(format!("snapshot {index}: {e}"))
+    }
+
     fn still_in_place(&self) -> bool {
         use std::os::unix::fs::MetadataExt as _;
         let (Ok(open), Ok(named)) = (self.file.metadata(), fs::metadata(&self.path)) else {
@@ -222,7 +233,17 @@ impl io::Read for Reading {
         if self.data_left > 0 {
             let want =
                 usize::try_from(self.data_left).map_or(buf.len(), |left| left.min(buf.len()));
-            let n = self.file.read(&mut buf[..want])?;
+            // A file that cannot be read through (a medium error, say) is as damaged as one
+            // whose checksum is wrong: left unmarked, it would be offered again and again.
+            let n = match self.file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    let cut = io::Error::new(io::ErrorKind::UnexpectedEof, "file cut short");
+                    return Err(self.found_damaged(&cut));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+                Err(e) => return Err(self.found_damaged(&e)),
+            };
             self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
             self.data_left -= n as u64;
             return Ok(n);
@@ -234,14 +255,7 @@ impl io::Read for Reading {
                 .read_exact(&mut found)
                 .and_then(|()| check_trailer(&found, self.crc, self.data_bytes));
             if let Err(e) = checked {
-                let index = self.counted.index;
-                tracing::error!(index, error = %e, "this node's own snapshot is damaged");
-                // Only if the file is still the snapshot at its index (a save at that index may
-                // have replaced it while this one streamed), and never lowering a newer mark.
-                if self.still_in_place() {
-                    self.damaged.fetch_max(index, Ordering::AcqRel);
-                }
-                return Err(damaged(format!("snapshot {index}: {e}")));
+                return Err(self.found_damaged(&e));
             }
             self.trailer = Some((found, 0));
         }
@@ -581,6 +595,30 @@ mod tests {
                 "{what}: {refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_read_through_as_it_streams_is_marked_damaged_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _record) = store_recording(dir.path(), 0);
+        let data = vec![3; 100_000];
+        // Cut short under a reader that opened it whole.
+        store.save(5, &mut Fixed(data.clone())).unwrap();
+        let mut reader = store.reader(5).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(store.path(5));
+        file.unwrap().set_len(50_000).unwrap();
+        let streamed = io::Read::read_to_end(&mut reader, &mut Vec::new());
+        assert!(streamed.is_err_and(|e| e.kind() == io::ErrorKind::InvalidData));
+        assert_eq!(store.damaged(), Some(5));
+        // A read that fails: a directory in the file's place opens, and reads fail (EISDIR), as
+        // reads from a bad sector would.
+        store.save(7, &mut Fixed(data)).unwrap();
+        assert_eq!(store.damaged(), None);
+        fs::remove_file(store.path(7)).unwrap();
+        fs::create_dir(store.path(7)).unwrap();
+        let streamed = io::Read::read_to_end(&mut store.reader(7).unwrap(), &mut Vec::new());
+        assert!(streamed.is_err_and(|e| e.kind() == io::ErrorKind::InvalidData));
+        assert_eq!(store.damaged(), Some(7), "not offered again");
     }
 
     #[test]
