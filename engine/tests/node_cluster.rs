@@ -1602,6 +1602,8 @@ struct Gates {
     held_one: std::sync::atomic::AtomicBool,
     /// Saves still to fail (as on a full disk), before any is held.
     failing_saves: AtomicU64,
+    /// Whether `apply` fails, as a broken state machine would.
+    failing_apply: AtomicBool,
 }
 
 /// A one-shot flag a thread can wait on, bounded.
@@ -1641,6 +1643,15 @@ impl keel_engine::node::StateMachine for Gated {
         &mut self,
         commands: &[keel_engine::node::Command<'_>],
     ) -> Result<Vec<Bytes>, keel_engine::node::StateMachineError> {
+        if self
+            .gates
+            .as_ref()
+            .is_some_and(|g| g.failing_apply.load(Ordering::SeqCst))
+        {
+            return Err(keel_engine::node::StateMachineError(
+                "broken (the test's)".into(),
+            ));
+        }
         for c in commands {
             self.applied.push(c.data.clone());
             self.index = c.index;
@@ -1792,6 +1803,34 @@ fn lone_gated_leader(gates: &Arc<Gates>, dir: &std::path::Path) -> Node<Gated> {
     let node = Node::start(cfg, dir, MemNetwork::new().transport(1), sm).expect("node starts");
     node.wait_for_leader(WAIT).expect("a leader");
     node
+}
+
+#[test]
+fn a_node_whose_state_machine_failed_stops_only_once_its_snapshot_save_has_ended() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gates = Arc::new(Gates::default());
+    let node = lone_gated_leader(&gates, dir.path());
+    propose_and_apply(&node, 25);
+    gates.save_waiting.wait("a save starts");
+    gates.failing_apply.store(true, Ordering::SeqCst);
+    assert!(node.propose("boom").wait_applied(WAIT).is_err());
+    // The save, still writing into the node's directory, ends a moment later: a node stopped
+    // before then could be started again in the directory while the save wrote there.
+    let released = Arc::new(AtomicBool::new(false));
+    let release = {
+        let (gates, released) = (gates.clone(), released.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            released.store(true, Ordering::SeqCst);
+            gates.release_save.raise();
+        })
+    };
+    node.stop();
+    assert!(
+        released.load(Ordering::SeqCst),
+        "stop() returned while the save still ran"
+    );
+    release.join().expect("releases");
 }
 
 #[test]

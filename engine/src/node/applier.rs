@@ -107,7 +107,7 @@ impl<S: StateMachine> Applier<S> {
                     if let Err(reason) = self.apply(entries, replies) {
                         tracing::error!(%reason, "state machine failed; the node stops");
                         let _ = self.events.send(ApplierEvent::Failed(reason));
-                        return;
+                        break;
                     }
                     self.maybe_snapshot(&mut snapshotting, false);
                 }
@@ -126,7 +126,7 @@ impl<S: StateMachine> Applier<S> {
                     if let Err(reason) = self.install(&meta, data) {
                         tracing::error!(%reason, "installing a snapshot failed; the node stops");
                         let _ = self.events.send(ApplierEvent::Failed(reason));
-                        return;
+                        break;
                     }
                 }
                 Some(ApplyTask::ReplaceSnapshot { damaged }) => {
@@ -140,6 +140,8 @@ impl<S: StateMachine> Applier<S> {
             waiting.complete_through(self.applied);
             waiting.expire();
         }
+        // Also when the state machine failed: a save still writing its file must end before the
+        // node says it stopped, or a node started again in the directory would race it.
         if let Some(save) = snapshotting.running {
             let _ = save.thread.join();
         }
