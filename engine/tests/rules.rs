@@ -807,13 +807,13 @@ fn a_joint_configuration_that_commits_during_a_transfer_is_left_when_the_transfe
     c.campaign(1).expect("node 1 votes");
     c.deliver_all();
     assert_eq!(c.core(1).role(), Role::Leader);
-    // Node 3 is down, so a transfer to it stays under way until it is abandoned.
-    c.crash(3);
+    // Node 4 is down, so a transfer to it stays under way until it is abandoned.
+    c.crash(4);
     let joint = c
         .with_core(1, |core| core.propose_membership(&voters(&[1, 4, 5])))
         .expect("two voters replaced: joint");
-    c.with_core(1, |core| core.transfer_leadership(3))
-        .expect("a transfer to node 3");
+    c.with_core(1, |core| core.transfer_leadership(4))
+        .expect("a transfer to node 4");
     c.deliver_all();
     let leader = c.core(1);
     assert!(
@@ -837,6 +837,36 @@ fn a_joint_configuration_that_commits_during_a_transfer_is_left_when_the_transfe
         "left once the transfer was abandoned"
     );
     assert_eq!(leader.membership().voters, voters(&[1, 4, 5]).voters);
+}
+
+#[test]
+fn leadership_goes_only_to_a_voter_of_the_configuration_being_entered() {
+    let mut opts = Options::voters(&[1, 2, 3]);
+    opts.learners = vec![4];
+    let mut c = Cluster::new(opts);
+    c.campaign(1).expect("node 1 votes");
+    c.deliver_all();
+    // Node 3 is replaced by node 4, through a joint configuration; node 3, the most
+    // up-to-date follower, would lead only until the configuration is left.
+    c.drop_messages(Link::new(1, 2));
+    c.drop_messages(Link::new(1, 4));
+    let joint = c
+        .with_core(1, |core| core.propose_membership(&voters(&[1, 2, 4])))
+        .expect("a voter replaced: joint");
+    c.deliver(Link::new(1, 3));
+    c.deliver(Link::new(3, 1));
+    let leader = c.core(1);
+    assert!(leader.membership().is_joint());
+    let match_3 = leader
+        .progress()
+        .find(|(id, _)| *id == 3)
+        .map(|(_, p)| p.match_index);
+    assert_eq!(match_3, Some(joint));
+    assert_eq!(
+        c.with_core(1, |core| core.transfer_leadership(3)),
+        Err(CoreError::LeavingVoter(3))
+    );
+    assert_eq!(c.with_core(1, |core| core.step_down()), Ok(2));
 }
 
 #[test]

@@ -93,6 +93,8 @@ pub enum CoreError {
     NotCommittedInTerm,
     #[error("node {0} does not vote in the current membership")]
     NotAVoter(NodeId),
+    #[error("node {0} votes only in the configuration being left")]
+    LeavingVoter(NodeId),
     #[error("cannot transfer leadership to node {0}")]
     BadTransferTarget(NodeId),
     #[error("nothing to propose")]
@@ -615,8 +617,13 @@ impl Core {
         if to == self.id {
             return Err(CoreError::BadTransferTarget(to));
         }
+        // A voter only of the half a joint configuration is leaving would lead just until the
+        // configuration is left, then hand over again: two leader changes for one.
         if !self.membership.is_voter(to) {
             return Err(CoreError::NotAVoter(to));
+        }
+        if !self.membership.voters.contains(&to) {
+            return Err(CoreError::LeavingVoter(to));
         }
         if let Some(under_way) = &self.transfer {
             // Asked again, a transfer keeps its deadline: a caller retrying in a loop held
@@ -645,13 +652,14 @@ impl Core {
         Ok(())
     }
 
-    /// Leader: hand leadership to the most up-to-date voter.
+    /// Leader: hand leadership to the most up-to-date voter (of the configuration being
+    /// entered, in a joint one).
     pub fn step_down(&mut self) -> Result<NodeId, CoreError> {
         self.ensure_leader()?;
         let best = self
             .progress
             .iter()
-            .filter(|(id, _)| self.membership.is_voter(**id))
+            .filter(|(id, _)| self.membership.voters.contains(id))
             .max_by_key(|(id, p)| (p.match_index, std::cmp::Reverse(**id)))
             .map(|(&id, _)| id)
             .ok_or(CoreError::BadTransferTarget(self.id))?;
