@@ -396,8 +396,19 @@ impl SnapshotStore {
             index,
             readers: self.readers.clone(),
         };
-        let file = self.open_snapshot(index)?;
-        let len_bytes = file.metadata()?.len();
+        // Gone is no damage (a prune retired it); a file that is there and cannot be opened is.
+        let opened = self
+            .open_snapshot(index)
+            .and_then(|file| Ok((file.metadata()?.len(), file)));
+        let (len_bytes, file) = match opened {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) => {
+                tracing::error!(index, error = %e, "this node's own snapshot cannot be opened");
+                self.damaged.fetch_max(index, Ordering::AcqRel);
+                return Err(damaged(format!("snapshot {index}: {e}")));
+            }
+        };
         let data_bytes = len_bytes.saturating_sub(TRAILER_BYTES as u64);
         Ok(SnapshotReader::new(
             Reading {
@@ -619,6 +630,12 @@ mod tests {
         let streamed = io::Read::read_to_end(&mut store.reader(7).unwrap(), &mut Vec::new());
         assert!(streamed.is_err_and(|e| e.kind() == io::ErrorKind::InvalidData));
         assert_eq!(store.damaged(), Some(7), "not offered again");
+        // One that cannot even be opened (a link to itself: ELOOP), but is there.
+        store.save(9, &mut Fixed(vec![3; 1000])).unwrap();
+        fs::remove_file(store.path(9)).unwrap();
+        std::os::unix::fs::symlink(store.path(9), store.path(9)).unwrap();
+        assert!(store.reader(9).is_err());
+        assert_eq!(store.damaged(), Some(9));
     }
 
     #[test]
