@@ -91,6 +91,11 @@ pub struct NodeConfig {
     /// (`keel_engine::wal::ledger`), so a test can cut the log back to it after a kill.
     #[doc(hidden)]
     pub sync_ledger: bool,
+    /// Failpoint for power-loss tests: every log sync first waits this long, as on a slow disk,
+    /// so that a test killing the node finds writes not yet synced.
+    #[doc(hidden)]
+    #[serde(with = "humantime_serde")]
+    pub slow_sync: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -128,6 +133,7 @@ impl NodeConfig {
             rtt_warning_fraction: 0.5,
             fail_sync_after: None,
             sync_ledger: false,
+            slow_sync: None,
         }
     }
 

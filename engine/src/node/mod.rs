@@ -125,6 +125,7 @@ impl<S: StateMachine> Node<S> {
             },
             fail_sync_after: config.fail_sync_after,
             sync_ledger: config.sync_ledger,
+            slow_sync: config.slow_sync,
             ..WalOptions::default()
         };
         let storage = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());

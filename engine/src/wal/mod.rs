@@ -81,6 +81,9 @@ pub struct WalOptions {
     /// [`ledger`]).
     #[doc(hidden)]
     pub sync_ledger: bool,
+    /// Failpoint for power-loss tests: every data sync first waits this long, as on a slow
+    /// disk, so that a test killing the node finds writes not yet synced.
+    pub slow_sync: Option<Duration>,
 }
 
 impl Default for WalOptions {
@@ -90,6 +93,7 @@ impl Default for WalOptions {
             sync: SyncMode::Fdatasync,
             fail_sync_after: None,
             sync_ledger: false,
+            slow_sync: None,
         }
     }
 }
@@ -811,6 +815,9 @@ impl Wal {
             });
         }
         if self.opts.sync == SyncMode::Fdatasync {
+            if let Some(delay) = self.opts.slow_sync {
+                std::thread::sleep(delay);
+            }
             let started = Instant::now();
             let result = self.active.sync_data();
             self.stats.io_time += started.elapsed();

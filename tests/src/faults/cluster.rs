@@ -38,6 +38,9 @@ pub struct ClusterOptions {
     pub command_timeout: Duration,
     /// Acknowledge before fsync: only for the test that must fail.
     pub unsafe_no_fsync: bool,
+    /// Each log sync first waits this long (a slow disk): a power loss then finds writes not
+    /// yet synced, where with a fast disk and a light load it mostly finds none.
+    pub slow_sync: Option<Duration>,
 }
 
 impl Default for ClusterOptions {
@@ -50,6 +53,7 @@ impl Default for ClusterOptions {
             lease_drift: Duration::from_millis(30),
             command_timeout: Duration::from_secs(2),
             unsafe_no_fsync: false,
+            slow_sync: None,
         }
     }
 }
@@ -210,6 +214,7 @@ impl Cluster {
         node.command_timeout = self.opts.command_timeout;
         node.unsafe_no_fsync = self.opts.unsafe_no_fsync;
         node.sync_ledger = true;
+        node.slow_sync = self.opts.slow_sync;
         node.fail_sync_after = self.fail_sync_after.get(&id).copied();
         // No snapshots: a simulated power loss cuts only the log.
         node.snapshot_threshold_entries = u64::MAX / 2;
@@ -365,9 +370,10 @@ impl Cluster {
     }
 
     /// Kills node `id` and has its disk lose log writes it had not synced, as a power loss
-    /// would: each page written since the log's last sync reached the disk or not, as `seed`
-    /// decides (a disk writes pages back in any order). It stays down until restarted. A node
-    /// that never syncs (`unsafe_no_fsync`) loses its whole log, as that mode risks.
+    /// would: the first page written since the log's last sync is lost (where a write group
+    /// starts, the hardest case for recovery), and each later one reached the disk or not, as
+    /// `seed` decides (a disk writes pages back in any order). It stays down until restarted.
+    /// A node that never syncs (`unsafe_no_fsync`) loses its whole log, as that mode risks.
     pub fn power_loss(&mut self, id: NodeId, seed: u64) -> Result<PowerLoss, HarnessError> {
         self.node(id).kill();
         let wal = self.data_dir(id).join("wal");
@@ -381,7 +387,9 @@ impl Cluster {
                 HarnessError::Setup(format!("{} keeps no sync ledger", wal.display()))
             })?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        ledger::lose_pages_after(&wal, durable, || rng.random_bool(0.5)).map_err(setup)
+        let mut first = true;
+        let reached = || !std::mem::replace(&mut first, false) && rng.random_bool(0.5);
+        ledger::lose_pages_after(&wal, durable, reached).map_err(setup)
     }
 
     /// A spare that is not a member yet.
