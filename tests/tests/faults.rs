@@ -96,11 +96,17 @@ fn lossy_duplicating_reordering_network() {
             1500,
         ),
     ]);
-    assert_passes(&Scenario::new(
+    let report = assert_passes(&Scenario::new(
         "lossy_duplicating_reordering_network",
         seed_or(3),
         schedule,
     ));
+    // The peers' traffic went through the proxies, and they did what they were told.
+    let net = &report.network;
+    assert!(
+        net.dropped > 0 && net.duplicated > 0 && net.delayed > 0,
+        "{net:?}"
+    );
 }
 
 #[test]
@@ -113,11 +119,13 @@ fn partitions_isolate_one_way_bridge() {
         (Fault::Bridge, 1200),
         (Fault::IsolateFollower, 800),
     ]);
-    assert_passes(&Scenario::new(
+    let report = assert_passes(&Scenario::new(
         "partitions_isolate_one_way_bridge",
         seed_or(4),
         schedule,
     ));
+    // The peers' traffic went through the proxies, and the partitions cut it.
+    assert!(report.network.dropped > 0, "{:?}", report.network);
 }
 
 #[test]
