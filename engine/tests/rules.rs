@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{cmd, msg, restore_with_log, warm_core, Cluster, Link, Options};
 use keel_engine::core::{
     AppendResult, Body, Config, Core, CoreError, Entry, HardState, Index, Membership, Message,
-    NodeId, Payload, ProgressState, ReadMode, Restore, Role, SnapshotMeta, Term,
+    NodeId, Payload, ProgressState, ReadMode, Restore, Role, SnapshotMeta, Term, Write,
 };
 
 fn voters(ids: &[NodeId]) -> Membership {
@@ -286,10 +286,59 @@ fn a_stale_durability_report_for_overwritten_entries_is_ignored() {
     let second = core.take_output().write.expect("entries to persist");
     assert_eq!(first.last_entry(), Some((2, 1)));
     core.persisted(2, 1);
-    assert_eq!(core.persisted_index(), 0, "2@1 is no longer in the log");
+    assert_eq!(
+        core.persisted_index(),
+        1,
+        "2@1 is no longer in the log; 1@1, written with it, is durable"
+    );
     assert_eq!(second.last_entry(), Some((2, 2)));
     core.persisted(2, 2);
     assert_eq!(core.persisted_index(), 2);
+}
+
+#[test]
+fn a_durability_report_for_entries_overwritten_and_written_again_waits_for_the_rewrite() {
+    // Entries 1@1 and 2@1 are written (W1), overwritten by a leader of term 2 (W2: 1@2), then
+    // written again, committed, by node 1 leading term 3 (W3). W1's report then matches the log,
+    // but W2 is still to reach the disk, and a crash after it would leave 1@2 there: until W3
+    // is durable, nothing of it counts as durable, nor is applied.
+    let mut core = follower(2);
+    let mut step = |m: Message| {
+        core.step(m);
+        core.take_output().write.expect("a write")
+    };
+    let w1 = step(append(
+        1,
+        2,
+        1,
+        (0, 0),
+        vec![cmd(1, 1, "a"), cmd(2, 1, "b")],
+    ));
+    let w2 = step(append(3, 2, 2, (0, 0), vec![cmd(1, 2, "c")]));
+    let again = vec![cmd(1, 1, "a"), cmd(2, 1, "b"), cmd(3, 3, "d")];
+    let w3 = step(msg(
+        1,
+        2,
+        3,
+        Body::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: again.clone(),
+            commit: 3,
+            lease_tick: 0,
+            read_seq: 0,
+        },
+    ));
+    assert_eq!(w2.truncate_from, Some(1));
+    assert_eq!(w3.truncate_from, Some(1));
+    let mut persisted = |w: &Write| {
+        let (index, term) = w.last_entry().expect("entries");
+        core.persisted(index, term);
+        (core.persisted_index(), core.take_output().committed)
+    };
+    assert_eq!(persisted(&w1), (0, vec![]));
+    assert_eq!(persisted(&w2), (0, vec![]), "1@2 is no longer in the log");
+    assert_eq!(persisted(&w3), (3, again));
 }
 
 // ---------------------------------------------------------------- replication

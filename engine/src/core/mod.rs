@@ -30,6 +30,7 @@ mod raft;
 mod read;
 mod rng;
 mod stats;
+mod unsynced;
 
 pub use self::config::{Config, ConfigError};
 pub use self::entry::{Entry, HardState, Payload, SnapshotMeta};

@@ -8,6 +8,7 @@ use super::log::RaftLog;
 use super::quorum::VoteResult;
 use super::read::ReadQueue;
 use super::rng::SplitMix64;
+use super::unsynced::{self, UnsyncedWrites};
 use super::{
     AppendResult, Body, Config, ConfigError, Entry, HardState, Index, Membership, MembershipError,
     Message, NodeId, Output, Payload, Progress, ProgressState, ReadId, ReadResult, ReleasedEntries,
@@ -169,6 +170,7 @@ pub struct Core {
     out: Output,
     /// The last hard state handed out in a write.
     hard_state_written: HardState,
+    unsynced: UnsyncedWrites,
     soft_state_reported: SoftState,
     stats: Stats,
 }
@@ -253,6 +255,7 @@ impl Core {
                 commit: hard_state.commit,
                 ..hard_state
             },
+            unsynced: UnsyncedWrites::default(),
             soft_state_reported: soft,
             stats: Stats::default(),
             cfg,
@@ -682,8 +685,21 @@ impl Core {
         Ok(())
     }
 
-    /// The log writer made everything up to (`index`, `term`) durable.
+    /// The log writer made the write whose [`Write::last_entry`] is (`index`, `term`) durable,
+    /// with every write before it. Reported in the order the writes were handed out: a write
+    /// still to come may overwrite these entries and write them again (see `unsynced`).
     pub fn persisted(&mut self, index: Index, term: Term) {
+        let mut durable = self.unsynced.reported(index, term);
+        // A truncation not handed out yet is no more durable.
+        if let Some(from) = self.out.write.as_ref().and_then(unsynced::truncation) {
+            durable = durable.min(from - 1);
+        }
+        if durable < index {
+            // A later write, not durable yet, truncates this one's entries from `durable + 1`;
+            // those before it are as this write left them.
+            self.log.persisted = self.log.persisted.max(durable);
+            return;
+        }
         if index <= self.log.persisted || !self.log.matches(index, term) {
             return; // Stale: the entries were since overwritten or already reported.
         }
@@ -748,6 +764,9 @@ impl Core {
         if term_or_vote_changed || (wrote_log && hs.commit != self.hard_state_written.commit) {
             self.write_mut().hard_state = Some(hs);
             self.hard_state_written = hs;
+        }
+        if let Some(write) = &self.out.write {
+            self.unsynced.handed_out(write);
         }
         self.out.committed = self.log.take_committed(self.cfg.max_apply_entries);
         let soft = self.soft_state();
