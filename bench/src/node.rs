@@ -239,6 +239,7 @@ pub fn admin(node: &Node<KvStore>, line: &str) -> Result<Value, String> {
                 "leader": s.leader,
                 "commit": s.commit_index,
                 "applied": s.applied_index,
+                "snapshot": s.snapshot_index,
                 "voters": s.membership.voters,
                 "outgoing": s.membership.outgoing,
                 "learners": s.membership.learners,

@@ -129,12 +129,14 @@ impl Report {
         };
         format!(
             "{} (seed {}): {} ops ({ok} ok, {failed} failed, {unknown} unknown), {verdict}; \
-             {} nodes agree at applied {}; {} faults; {} datagrams relayed, {} dropped; {:.1} s",
+             {} nodes agree at applied {} (snapshots at {:?}); {} faults; {} datagrams relayed, \
+             {} dropped; {:.1} s",
             scenario.name,
             scenario.seed,
             self.history.len(),
             self.agreement.nodes.len(),
             self.agreement.applied,
+            self.agreement.snapshots,
             scenario.schedule.faults.len(),
             self.network.relayed,
             self.network.dropped,
@@ -732,6 +734,7 @@ mod tests {
                 applied: 0,
                 digest: String::new(),
                 nodes: Vec::new(),
+                snapshots: std::collections::BTreeMap::new(),
             },
             log: Vec::new(),
             problems: Vec::new(),
