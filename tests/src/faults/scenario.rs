@@ -137,8 +137,8 @@ impl Report {
         };
         format!(
             "{} (seed {}): {} ops ({ok} ok, {failed} failed, {unknown} unknown), {verdict}; \
-             {} nodes agree at applied {} (snapshots at {:?}); {} faults ({} skipped); {} datagrams \
-             relayed, {} dropped; {:.1} s",
+             {} nodes agree at applied {} (snapshots at {:?}); {} faults ({} skipped); \
+             {} datagrams relayed, {} dropped; {:.1} s",
             scenario.name,
             scenario.seed,
             self.history.len(),
