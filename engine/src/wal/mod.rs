@@ -83,6 +83,7 @@ pub struct WalOptions {
     pub sync_ledger: bool,
     /// Failpoint for power-loss tests: every data sync first waits this long, as on a slow
     /// disk, so that a test killing the node finds writes not yet synced.
+    #[doc(hidden)]
     pub slow_sync: Option<Duration>,
 }
 
