@@ -669,6 +669,8 @@ impl Wal {
         if self.dir_unsynced {
             self.sync_dir()?;
         }
+        // Sealed whole: what a power loss may take from here on is in the next segment alone.
+        self.record_durable()?;
         let seq = self.active_seq() + 1;
         let first_index = self.state.next_index();
         let path = segment_path(&self.dir, seq);

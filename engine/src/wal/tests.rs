@@ -194,7 +194,13 @@ fn segments_roll_over_and_recover_across_them() {
 #[test]
 fn a_sync_counts_the_fdatasyncs_of_the_rollovers_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+    // Without a spare, whose readiness would decide whether a rollover has a segment to seal
+    // (the syncs are counted all the same).
+    let opts = WalOptions {
+        sync: SyncMode::UnsafeNoFsync,
+        ..small()
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
     wal.append(&entries(1..=1, 1)).unwrap();
     wal.sync().unwrap();
     let before = wal.segment_paths().len();
@@ -811,6 +817,32 @@ fn a_rollover_makes_the_new_segment_s_header_durable_before_its_first_group() {
 }
 
 #[test]
+fn a_power_loss_while_a_rollover_begins_the_next_segment_keeps_the_sealed_one_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // The rollover seals the segment (sync 2); the power goes while the next segment's header
+    // is synced (sync 3, failed here, with no marker left: a power loss writes none).
+    let opts = WalOptions {
+        fail_sync_after: Some(2),
+        ..with_ledger(SyncMode::Fdatasync)
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+    wal.append(&entries(1..=2, 1)).unwrap();
+    wal.sync().unwrap();
+    assert!(wal.append(&entries(3..=60, 1)).is_err());
+    drop(wal);
+    std::fs::remove_file(dir.path().join(failed_sync::MARKER_FILE)).unwrap();
+    let durable = ledger::read_durable_point(dir.path()).unwrap().unwrap();
+    lose_the_first_unsynced_page(dir.path(), durable);
+    let (_, rec) = Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap();
+    assert!(
+        rec.torn_tail.is_some(),
+        "the new segment was torn at creation"
+    );
+    let last = rec.entries.last().map_or(0, |e| e.index);
+    assert!(last > 2, "the sealed segment's entries are kept: {last}");
+}
+
+#[test]
 fn recovery_makes_the_unsynced_tail_it_returns_durable() {
     let dir = tempfile::tempdir().unwrap();
     drop(Wal::open(dir.path(), with_ledger(SyncMode::Fdatasync)).unwrap());
@@ -843,7 +875,8 @@ fn recovery_makes_the_unsynced_tail_it_returns_durable() {
 #[test]
 fn after_a_failed_sync_the_next_open_cuts_the_log_back_to_where_it_was_durable() {
     let dir = tempfile::tempdir().unwrap();
-    // The first rollover's sync succeeds (a new segment exists), the second's fails.
+    // The first rollover's sync, sealing the segment, succeeds; the next, of the new segment's
+    // header, fails.
     let failing = WalOptions {
         fail_sync_after: Some(2),
         ..small()
@@ -864,20 +897,27 @@ fn after_a_failed_sync_the_next_open_cuts_the_log_back_to_where_it_was_durable()
         on_disk.len() > segments.len(),
         "a rollover began a segment: {on_disk:?}"
     );
+    // The sealed segment is durable, through its last entry.
+    let sealed = segment::scan(&std::fs::read(&segments[segments.len() - 1]).unwrap());
+    let sealed_last = (sealed.records.iter().rev())
+        .find_map(|(_, r)| matches!(r, Record::Entry(_)).then(|| r.index()))
+        .expect("entries");
+    assert!(sealed_last > 2);
     // What the failed sync wrote is in the page cache, and would read back whole.
     let (mut wal, rec) = Wal::open(dir.path(), small()).unwrap();
-    assert_eq!(rec.entries.last().map(|e| e.index), Some(2));
+    assert_eq!(rec.entries.last().map(|e| e.index), Some(sealed_last));
     assert_eq!(
         wal.segment_paths(),
         segments,
         "the segments it began are gone"
     );
     assert!(!dir.path().join(failed_sync::MARKER_FILE).exists());
-    wal.append(&entries(3..=3, 1)).unwrap();
+    let next = sealed_last + 1;
+    wal.append(&entries(next..=next, 1)).unwrap();
     wal.sync().unwrap();
     drop(wal);
     let (_, rec) = Wal::open(dir.path(), small()).unwrap();
-    assert_eq!(rec.entries.last().map(|e| e.index), Some(3));
+    assert_eq!(rec.entries.last().map(|e| e.index), Some(next));
 }
 
 #[test]
