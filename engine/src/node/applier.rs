@@ -409,7 +409,8 @@ struct Waiting {
     /// How many of them have a deadline.
     with_deadline: usize,
     last_expiry: Option<Instant>,
-    /// How many were left after the last sweep.
+    /// How many were left after the last sweep, or fewer since: the next sweep comes once
+    /// twice that many wait.
     swept_to: usize,
 }
 
@@ -452,6 +453,7 @@ impl Waiting {
                 reply.complete(Ok(applied));
             }
         }
+        self.swept_to = self.swept_to.min(self.len);
     }
 
     /// Fails with `Timeout` those past their deadline, every [`EXPIRY_INTERVAL`] at most.
@@ -483,6 +485,7 @@ impl Waiting {
             }
         }
         self.by_index.retain(|_, replies| !replies.is_empty());
+        self.swept_to = self.swept_to.min(self.len);
     }
 }
 

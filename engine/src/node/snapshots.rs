@@ -145,6 +145,23 @@ fn verify(file: &mut fs::File) -> io::Result<u64> {
     Ok(len_bytes)
 }
 
+/// Whether `e` says something about this process or this moment (out of file descriptors or
+/// memory, interrupted, not allowed), not about the file: no reason to take a new snapshot.
+fn is_transient(e: &io::Error) -> bool {
+    use io::ErrorKind::{Interrupted, OutOfMemory, PermissionDenied, WouldBlock};
+    #[cfg(target_os = "linux")]
+    let out_of_descriptors = [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()));
+    #[cfg(not(target_os = "linux"))]
+    let out_of_descriptors = false;
+    out_of_descriptors
+        || matches!(
+            e.kind(),
+            Interrupted | OutOfMemory | PermissionDenied | WouldBlock
+        )
+}
+
 fn damaged(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
@@ -230,6 +247,9 @@ impl Reading {
 
 impl io::Read for Reading {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.data_left > 0 {
             let want =
                 usize::try_from(self.data_left).map_or(buf.len(), |left| left.min(buf.len()));
@@ -241,7 +261,7 @@ impl io::Read for Reading {
                     return Err(self.found_damaged(&cut));
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+                Err(e) if is_transient(&e) => return Err(e),
                 Err(e) => return Err(self.found_damaged(&e)),
             };
             self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
@@ -402,7 +422,7 @@ impl SnapshotStore {
             .and_then(|file| Ok((file.metadata()?.len(), file)));
         let (len_bytes, file) = match opened {
             Ok(opened) => opened,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || is_transient(&e) => return Err(e),
             Err(e) => {
                 tracing::error!(index, error = %e, "this node's own snapshot cannot be opened");
                 self.damaged.fetch_max(index, Ordering::AcqRel);
@@ -613,9 +633,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _record) = store_recording(dir.path(), 0);
         let data = vec![3; 100_000];
-        // Cut short under a reader that opened it whole.
+        // Cut short under a reader that opened it whole (an empty read is no sign of it).
         store.save(5, &mut Fixed(data.clone())).unwrap();
         let mut reader = store.reader(5).unwrap();
+        assert_eq!(io::Read::read(&mut reader, &mut []).unwrap(), 0);
+        assert_eq!(store.damaged(), None);
         let file = fs::OpenOptions::new().write(true).open(store.path(5));
         file.unwrap().set_len(50_000).unwrap();
         let streamed = io::Read::read_to_end(&mut reader, &mut Vec::new());
