@@ -236,6 +236,17 @@ impl Reading {
         damaged(format!("snapshot {index}: {e}"))
     }
 
+    /// A read that failed: the file's damage (a medium error, say: left unmarked, it would
+    /// be offered again and again), or the process's moment, which marks nothing. Either way
+    /// the stream ends here.
+    fn read_failed(&self, e: io::Error) -> io::Error {
+        if is_transient(&e) {
+            e
+        } else {
+            self.found_damaged(&e)
+        }
+    }
+
     fn still_in_place(&self) -> bool {
         use std::os::unix::fs::MetadataExt as _;
         let (Ok(open), Ok(named)) = (self.file.metadata(), fs::metadata(&self.path)) else {
@@ -253,16 +264,13 @@ impl io::Read for Reading {
         if self.data_left > 0 {
             let want =
                 usize::try_from(self.data_left).map_or(buf.len(), |left| left.min(buf.len()));
-            // A file that cannot be read through (a medium error, say) is as damaged as one
-            // whose checksum is wrong: left unmarked, it would be offered again and again.
             let n = match self.file.read(&mut buf[..want]) {
                 Ok(0) => {
                     let cut = io::Error::new(io::ErrorKind::UnexpectedEof, "file cut short");
                     return Err(self.found_damaged(&cut));
                 }
                 Ok(n) => n,
-                Err(e) if is_transient(&e) => return Err(e),
-                Err(e) => return Err(self.found_damaged(&e)),
+                Err(e) => return Err(self.read_failed(e)),
             };
             self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
             self.data_left -= n as u64;
@@ -270,11 +278,10 @@ impl io::Read for Reading {
         }
         if self.trailer.is_none() {
             let mut found = [0; TRAILER_BYTES];
-            let checked = self
-                .file
-                .read_exact(&mut found)
-                .and_then(|()| check_trailer(&found, self.crc, self.data_bytes));
-            if let Err(e) = checked {
+            if let Err(e) = self.file.read_exact(&mut found) {
+                return Err(self.read_failed(e));
+            }
+            if let Err(e) = check_trailer(&found, self.crc, self.data_bytes) {
                 return Err(self.found_damaged(&e));
             }
             self.trailer = Some((found, 0));
@@ -658,6 +665,15 @@ mod tests {
         std::os::unix::fs::symlink(store.path(9), store.path(9)).unwrap();
         assert!(store.reader(9).is_err());
         assert_eq!(store.damaged(), Some(9));
+        // Cut inside the trailer, after the data streamed whole.
+        store.save(11, &mut Fixed(vec![3; 1000])).unwrap();
+        let mut reader = store.reader(11).unwrap();
+        let len = fs::metadata(store.path(11)).unwrap().len();
+        let file = fs::OpenOptions::new().write(true).open(store.path(11));
+        file.unwrap().set_len(len - 4).unwrap();
+        let streamed = io::Read::read_to_end(&mut reader, &mut Vec::new());
+        assert!(streamed.is_err_and(|e| e.kind() == io::ErrorKind::InvalidData));
+        assert_eq!(store.damaged(), Some(11));
     }
 
     #[test]
