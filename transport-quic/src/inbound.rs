@@ -114,9 +114,12 @@ fn accept_peer(shared: &Arc<Shared>, conn: quinn::Connection) {
             "a higher id dialled; the lower id of a pair dials",
         );
     }
-    match shared.peer(id) {
-        Some(peer) => peer.install(shared, conn),
-        None => shared.refuse(&conn, HandshakeRefusal::UnknownPeer, "peer removed"),
+    // The peer may be removed between the lookup and the install: `install` refuses then.
+    let installed = shared
+        .peer(id)
+        .is_some_and(|peer| peer.install(shared, conn.clone()));
+    if !installed {
+        shared.refuse(&conn, HandshakeRefusal::UnknownPeer, "peer removed");
     }
 }
 

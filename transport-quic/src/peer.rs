@@ -7,6 +7,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub(crate) struct Peer {
     control: mpsc::Sender<Message>,
     pub counters: Arc<PeerCounters>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by [`Peer::stop`]: a connection that finishes its handshake after that (a dial
+    /// already under way, an accept that found the peer just before its removal) is closed,
+    /// not installed, or it would stay open and served with nobody to close it.
+    stopped: AtomicBool,
 }
 
 impl Peer {
@@ -54,6 +59,7 @@ impl Peer {
             control,
             counters: shared.metrics.peer(id),
             tasks: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
         });
         let mut tasks = vec![
             shared.handle.spawn(run_lane(
@@ -107,21 +113,35 @@ impl Peer {
         }
     }
 
-    /// Makes `conn` this peer's connection (closing any older one) and serves its streams.
-    pub fn install(self: &Arc<Self>, shared: &Arc<Shared>, conn: quinn::Connection) {
+    /// Makes `conn` this peer's connection (closing any older one) and serves its streams;
+    /// false, and `conn` is left to the caller to close, if the peer was stopped.
+    #[must_use]
+    pub fn install(self: &Arc<Self>, shared: &Arc<Shared>, conn: quinn::Connection) -> bool {
+        // Checked under the watch's lock, which `stop` takes after setting the flag: either
+        // this sees the flag, or `stop` finds the connection installed and closes it.
+        let mut old = None;
+        let installed = self.conn.send_if_modified(|current| {
+            if self.stopped.load(Ordering::Acquire) {
+                return false;
+            }
+            old = current.replace(conn.clone());
+            true
+        });
+        if !installed {
+            return false;
+        }
         add(&self.counters.connects, 1);
         add(&shared.metrics.peers_connected, 1);
         tracing::info!(node = shared.id, peer = self.id, remote = %conn.remote_address(), "peer connected");
-        if let Some(old) = self.conn.send_replace(Some(conn.clone())) {
-            if old.stable_id() != conn.stable_id() {
-                old.close(codes::REPLACED, b"replaced by a newer connection");
-            }
+        if let Some(old) = old.filter(|old| old.stable_id() != conn.stable_id()) {
+            old.close(codes::REPLACED, b"replaced by a newer connection");
         }
         shared.handle.spawn(inbound::serve_connection(
             shared.clone(),
             self.clone(),
             conn,
         ));
+        true
     }
 
     /// The connection ended: forget it if it is still the current one.
@@ -139,6 +159,7 @@ impl Peer {
     }
 
     pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
@@ -252,7 +273,13 @@ async fn run_dialer(shared: Arc<Shared>, peer: Arc<Peer>) {
             continue;
         }
         match dial(&shared, &peer).await {
-            Ok(conn) => peer.install(&shared, conn),
+            Ok(conn) => {
+                if !peer.install(&shared, conn.clone()) {
+                    // Stopped while dialling: this task is being aborted.
+                    conn.close(codes::SHUTDOWN, b"peer removed");
+                    return;
+                }
+            }
             Err(e) => {
                 tracing::debug!(node = shared.id, peer = peer.id, error = %e, ?backoff, "dial failed");
                 tokio::time::sleep(backoff + jitter(backoff / 2)).await;

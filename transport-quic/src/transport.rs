@@ -285,3 +285,51 @@ impl Drop for QuicTransport {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::certs::DevCa;
+    use crate::metrics::HandshakeRefusal;
+
+    fn start(id: NodeId, ca: &DevCa) -> Arc<QuicTransport> {
+        let identity = ca.issue_node(id).expect("node cert").identity;
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut cfg = QuicConfig::new(id, listen, identity, vec![ca.cert_der()]);
+        cfg.reconnect_backoff_min = Duration::from_millis(20);
+        cfg.reconnect_backoff_max = Duration::from_millis(100);
+        cfg.runtime_threads = 1;
+        QuicTransport::start(cfg).expect("transport starts")
+    }
+
+    fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A connection whose handshake ends after its peer was stopped (here: a redial accepted
+    /// while the stopped peer is still in the map, as when `remove_peer` runs between the
+    /// accept's lookup and its install) is refused, not installed and served for ever.
+    #[test]
+    fn a_connection_that_arrives_for_a_stopped_peer_is_refused() {
+        let ca = DevCa::generate("test").expect("CA");
+        let (one, two) = (start(1, &ca), start(2, &ca));
+        one.set_peer(2, two.local_addr());
+        two.set_peer(1, one.local_addr());
+        eventually("connected", || two.connected_peers() == [1]);
+        let peer = two.shared.peer(1).expect("peer 1");
+        peer.stop();
+        let refused = || {
+            two.metrics()
+                .handshakes_refused(HandshakeRefusal::UnknownPeer)
+        };
+        // Node 1 redials (the lower id dials) and node 2 accepts for the stopped peer.
+        eventually("a redial refused", || refused() >= 2);
+        assert!(peer.current().is_none(), "nothing installed after the stop");
+    }
+}
