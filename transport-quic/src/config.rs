@@ -61,6 +61,11 @@ pub struct QuicConfig {
     /// announces would let headers alone hold the whole budget. Requests that each hold part of
     /// a full budget and wait for more all wait out `handshake_timeout`.
     pub kv_request_bytes_max: usize,
+    /// Whether a key-value write that reaches a follower is forwarded to the leader and
+    /// answered from there (a client then needs only one node's address), instead of refused
+    /// with a leader hint for the client to follow. Off by default: following the hint costs
+    /// one round trip once, forwarding one peer hop on every write.
+    pub kv_forward_writes: bool,
     /// Threads of the transport's own tokio runtime (at least 1; it must be multi-threaded).
     /// One by default: a node's traffic is one driver's, and a second thread mostly added
     /// wake-ups between the two (on the 2-core VM, one gave a 1-client p50 of 0.435-0.439 ms
@@ -101,6 +106,7 @@ impl QuicConfig {
             handshakes_max: 256,
             kv_connections_max: 1024,
             kv_request_bytes_max: 256 << 20,
+            kv_forward_writes: false,
             runtime_threads: 1,
         }
     }

@@ -167,10 +167,15 @@ async fn execute(
         ArchivedWireKvRequest::Propose { command } => {
             let command = crate::wire::slice_in_frame(frame_body, command)
                 .map_err(|e| NodeError::Config(e.to_string()))?;
-            // A full proposal queue is back-pressure: wait for room, off this worker.
-            let proposal = match node.try_propose(command) {
-                Ok(proposal) => proposal,
-                Err(command) => shared.blocking(|| node.propose(command)).await,
+            let elsewhere = node.leader().is_some_and(|leader| leader != node.id());
+            let proposal = if shared.cfg.kv_forward_writes && elsewhere {
+                node.propose_forwarded(command)
+            } else {
+                // A full proposal queue is back-pressure: wait for room, off this worker.
+                match node.try_propose(command) {
+                    Ok(proposal) => proposal,
+                    Err(command) => shared.blocking(|| node.propose(command)).await,
+                }
             };
             let (_, applied) = proposal.into_parts();
             let applied = within(tokio::time::timeout(timeout, applied).await)?;

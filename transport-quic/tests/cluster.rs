@@ -259,6 +259,62 @@ fn followers_forward_proposals_and_clients_follow_leader_hints() {
 }
 
 #[test]
+fn a_follower_that_forwards_writes_serves_a_client_that_stays_with_it() {
+    let cluster = Cluster::with(&[1, 2, 3], &[], |_| {}, |q| q.kv_forward_writes = true);
+    let leader = cluster.leader();
+    let follower = cluster.follower();
+    let client_cert = cluster.ca.issue_client().expect("client cert").identity;
+    let seeds = vec![(follower, cluster.addrs[&follower])];
+    let mut cfg = KvClientConfig::new(seeds, client_cert, vec![cluster.ca.cert_der()]);
+    cfg.request_timeout = WAIT;
+    cfg.follow_leader = false;
+    let client = KvClient::connect(cfg).expect("client");
+    let served = || {
+        cluster
+            .transport(leader)
+            .metrics()
+            .snapshot()
+            .forwards_served
+    };
+    let index = client.put("colour", "blue").expect("a forwarded put");
+    assert_eq!(served(), 1, "the follower forwarded it");
+    client
+        .compare_and_swap(
+            "colour",
+            Some(Bytes::from("blue")),
+            Some(Bytes::from("green")),
+        )
+        .expect("a forwarded compare-and-swap");
+    assert!(matches!(
+        client.compare_and_swap("colour", Some(Bytes::from("blue")), None),
+        Err(ClientError::Kv(KvError::CompareFailed { current: Some(_) }))
+    ));
+    client.delete("colour").expect("a forwarded delete");
+    assert_eq!(served(), 4);
+    assert!(index > 0);
+    // Reads are served where the client is (through the leader's read index).
+    assert!(matches!(
+        client.get("colour", Consistency::Linearizable),
+        Err(ClientError::Kv(KvError::NotFound))
+    ));
+    // Without forwarding the same client is refused with a hint it does not follow.
+    let plain = Cluster::new(&[1, 2, 3]);
+    let follower = plain.follower();
+    let client_cert = plain.ca.issue_client().expect("client cert").identity;
+    let seeds = vec![(follower, plain.addrs[&follower])];
+    let mut cfg = KvClientConfig::new(seeds, client_cert, vec![plain.ca.cert_der()]);
+    cfg.request_timeout = WAIT;
+    cfg.follow_leader = false;
+    let client = KvClient::connect(cfg).expect("client");
+    assert!(matches!(
+        client.put("colour", "blue"),
+        Err(ClientError::Kv(KvError::Node(
+            keel_engine::node::Error::NotLeader { .. }
+        )))
+    ));
+}
+
+#[test]
 fn snapshots_stream_in_chunks_to_a_lagging_follower() {
     let mut cluster = Cluster::with(
         &[1, 2, 3],
