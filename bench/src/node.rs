@@ -37,6 +37,10 @@ pub struct NodeFile {
     /// Serve Prometheus `/metrics` and `/health` here.
     pub metrics: Option<SocketAddr>,
     pub tls: TlsFiles,
+    /// Forward key-value writes that reach this node while it follows to the leader (see
+    /// `QuicConfig::kv_forward_writes`), instead of refusing them with a leader hint.
+    #[serde(default)]
+    pub forward_writes: bool,
     /// Every other node of the cluster, by id.
     #[serde(default)]
     pub peers: BTreeMap<String, PeerAddr>,
@@ -94,6 +98,7 @@ impl NodeFile {
             .map_err(|e| format!("[tls] cert/key: {e}"))?;
         let ca = load_ca_pem(&self.tls.ca).map_err(|e| format!("[tls] ca: {e}"))?;
         let mut cfg = QuicConfig::new(self.node.id, self.listen, identity, ca);
+        cfg.kv_forward_writes = self.forward_writes;
         if let Some(addr) = self.advertise {
             cfg = cfg.with_advertised(self.node.id, addr);
         }
@@ -165,10 +170,10 @@ pub fn run(config: &Path) -> Result<String, String> {
         "metrics": metrics.as_ref().map(|m| m.addr().to_string()),
     }));
     {
-        let node = node.clone();
+        let (node, transport) = (node.clone(), transport.clone());
         std::thread::Builder::new()
             .name("keel-admin".into())
-            .spawn(move || admin_loop(&node))
+            .spawn(move || admin_loop(&node, &transport))
             .map_err(|e| format!("the admin thread: {e}"))?;
     }
     let reason = loop {
@@ -190,14 +195,14 @@ fn say(v: &Value) {
 }
 
 /// Serves admin commands from stdin until it closes.
-fn admin_loop(node: &Node<KvStore>) {
+fn admin_loop(node: &Node<KvStore>, transport: &QuicTransport) {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let answer = match admin(node, line) {
+        let answer = match admin(node, transport, line) {
             Ok(mut v) => {
                 v["ok"] = json!(true);
                 v
@@ -210,7 +215,7 @@ fn admin_loop(node: &Node<KvStore>) {
 
 /// One admin command: `status`, `digest`, `barrier`, `campaign`, `step-down`, `transfer ID`,
 /// `add-learner ID`, `promote ID`, `remove ID`.
-pub fn admin(node: &Node<KvStore>, line: &str) -> Result<Value, String> {
+pub fn admin(node: &Node<KvStore>, transport: &QuicTransport, line: &str) -> Result<Value, String> {
     let mut words = line.split_whitespace();
     let command = words.next().unwrap_or_default();
     let id = || -> Result<NodeId, String> {
@@ -240,6 +245,8 @@ pub fn admin(node: &Node<KvStore>, line: &str) -> Result<Value, String> {
                 "commit": s.commit_index,
                 "applied": s.applied_index,
                 "snapshot": s.snapshot_index,
+                // Writes other nodes forwarded here since this process started.
+                "forwards_served": transport.metrics().snapshot().forwards_served,
                 "voters": s.membership.voters,
                 "outgoing": s.membership.outgoing,
                 "learners": s.membership.learners,

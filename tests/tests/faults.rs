@@ -132,6 +132,42 @@ fn partitions_isolate_one_way_bridge() {
 }
 
 #[test]
+fn writes_forwarded_by_followers_through_kills_and_partitions() {
+    let _serial = serial();
+    // A forwarded write has more ways to lose its answer: the follower's hop to the leader,
+    // the leader's answer back, a leader that changes between the two.
+    let schedule = sequence(vec![
+        (Fault::IsolateLeader, 1000),
+        (Fault::KillLeader, 800),
+        (
+            Fault::Lossy {
+                drop: 0.1,
+                duplicate: 0.05,
+                delay: ms(2),
+                jitter: ms(20),
+            },
+            1200,
+        ),
+        (Fault::KillFollower, 800),
+        (Fault::IsolateFollower, 800),
+    ]);
+    let mut scenario = Scenario::new(
+        "writes_forwarded_by_followers_through_kills_and_partitions",
+        seed_or(11),
+        schedule,
+    );
+    scenario.cluster.forward_writes = true;
+    scenario.workload.pinned_writers = true;
+    // Three more writers: over twice the keys, so that no key's history has many more
+    // writes in flight at once than in the other scenarios (the check's cost grows with them).
+    scenario.workload.keys = 14;
+    let report = assert_passes(&scenario);
+    // The followers forwarded writes, and the leader at the end served some of them.
+    let served = &report.agreement.forwards_served;
+    assert!(served.values().sum::<u64>() > 0, "{served:?}");
+}
+
+#[test]
 fn membership_changes_and_transfers_while_the_network_misbehaves() {
     let _serial = serial();
     let lossy = Fault::Lossy {

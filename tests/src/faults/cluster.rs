@@ -41,6 +41,8 @@ pub struct ClusterOptions {
     /// Each log sync first waits this long (a slow disk): a power loss then finds writes not
     /// yet synced, where with a fast disk and a light load it mostly finds none.
     pub slow_sync: Option<Duration>,
+    /// Followers forward the key-value writes that reach them to the leader.
+    pub forward_writes: bool,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +56,7 @@ impl Default for ClusterOptions {
             command_timeout: Duration::from_secs(2),
             unsafe_no_fsync: false,
             slow_sync: None,
+            forward_writes: false,
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct NodeStatus {
     pub applied: u64,
     /// The index of the snapshot its log starts after.
     pub snapshot: u64,
+    /// Writes other nodes forwarded to it since it last started.
+    pub forwards_served: u64,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
 }
@@ -90,6 +95,7 @@ impl NodeStatus {
             commit: v.get("commit")?.as_u64()?,
             applied: v.get("applied")?.as_u64()?,
             snapshot: v.get("snapshot")?.as_u64()?,
+            forwards_served: v.get("forwards_served")?.as_u64()?,
             voters: ids("voters")?,
             learners: ids("learners")?,
         })
@@ -104,6 +110,8 @@ pub struct Agreement {
     pub nodes: Vec<NodeId>,
     /// Where each node's log starts (its snapshot's index) once they agree.
     pub snapshots: BTreeMap<NodeId, u64>,
+    /// The writes each node served for others since it last started, once they agree.
+    pub forwards_served: BTreeMap<NodeId, u64>,
 }
 
 /// A running cluster. Dropping it kills every node and removes its directory.
@@ -232,6 +240,7 @@ impl Cluster {
             quote(self.data_dir(id).display().to_string())
         );
         text += &format!("listen = {}\n", quote(self.addrs[&id].to_string()));
+        text += &format!("forward_writes = {}\n", self.opts.forward_writes);
         text += "[tls]\n";
         let (cert, key) = CertPaths::node_cert(&self.certs, id);
         let ca = CertPaths::in_dir(&self.certs).ca_cert;
@@ -487,12 +496,13 @@ impl Cluster {
         let members = self.members();
         // The node's applied index counts every entry, the barrier too; the store's (in the
         // digest) does not. Wait for the first, then compare the states.
-        let mut snapshots = BTreeMap::new();
+        let (mut snapshots, mut forwards_served) = (BTreeMap::new(), BTreeMap::new());
         loop {
             let mut behind = Vec::new();
             for &id in &members {
                 let status = self.status(id)?;
                 snapshots.insert(id, status.snapshot);
+                forwards_served.insert(id, status.forwards_served);
                 if status.applied < barrier {
                     behind.push((id, status.applied));
                 }
@@ -526,6 +536,7 @@ impl Cluster {
                         digest,
                         nodes: members,
                         snapshots,
+                        forwards_served,
                     })
                 }
                 Some(Err(())) => {

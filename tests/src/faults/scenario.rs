@@ -137,14 +137,15 @@ impl Report {
         };
         format!(
             "{} (seed {}): {} ops ({ok} ok, {failed} failed, {unknown} unknown), {verdict}; \
-             {} nodes agree at applied {} (snapshots at {:?}); {} faults ({} skipped); \
-             {} datagrams relayed, {} dropped; {:.1} s",
+             {} nodes agree at applied {} (snapshots at {:?}, forwards served {:?}); {} faults \
+             ({} skipped); {} datagrams relayed, {} dropped; {:.1} s",
             scenario.name,
             scenario.seed,
             self.history.len(),
             self.agreement.nodes.len(),
             self.agreement.applied,
             self.agreement.snapshots,
+            self.agreement.forwards_served,
             scenario.schedule.faults.len(),
             self.skipped.len(),
             self.network.relayed,
@@ -286,7 +287,14 @@ fn drive(
     } else {
         Vec::new()
     };
-    let workload = Workload::start(clients, readers, w, clock, scenario.seed)
+    let writers = if w.pinned_writers {
+        (cluster.members().into_iter())
+            .map(|id| cluster.pinned_client(id, w.request_timeout))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    let workload = Workload::start(clients, readers, writers, w, clock, scenario.seed)
         .map_err(|e| HarnessError::Setup(format!("client threads: {e}")))?;
     std::thread::sleep(scenario.warmup);
     let mut injector = Injector {
@@ -745,6 +753,7 @@ mod tests {
                 digest: String::new(),
                 nodes: Vec::new(),
                 snapshots: std::collections::BTreeMap::new(),
+                forwards_served: std::collections::BTreeMap::new(),
             },
             log: Vec::new(),
             problems: Vec::new(),

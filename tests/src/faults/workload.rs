@@ -29,6 +29,10 @@ pub struct WorkloadOptions {
     /// the leader, so without these no read would reach a deposed leader, or a follower cut
     /// off from the leader, to show what it serves.
     pub pinned_readers: bool,
+    /// Besides them, a writer pinned to each node as it starts (it reads too): on a follower
+    /// that forwards writes (`ClusterOptions::forward_writes`) its writes go to the leader
+    /// through the follower, under the faults.
+    pub pinned_writers: bool,
     pub keys: usize,
     /// A client's whole call, retries included; past it the outcome is unknown.
     pub request_timeout: Duration,
@@ -46,6 +50,7 @@ impl Default for WorkloadOptions {
         Self {
             clients: 4,
             pinned_readers: true,
+            pinned_writers: false,
             keys: 6,
             request_timeout: Duration::from_millis(1500),
             attempt_timeout: Duration::from_millis(400),
@@ -82,11 +87,13 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts `clients`, which read and write, and `readers`, which only read (already
-    /// connected, one per thread).
+    /// Starts `clients`, which read and write, `readers`, which only read, and `writers`, which
+    /// read and write and, like the readers, stay with one node (already connected, one per
+    /// thread).
     pub fn start(
         clients: Vec<KvClient>,
         readers: Vec<KvClient>,
+        writers: Vec<KvClient>,
         opts: &WorkloadOptions,
         clock: Clock,
         seed: u64,
@@ -94,11 +101,12 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let completed = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
-        let roles =
-            (clients.into_iter().map(|c| (c, false))).chain(readers.into_iter().map(|c| (c, true)));
-        for (i, (client, reads_only)) in roles.enumerate() {
+        let roles = (clients.into_iter().map(|c| (c, Role::Roaming)))
+            .chain(readers.into_iter().map(|c| (c, Role::PinnedReader)))
+            .chain(writers.into_iter().map(|c| (c, Role::PinnedWriter)));
+        for (i, (client, role)) in roles.enumerate() {
             let mut actor = Actor {
-                reads_only,
+                role,
                 id: i as u64 + 1,
                 client,
                 clock,
@@ -116,9 +124,9 @@ impl Workload {
                         let mut history = Vec::new();
                         while !stop.load(Ordering::Acquire) {
                             let operation = actor.step();
-                            // A reader pinned to a node that cannot serve (no leader known, cut
-                            // off) is refused at once: pause rather than flood it.
-                            let refused = actor.reads_only && read_failed(&operation.op);
+                            // A client pinned to a node that cannot serve (no leader known, cut
+                            // off, down) is refused at once: pause rather than flood it.
+                            let refused = actor.role != Role::Roaming && failed(&operation.op);
                             history.push(operation);
                             completed.fetch_add(1, Ordering::Relaxed);
                             if refused {
@@ -159,11 +167,21 @@ impl Drop for Workload {
     }
 }
 
+/// What a client does, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Reads and writes, following the leader.
+    Roaming,
+    /// Reads alone (half through ReadIndex, half through the lease), from one node.
+    PinnedReader,
+    /// Reads and writes through one node.
+    PinnedWriter,
+}
+
 /// One client and what it knows.
 struct Actor {
     id: u64,
-    /// Issues reads alone (half through ReadIndex, half through the lease).
-    reads_only: bool,
+    role: Role,
     client: KvClient,
     clock: Clock,
     rng: ChaCha8Rng,
@@ -184,7 +202,11 @@ impl Actor {
         let k = self.rng.random_range(0..self.keys);
         let key = key(k);
         let invoked_ns = self.clock.now_ns();
-        let first = if self.reads_only { 60 } else { 0 };
+        let first = if self.role == Role::PinnedReader {
+            60
+        } else {
+            0
+        };
         let op = match self.rng.random_range(first..100) {
             0..30 => {
                 let value = self.value();
@@ -261,11 +283,20 @@ impl Actor {
     }
 }
 
-/// Whether a read failed (it changed nothing, and told nothing).
-fn read_failed(op: &Op) -> bool {
+/// Whether an operation failed (it changed nothing, and told nothing).
+fn failed(op: &Op) -> bool {
     matches!(
         op,
         Op::Get {
+            outcome: Outcome::Failed,
+            ..
+        } | Op::Put {
+            outcome: Outcome::Failed,
+            ..
+        } | Op::Delete {
+            outcome: Outcome::Failed,
+            ..
+        } | Op::CompareAndSwap {
             outcome: Outcome::Failed,
             ..
         }
