@@ -23,6 +23,8 @@ pub struct LoadHistograms {
     pub settings: Settings,
     pub duration_seconds: f64,
     pub ok: u64,
+    /// Of `ok`, answered after the run's stop (see `LoadResult::answered_after_stop`).
+    pub answered_after_stop: u64,
     pub errors: BTreeMap<String, u64>,
     /// Microseconds, every request; then writes and reads apart.
     pub latency: Histogram<u64>,
@@ -36,6 +38,9 @@ struct File {
     settings: Settings,
     duration_seconds: f64,
     ok: u64,
+    /// Absent from files of keel-bench before it counted them: none then.
+    #[serde(default)]
+    answered_after_stop: u64,
     errors: BTreeMap<String, u64>,
     latency_us: String,
     write_latency_us: String,
@@ -48,6 +53,7 @@ impl LoadHistograms {
             settings,
             duration_seconds: r.elapsed.as_secs_f64(),
             ok: r.ok,
+            answered_after_stop: r.answered_after_stop,
             errors: r.errors.clone(),
             latency: r.latency_us.clone(),
             write_latency: r.write_latency_us.clone(),
@@ -65,6 +71,7 @@ impl LoadHistograms {
         add(&mut self.write_latency, &other.write_latency)?;
         add(&mut self.read_latency, &other.read_latency)?;
         self.ok += other.ok;
+        self.answered_after_stop += other.answered_after_stop;
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_default() += n;
         }
@@ -86,6 +93,7 @@ impl LoadHistograms {
             settings: self.settings.clone(),
             duration_seconds: self.duration_seconds,
             ok: self.ok,
+            answered_after_stop: self.answered_after_stop,
             errors: self.errors.clone(),
             latency_us: encode(&self.latency)?,
             write_latency_us: encode(&self.write_latency)?,
@@ -109,6 +117,7 @@ impl LoadHistograms {
             settings: file.settings,
             duration_seconds: file.duration_seconds,
             ok: file.ok,
+            answered_after_stop: file.answered_after_stop,
             errors: file.errors,
             latency: decode(&file.latency_us).map_err(|e| at(&e))?,
             write_latency: decode(&file.write_latency_us).map_err(|e| at(&e))?,
@@ -152,6 +161,7 @@ mod tests {
             },
             duration_seconds: 1.0,
             ok: values.len() as u64,
+            answered_after_stop: 1,
             errors: BTreeMap::from([("timeout".to_string(), 1)]),
             latency: h.clone(),
             write_latency: h,
@@ -173,6 +183,10 @@ mod tests {
             .expect("adds");
         assert_eq!(merged.latency.len(), 100);
         assert_eq!(merged.ok, 100);
+        assert_eq!(merged.answered_after_stop, 2);
+        // The rate is over what was answered within the run.
+        let report = crate::report::Report::of(&merged);
+        assert_eq!(report.requests_per_second, 98.0);
         assert_eq!(merged.errors["timeout"], 2);
         assert_eq!(merged.settings.clients, 16);
         assert!(merged.latency.value_at_quantile(0.95) >= 9_990);

@@ -64,6 +64,9 @@ pub struct LoadResult {
     /// else until the last request finished.
     pub elapsed: Duration,
     pub ok: u64,
+    /// Of `ok`, the requests a timed run's stop found in flight and that were answered after
+    /// it: their latencies count, but not in a rate over `elapsed`, which ended before them.
+    pub answered_after_stop: u64,
     pub errors: BTreeMap<String, u64>,
     /// Microseconds, request (or intended send) to completion.
     pub latency_us: Histogram<u64>,
@@ -209,6 +212,7 @@ pub fn run(
     let mut out = LoadResult {
         elapsed,
         ok: 0,
+        answered_after_stop: 0,
         errors: BTreeMap::new(),
         latency_us: new_histogram(),
         write_latency_us: new_histogram(),
@@ -219,6 +223,7 @@ pub fn run(
     };
     for r in results {
         out.ok += r.ok;
+        out.answered_after_stop += r.answered_after_stop;
         out.late_sends += r.late_sends;
         if out.timeline.len() < r.timeline.len() {
             out.timeline
@@ -269,6 +274,7 @@ struct Worker<'a> {
 
 struct WorkerResult {
     ok: u64,
+    answered_after_stop: u64,
     errors: BTreeMap<String, u64>,
     writes_h: Histogram<u64>,
     reads_h: Histogram<u64>,
@@ -288,6 +294,7 @@ impl Worker<'_> {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed);
         let mut result = WorkerResult {
             ok: 0,
+            answered_after_stop: 0,
             errors: BTreeMap::new(),
             writes_h: new_histogram(),
             reads_h: new_histogram(),
@@ -503,6 +510,9 @@ impl Worker<'_> {
             }
         };
         result.ok += 1;
+        if self.stop.load(Ordering::Relaxed) {
+            result.answered_after_stop += 1;
+        }
         let step = (self.started.elapsed().as_nanos() / TIMELINE_INTERVAL.as_nanos()) as usize;
         if result.timeline.len() <= step {
             result.timeline.resize_with(step + 1, new_step_histogram);
@@ -707,6 +717,9 @@ mod tests {
             result.elapsed
         );
         assert!(result.ok > 2, "{} answered", result.ok);
+        // The slow one, and perhaps the other client's, in flight at the stop: out of the rate.
+        let after = result.answered_after_stop;
+        assert!((1..=2).contains(&after), "{after} answered after the stop");
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub struct Report {
     pub duration_seconds: f64,
     pub total: u64,
     pub ok: u64,
+    /// Of `ok`, answered after a timed run's stop: in the latency figures, not in the rate.
+    pub answered_after_stop: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Requests answered within the run's duration, per second of it.
     pub requests_per_second: f64,
     pub latency: LatencySummary,
     pub write_latency: LatencySummary,
@@ -133,8 +136,10 @@ impl Report {
             duration_seconds: h.duration_seconds,
             total,
             ok: h.ok,
+            answered_after_stop: h.answered_after_stop,
             errors: h.errors.clone(),
-            requests_per_second: h.ok as f64 / h.duration_seconds.max(1e-9),
+            requests_per_second: (h.ok - h.answered_after_stop) as f64
+                / h.duration_seconds.max(1e-9),
             latency: LatencySummary::of(&h.latency),
             write_latency: LatencySummary::of(&h.write_latency),
             read_latency: LatencySummary::of(&h.read_latency),
@@ -204,6 +209,14 @@ impl Report {
             self.total, self.duration_seconds
         );
         let _ = writeln!(o, "  Requests/s:   {:.0}", self.requests_per_second);
+        if self.answered_after_stop > 0 {
+            let _ = writeln!(
+                o,
+                "                (not counting the {} answered after the stop; their latencies \
+                 count)",
+                self.answered_after_stop
+            );
+        }
         let _ = writeln!(
             o,
             "  Errors:       {}",
