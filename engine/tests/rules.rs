@@ -783,6 +783,38 @@ fn a_transfer_asked_for_again_keeps_its_deadline_and_one_to_another_target_is_re
         .expect("the transfer was abandoned on time");
 }
 
+#[test]
+fn a_timeout_now_that_arrives_after_its_transfer_was_given_up_deposes_nobody() {
+    let mut c = Cluster::new(Options::voters(&[1, 2, 3]));
+    c.campaign(1).expect("node 1 votes");
+    c.deliver_all();
+    c.propose(1, &["a"]).expect("node 1 leads");
+    c.deliver_all();
+    // Node 3 holds the whole log: told to campaign at once. The message is held up on the way.
+    c.with_core(1, |core| core.transfer_leadership(3))
+        .expect("a transfer to node 3");
+    let late = (c.in_flight().into_iter())
+        .find(|m| matches!(m.body, Body::TimeoutNow { .. }) && m.to == 3)
+        .expect("TimeoutNow sent");
+    // Node 3 is away until the transfer is given up (else each heartbeat answer would have node
+    // 1 send it again).
+    c.crash(3);
+    for _ in 0..c.core(1).config().election_ticks {
+        c.tick(1);
+        c.deliver_all();
+    }
+    c.restart(3);
+    let (after, term) = c.propose(1, &["b"]).expect("the transfer was given up");
+    c.deliver_all();
+    assert_eq!(c.core(3).last_index(), after);
+
+    c.step(late);
+    c.deliver_all();
+    assert_eq!(c.core(3).role(), Role::Follower, "not deposing node 1");
+    assert_eq!(c.core(1).role(), Role::Leader);
+    assert_eq!(c.core(1).term(), term);
+}
+
 /// Node 1 leads voters 1-4 and appends its own removal; 2, 3 and 4 hold it. Returns its index.
 fn leader_removing_itself() -> (Cluster, Index) {
     let mut c = Cluster::new(Options::voters(&[1, 2, 3, 4]));
@@ -800,7 +832,7 @@ fn leader_removing_itself() -> (Cluster, Index) {
 
 fn timeouts_now(c: &Cluster) -> Vec<NodeId> {
     (c.in_flight().iter())
-        .filter(|m| matches!(m.body, Body::TimeoutNow))
+        .filter(|m| matches!(m.body, Body::TimeoutNow { .. }))
         .map(|m| m.to)
         .collect()
 }
@@ -1180,7 +1212,9 @@ fn arbitrary_message(rng: &mut Rng, to: NodeId) -> Message {
                 membership: arbitrary_membership(rng),
             },
         },
-        9 => Body::TimeoutNow,
+        9 => Body::TimeoutNow {
+            last_index: rng.small(),
+        },
         10 => Body::ReadIndex {
             id: rng.small(),
             lease: rng.below(2) == 0,

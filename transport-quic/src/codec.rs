@@ -183,7 +183,7 @@ mod tests {
                     membership,
                 },
             },
-            Body::TimeoutNow,
+            Body::TimeoutNow { last_index: 12 },
             Body::ReadIndex {
                 id: 77,
                 lease: true,

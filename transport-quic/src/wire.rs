@@ -71,7 +71,9 @@ pub enum WireBody {
     Snapshot {
         snapshot: WireSnapshotMeta,
     },
-    TimeoutNow,
+    TimeoutNow {
+        last_index: u64,
+    },
     ReadIndex {
         id: u64,
         lease: bool,
@@ -334,7 +336,9 @@ impl From<&Message> for WireMessage {
             Body::Snapshot { snapshot } => WireBody::Snapshot {
                 snapshot: snapshot.into(),
             },
-            Body::TimeoutNow => WireBody::TimeoutNow,
+            Body::TimeoutNow { last_index } => WireBody::TimeoutNow {
+                last_index: *last_index,
+            },
             Body::ReadIndex { id, lease } => WireBody::ReadIndex {
                 id: *id,
                 lease: *lease,
@@ -516,7 +520,9 @@ pub fn message_of(m: &ArchivedWireMessage, frame: &Bytes) -> Result<Message, Con
         ArchivedWireBody::Snapshot { snapshot } => Body::Snapshot {
             snapshot: snapshot_meta_of(snapshot),
         },
-        ArchivedWireBody::TimeoutNow => Body::TimeoutNow,
+        ArchivedWireBody::TimeoutNow { last_index } => Body::TimeoutNow {
+            last_index: last_index.to_native(),
+        },
         ArchivedWireBody::ReadIndex { id, lease } => Body::ReadIndex {
             id: id.to_native(),
             lease: *lease,

@@ -63,8 +63,13 @@ pub enum Body {
     Snapshot {
         snapshot: SnapshotMeta,
     },
-    /// From the leader to its transfer target: campaign now.
-    TimeoutNow,
+    /// From the leader to its transfer target: campaign now. `last_index` is the leader's last
+    /// entry when it sent this (the target held it all): a target that holds an entry of the
+    /// same term after it knows the leader went on leading (a transfer takes no proposals, so it
+    /// ended), and a TimeoutNow that arrives that late is ignored instead of deposing it.
+    TimeoutNow {
+        last_index: Index,
+    },
     /// A follower asks the leader for a read index on behalf of one of its callers.
     ReadIndex {
         id: ReadId,
@@ -104,7 +109,7 @@ impl Body {
             Body::Heartbeat { .. } => "Heartbeat",
             Body::HeartbeatResponse { .. } => "HeartbeatResponse",
             Body::Snapshot { .. } => "Snapshot",
-            Body::TimeoutNow => "TimeoutNow",
+            Body::TimeoutNow { .. } => "TimeoutNow",
             Body::ReadIndex { .. } => "ReadIndex",
             Body::ReadIndexResponse { .. } => "ReadIndexResponse",
         }
@@ -114,7 +119,10 @@ impl Body {
     pub(crate) fn is_from_leader(&self) -> bool {
         matches!(
             self,
-            Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } | Body::TimeoutNow
+            Body::Append { .. }
+                | Body::Heartbeat { .. }
+                | Body::Snapshot { .. }
+                | Body::TimeoutNow { .. }
         )
     }
 }

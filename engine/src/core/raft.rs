@@ -483,7 +483,7 @@ impl Core {
             Body::Append { .. }
             | Body::Heartbeat { .. }
             | Body::Snapshot { .. }
-            | Body::TimeoutNow => {
+            | Body::TimeoutNow { .. } => {
                 if !self.accept_leader(from) {
                     return;
                 }
@@ -514,11 +514,12 @@ impl Core {
                         );
                     }
                     Body::Snapshot { snapshot } => self.handle_snapshot(from, snapshot),
-                    _ => {
-                        if self.can_campaign() {
+                    Body::TimeoutNow { last_index } => {
+                        if self.can_campaign() && !self.outlived_its_transfer(last_index, m.term) {
                             self.start_election(true);
                         }
                     }
+                    _ => unreachable!("the outer match lets only leader messages in"),
                 }
             }
             Body::AppendResponse {
@@ -1259,7 +1260,18 @@ impl Core {
 
     fn send_timeout_now(&mut self, to: NodeId) {
         self.lease_revoked = true;
-        self.send(to, Body::TimeoutNow);
+        let last_index = self.log.last_index();
+        self.send(to, Body::TimeoutNow { last_index });
+    }
+
+    /// Whether a TimeoutNow the leader of `term` sent with its log ending at `last_index` comes
+    /// after that leader took proposals again: this log holds an entry of `term` after that
+    /// index (or has compacted past it), which the leader appended after the transfer ended
+    /// (given up, or lost to a newer transfer). Campaigning on it would depose a leader nobody
+    /// asked to go. A leader that appended during the transfer for itself (no proposals, but a
+    /// joint configuration left) sends TimeoutNow again once the target holds that too.
+    fn outlived_its_transfer(&self, last_index: Index, term: Term) -> bool {
+        self.log.snapshot().index > last_index || self.log.term(last_index + 1) == Some(term)
     }
 
     /// Advances the commit index to what a quorum holds durably, for entries of this term only

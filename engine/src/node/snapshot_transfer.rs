@@ -376,7 +376,7 @@ mod tests {
         assert!(received.try_recv().is_err(), "the node saw nothing");
 
         let not_a_snapshot = Message {
-            body: Body::TimeoutNow,
+            body: Body::TimeoutNow { last_index: 5 },
             ..snapshot_message(5)
         };
         assert!(matches!(

@@ -991,7 +991,7 @@ pub fn fmt_msg(m: &Message) -> String {
             snapshot.term,
             fmt_membership(&snapshot.membership)
         ),
-        Body::TimeoutNow => format!("TimeoutNow t{}", m.term),
+        Body::TimeoutNow { last_index } => format!("TimeoutNow t{} last={last_index}", m.term),
         Body::ReadIndex { id, lease } => format!(
             "ReadIndex t{} id={id} {}",
             m.term,
