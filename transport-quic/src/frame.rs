@@ -21,8 +21,9 @@ use rkyv::util::AlignedVec;
 use crate::metrics::FrameRejection;
 use crate::wire::ConvertError;
 
-/// The format of every frame body this build writes and accepts.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format of every frame body this build writes and accepts. 2: TimeoutNow carries the
+/// leader's last index (a node of format 1 is refused, not misread).
+pub const FORMAT_VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 8;
 
 /// What a frame's body holds.
