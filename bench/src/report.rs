@@ -138,7 +138,7 @@ impl Report {
             ok: h.ok,
             answered_after_stop: h.answered_after_stop,
             errors: h.errors.clone(),
-            requests_per_second: (h.ok - h.answered_after_stop) as f64
+            requests_per_second: h.ok.saturating_sub(h.answered_after_stop) as f64
                 / h.duration_seconds.max(1e-9),
             latency: LatencySummary::of(&h.latency),
             write_latency: LatencySummary::of(&h.write_latency),

@@ -162,7 +162,8 @@ fn writes_forwarded_by_followers_through_kills_and_partitions() {
     // writes in flight at once than in the other scenarios (the check's cost grows with them).
     scenario.workload.keys = 14;
     let report = assert_passes(&scenario);
-    // The followers forwarded writes, and the leader at the end served some of them.
+    // The followers forwarded writes: some reached a leader (served, whatever its outcome; a
+    // node's count starts again when it restarts).
     let served = &report.agreement.forwards_served;
     assert!(served.values().sum::<u64>() > 0, "{served:?}");
 }

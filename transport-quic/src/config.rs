@@ -64,7 +64,8 @@ pub struct QuicConfig {
     /// Whether a key-value write that reaches a follower is forwarded to the leader and
     /// answered from there (a client then needs only one node's address), instead of refused
     /// with a leader hint for the client to follow. Off by default: following the hint costs
-    /// one round trip once, forwarding one peer hop on every write.
+    /// one round trip once, forwarding one peer hop on every write (and a client that follows
+    /// hints takes a follower that answered for the leader, so its writes all take that hop).
     pub kv_forward_writes: bool,
     /// Threads of the transport's own tokio runtime (at least 1; it must be multi-threaded).
     /// One by default: a node's traffic is one driver's, and a second thread mostly added

@@ -167,11 +167,14 @@ async fn execute(
         ArchivedWireKvRequest::Propose { command } => {
             let command = crate::wire::slice_in_frame(frame_body, command)
                 .map_err(|e| NodeError::Config(e.to_string()))?;
-            let elsewhere = node.leader().is_some_and(|leader| leader != node.id());
-            let proposal = if shared.cfg.kv_forward_writes && elsewhere {
-                node.propose_forwarded(command)
+            // A full proposal queue is back-pressure: wait for room, off this worker. (A
+            // forwarded write never waits: it only hands the command to the transport.)
+            let proposal = if shared.cfg.kv_forward_writes {
+                match node.try_propose_forwarded(command) {
+                    Ok(proposal) => proposal,
+                    Err(command) => shared.blocking(|| node.propose_forwarded(command)).await,
+                }
             } else {
-                // A full proposal queue is back-pressure: wait for room, off this worker.
                 match node.try_propose(command) {
                     Ok(proposal) => proposal,
                     Err(command) => shared.blocking(|| node.propose(command)).await,

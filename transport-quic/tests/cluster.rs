@@ -258,17 +258,22 @@ fn followers_forward_proposals_and_clients_follow_leader_hints() {
     assert!(cluster.transport(leader).metrics().snapshot().kv_requests >= 5);
 }
 
-#[test]
-fn a_follower_that_forwards_writes_serves_a_client_that_stays_with_it() {
-    let cluster = Cluster::with(&[1, 2, 3], &[], |_| {}, |q| q.kv_forward_writes = true);
-    let leader = cluster.leader();
+/// A client of `cluster`'s follower alone, that does not follow leader hints.
+fn follower_s_own_client(cluster: &Cluster) -> KvClient {
     let follower = cluster.follower();
     let client_cert = cluster.ca.issue_client().expect("client cert").identity;
     let seeds = vec![(follower, cluster.addrs[&follower])];
     let mut cfg = KvClientConfig::new(seeds, client_cert, vec![cluster.ca.cert_der()]);
     cfg.request_timeout = WAIT;
     cfg.follow_leader = false;
-    let client = KvClient::connect(cfg).expect("client");
+    KvClient::connect(cfg).expect("client")
+}
+
+#[test]
+fn a_follower_that_forwards_writes_serves_a_client_that_stays_with_it() {
+    let cluster = Cluster::with(&[1, 2, 3], &[], |_| {}, |q| q.kv_forward_writes = true);
+    let leader = cluster.leader();
+    let client = follower_s_own_client(&cluster);
     let served = || {
         cluster
             .transport(leader)
@@ -299,13 +304,7 @@ fn a_follower_that_forwards_writes_serves_a_client_that_stays_with_it() {
     ));
     // Without forwarding the same client is refused with a hint it does not follow.
     let plain = Cluster::new(&[1, 2, 3]);
-    let follower = plain.follower();
-    let client_cert = plain.ca.issue_client().expect("client cert").identity;
-    let seeds = vec![(follower, plain.addrs[&follower])];
-    let mut cfg = KvClientConfig::new(seeds, client_cert, vec![plain.ca.cert_der()]);
-    cfg.request_timeout = WAIT;
-    cfg.follow_leader = false;
-    let client = KvClient::connect(cfg).expect("client");
+    let client = follower_s_own_client(&plain);
     assert!(matches!(
         client.put("colour", "blue"),
         Err(ClientError::Kv(KvError::Node(

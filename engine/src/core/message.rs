@@ -64,9 +64,11 @@ pub enum Body {
         snapshot: SnapshotMeta,
     },
     /// From the leader to its transfer target: campaign now. `last_index` is the leader's last
-    /// entry when it sent this (the target held it all): a target that holds an entry of the
-    /// same term after it knows the leader went on leading (a transfer takes no proposals, so it
-    /// ended), and a TimeoutNow that arrives that late is ignored instead of deposing it.
+    /// entry when it sent this. A leader appends nothing while it transfers, so a target whose
+    /// log holds an entry of the leader's term after `last_index` knows the transfer was given
+    /// up since, and ignores the TimeoutNow instead of deposing the leader. (One that arrives
+    /// late at a target that has no such entry yet, or from a leader that took no proposals
+    /// since, still starts an election.)
     TimeoutNow {
         last_index: Index,
     },

@@ -1264,14 +1264,17 @@ impl Core {
         self.send(to, Body::TimeoutNow { last_index });
     }
 
-    /// Whether a TimeoutNow the leader of `term` sent with its log ending at `last_index` comes
-    /// after that leader took proposals again: this log holds an entry of `term` after that
-    /// index (or has compacted past it), which the leader appended after the transfer ended
-    /// (given up, or lost to a newer transfer). Campaigning on it would depose a leader nobody
-    /// asked to go. A leader that appended during the transfer for itself (no proposals, but a
-    /// joint configuration left) sends TimeoutNow again once the target holds that too.
+    /// Whether a TimeoutNow the leader of `term` sent with its log ending at `last_index` is
+    /// known to come after its transfer ended: this log holds an entry of `term` after that
+    /// index, or has compacted past it (committed entries, all in that leader's log). A leader
+    /// appends nothing while it transfers (no proposals, barriers or membership changes; a joint
+    /// configuration is left only after), so such an entry was appended once the transfer was
+    /// given up. Campaigning on it would depose a leader nobody asks to go any more.
     fn outlived_its_transfer(&self, last_index: Index, term: Term) -> bool {
-        self.log.snapshot().index > last_index || self.log.term(last_index + 1) == Some(term)
+        let Some(next) = last_index.checked_add(1) else {
+            return false;
+        };
+        self.log.snapshot().index > last_index || self.log.term(next) == Some(term)
     }
 
     /// Advances the commit index to what a quorum holds durably, for entries of this term only

@@ -326,17 +326,32 @@ impl<S: StateMachine> Node<S> {
     /// Proposes through the leader: here if this node leads, forwarded over the transport if it
     /// knows who does.
     pub fn propose_forwarded(&self, command: impl Into<Bytes>) -> Proposal {
-        let command = command.into();
+        self.forward_or(command.into(), |command| Ok(self.propose(command)))
+            .expect("proposing here never hands the command back")
+    }
+
+    /// Like [`Node::propose_forwarded`], but hands the command back instead of waiting while it
+    /// would be proposed here and the node's proposal queue is full (see [`Node::try_propose`]).
+    pub fn try_propose_forwarded(&self, command: impl Into<Bytes>) -> Result<Proposal, Bytes> {
+        self.forward_or(command.into(), |command| self.try_propose(command))
+    }
+
+    /// Forwards `command` to the leader if another node leads; else `here` proposes it.
+    fn forward_or(
+        &self,
+        command: Bytes,
+        here: impl FnOnce(Bytes) -> Result<Proposal, Bytes>,
+    ) -> Result<Proposal, Bytes> {
         let leader = NodeMetrics::get(&self.metrics.leader);
         if leader == 0 || leader == self.id {
-            return self.propose(command);
+            return here(command);
         }
         if let Err(e) = self.check_size(&command) {
-            return Proposal::failed(e);
+            return Ok(Proposal::failed(e));
         }
         let (proposal, reply) = ProposalReply::new();
         self.transport.forward(leader, command, reply);
-        proposal
+        Ok(proposal)
     }
 
     /// An empty entry: once it commits, everything proposed before it has committed; once it is

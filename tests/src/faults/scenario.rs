@@ -280,20 +280,19 @@ fn drive(
     let clients = (0..w.clients)
         .map(|_| cluster.client(w.request_timeout, w.attempt_timeout))
         .collect::<Result<Vec<_>, _>>()?;
-    let readers = if w.pinned_readers {
-        (cluster.members().into_iter())
-            .map(|id| cluster.pinned_client(id, w.reader_timeout))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
+    // One client pinned to each member, if `wanted`.
+    let pinned = |wanted: bool, timeout: Duration| -> Result<Vec<_>, HarnessError> {
+        let members = if wanted {
+            cluster.members()
+        } else {
+            Vec::new()
+        };
+        (members.into_iter())
+            .map(|id| cluster.pinned_client(id, timeout))
+            .collect()
     };
-    let writers = if w.pinned_writers {
-        (cluster.members().into_iter())
-            .map(|id| cluster.pinned_client(id, w.request_timeout))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
-    };
+    let readers = pinned(w.pinned_readers, w.reader_timeout)?;
+    let writers = pinned(w.pinned_writers, w.request_timeout)?;
     let workload = Workload::start(clients, readers, writers, w, clock, scenario.seed)
         .map_err(|e| HarnessError::Setup(format!("client threads: {e}")))?;
     std::thread::sleep(scenario.warmup);
