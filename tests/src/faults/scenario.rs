@@ -21,7 +21,7 @@ use super::proxy::{LinkFaults, ProxyStats};
 use super::schedule::{Fault, Schedule};
 use super::workload::{key, read, Clock, Workload, WorkloadOptions};
 use super::HarnessError;
-use crate::linearizability::{check, Op, Operation, Outcome, Verdict};
+use crate::linearizability::{check, Op, Operation, Outcome, Status, Verdict};
 
 /// Client id of the read-back after the faults.
 const READ_BACK_CLIENT: u64 = 0;
@@ -95,10 +95,10 @@ impl Report {
     pub fn outcomes(&self) -> (usize, usize, usize) {
         let mut counts = (0, 0, 0);
         for o in &self.history {
-            match status(&o.op) {
-                0 => counts.0 += 1,
-                1 => counts.1 += 1,
-                _ => counts.2 += 1,
+            match o.op.status() {
+                Status::Ok => counts.0 += 1,
+                Status::Failed => counts.1 += 1,
+                Status::Unknown => counts.2 += 1,
             }
         }
         counts
@@ -155,36 +155,6 @@ impl Report {
     }
 }
 
-fn status(op: &Op) -> u8 {
-    let of = |ok: bool, failed: bool| {
-        if ok {
-            0
-        } else if failed {
-            1
-        } else {
-            2
-        }
-    };
-    match op {
-        Op::Put { outcome, .. } => of(
-            matches!(outcome, Outcome::Ok(_)),
-            *outcome == Outcome::Failed,
-        ),
-        Op::Get { outcome, .. } => of(
-            matches!(outcome, Outcome::Ok(_)),
-            *outcome == Outcome::Failed,
-        ),
-        Op::Delete { outcome, .. } => of(
-            matches!(outcome, Outcome::Ok(_)),
-            *outcome == Outcome::Failed,
-        ),
-        Op::CompareAndSwap { outcome, .. } => of(
-            matches!(outcome, Outcome::Ok(_)),
-            *outcome == Outcome::Failed,
-        ),
-    }
-}
-
 /// A run that could not be completed or judged: the harness failed, or keel did (a node that
 /// would not restart, diverged state).
 #[derive(Debug)]
@@ -233,7 +203,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, Box<Aborted>> {
             let writes_after_faults = history
                 .iter()
                 .filter(|o| o.invoked_ns >= faults_over_ns && o.client != READ_BACK_CLIENT)
-                .filter(|o| !matches!(o.op, Op::Get { .. }) && status(&o.op) == 0)
+                .filter(|o| !matches!(o.op, Op::Get { .. }) && o.op.status() == Status::Ok)
                 .count();
             Ok(Report {
                 verdict,

@@ -19,7 +19,7 @@ use keel_transport_quic::{ClientError, KvClient};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::linearizability::{CasResult, Op, Operation, Outcome};
+use crate::linearizability::{CasResult, Op, Operation, Outcome, Status};
 
 /// The shape of the load.
 #[derive(Clone, Debug)]
@@ -126,7 +126,9 @@ impl Workload {
                             let operation = actor.step();
                             // A client pinned to a node that cannot serve (no leader known, cut
                             // off, down) is refused at once: pause rather than flood it.
-                            let refused = actor.role != Role::Roaming && failed(&operation.op);
+                            // (A failed operation changed nothing, and told nothing.)
+                            let refused = actor.role != Role::Roaming
+                                && operation.op.status() == Status::Failed;
                             history.push(operation);
                             completed.fetch_add(1, Ordering::Relaxed);
                             if refused {
@@ -281,26 +283,6 @@ impl Actor {
             op,
         }
     }
-}
-
-/// Whether an operation failed (it changed nothing, and told nothing).
-fn failed(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Get {
-            outcome: Outcome::Failed,
-            ..
-        } | Op::Put {
-            outcome: Outcome::Failed,
-            ..
-        } | Op::Delete {
-            outcome: Outcome::Failed,
-            ..
-        } | Op::CompareAndSwap {
-            outcome: Outcome::Failed,
-            ..
-        }
-    )
 }
 
 /// A linearizable or lease read as the history records it.

@@ -71,7 +71,7 @@ pub enum CasResult {
 
 /// The outcome of an operation, without its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Status {
+pub enum Status {
     Ok,
     Failed,
     Unknown,
@@ -97,7 +97,7 @@ impl Op {
         }
     }
 
-    pub(super) fn status(&self) -> Status {
+    pub fn status(&self) -> Status {
         match self {
             Op::Put { outcome, .. } => outcome.status(),
             Op::Get { outcome, .. } => outcome.status(),

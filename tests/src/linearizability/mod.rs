@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
-pub use self::history::{CasResult, HistoryError, Op, Operation, Outcome};
+pub use self::history::{CasResult, HistoryError, Op, Operation, Outcome, Status};
 pub use self::verdict::{Verdict, Violation};
 
 use self::register::Entry;
