@@ -17,6 +17,9 @@ use keel_engine::wal::fuzz::decode_everything;
 use keel_engine::wal::record::{self, Record};
 use keel_engine::wal::segment::SegmentHeader;
 
+/// The seed segment's salt, as a log of format 3 has in every header.
+const SEGMENT_SALT: u32 = 0x5a17_c0de;
+
 fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wal_record")
 }
@@ -76,7 +79,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut all = Vec::new();
     for (name, r) in &records {
         let mut buf = Vec::new();
-        record::encode(r, &mut buf).unwrap();
+        // Salt 0: the fuzz entry point decodes records outside a segment under it.
+        record::encode(r, &mut buf, 0).unwrap();
         all.extend_from_slice(&buf);
         out.push((*name, buf));
     }
@@ -84,6 +88,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         seq: 1,
         first_index: 1,
         marks_groups: true,
+        salt: SEGMENT_SALT,
     }
     .encode()
     .to_vec();
@@ -93,7 +98,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             term: 1,
             payload: Payload::Command(Bytes::from(vec![index as u8; 20])),
         };
-        record::encode(&Record::Entry(e), &mut segment).unwrap();
+        record::encode(&Record::Entry(e), &mut segment, SEGMENT_SALT).unwrap();
     }
     let mut torn = segment.clone();
     torn.truncate(torn.len() - 7);

@@ -253,6 +253,8 @@ struct SegmentMeta {
     seq: u64,
     /// The next entry's index when the segment was created.
     first_index: Index,
+    /// What its records' checksums start from (0 in a segment written before salts).
+    salt: u32,
 }
 
 /// Segments must hold a header, a checkpoint and a few records.
@@ -281,6 +283,8 @@ pub struct Wal {
     /// Where the active segment's own records begin (after header and checkpoint): a segment
     /// holding nothing else is never sealed, so every record fits somewhere.
     active_payload_start: u64,
+    /// The log's salt, written into each new segment (see [`segment`]).
+    log_salt: u32,
     /// Encoded records not yet written; they belong at the end of the active segment.
     buf: Vec<u8>,
     data_unsynced: bool,
@@ -377,6 +381,10 @@ impl Wal {
             .metadata()
             .map_err(io_error("read the active segment's length", &path))?
             .len();
+        let log_salt = match found.log_salt {
+            Some(salt) => salt,
+            None => new_salt(dir)?,
+        };
         let (state, slots) = split_state(found.state);
         let recovered = Recovered {
             hard_state: state.hard_state,
@@ -399,6 +407,7 @@ impl Wal {
             spare,
             remover,
             active_payload_start: SEGMENT_HEADER_BYTES as u64,
+            log_salt,
             buf: Vec::new(),
             data_unsynced: false,
             dir_unsynced: false,
@@ -431,6 +440,7 @@ impl Wal {
             .transpose()?;
         let spare = Spare::start_unless_unsynced(dir, &opts)?;
         let remover = Remover::start(dir, opts.sync)?;
+        let log_salt = new_salt(dir)?;
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
@@ -438,6 +448,7 @@ impl Wal {
             segments: vec![SegmentMeta {
                 seq,
                 first_index: 1,
+                salt: log_salt,
             }],
             active,
             active_written_bytes: 0,
@@ -445,6 +456,7 @@ impl Wal {
             spare,
             remover,
             active_payload_start: 0,
+            log_salt,
             buf: Vec::new(),
             data_unsynced: false,
             dir_unsynced: true,
@@ -469,7 +481,7 @@ impl Wal {
     /// group goes, it would make a torn tail of that group look like damage inside this one,
     /// followed by "a later group", and the log would be refused after a second crash.
     fn close_cut_group(&mut self, at: u64) -> Result<(), WalError> {
-        let kept = record::group_start(self.active_written_bytes - at);
+        let kept = record::group_start(self.active_written_bytes - at, self.active_salt());
         let path = self.active_path();
         self.active
             .write_all_at(&kept, at)
@@ -636,7 +648,8 @@ impl Wal {
             Record::Compact(s) => self.state.compact(s).map_err(invalid)?,
             Record::GroupStart { .. } => {}
         }
-        let written = record::encode(record, &mut self.buf)
+        let salt = self.active_salt();
+        let written = record::encode(record, &mut self.buf, salt)
             .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
         debug_assert_eq!(written, record_bytes);
         Ok(())
@@ -647,6 +660,13 @@ impl Wal {
             .last()
             .expect("the log always has a segment")
             .seq
+    }
+
+    fn active_salt(&self) -> u32 {
+        self.segments
+            .last()
+            .expect("the log always has a segment")
+            .salt
     }
 
     fn active_path(&self) -> PathBuf {
@@ -683,7 +703,11 @@ impl Wal {
             None => (create_segment_file(&path)?, 0),
         };
         self.active_written_bytes = 0;
-        self.segments.push(SegmentMeta { seq, first_index });
+        self.segments.push(SegmentMeta {
+            seq,
+            first_index,
+            salt: self.log_salt,
+        });
         self.dir_unsynced = true;
         self.begin_segment(seq, first_index)?;
         // The header and checkpoint are made durable, with the segment's name, before any group
@@ -727,11 +751,13 @@ impl Wal {
     /// segment still describes the log once the segments before it are removed.
     fn begin_segment(&mut self, seq: u64, first_index: Index) -> Result<(), WalError> {
         assert!(self.buf.is_empty() && self.active_written_bytes == 0);
+        let salt = self.active_salt();
         self.buf.extend_from_slice(
             &SegmentHeader {
                 seq,
                 first_index,
                 marks_groups: true,
+                salt,
             }
             .encode(),
         );
@@ -739,7 +765,7 @@ impl Wal {
             Record::<Entry>::HardState(self.state.hard_state),
             Record::Compact(self.state.snapshot.clone()),
         ] {
-            record::encode(&record, &mut self.buf)
+            record::encode(&record, &mut self.buf, salt)
                 .map_err(|body_bytes| WalError::RecordTooLarge { body_bytes })?;
         }
         self.active_payload_start = self.buf.len() as u64;
@@ -776,7 +802,8 @@ impl Wal {
         if let Some(at) = self.group_start_at.take() {
             // The group's part in this segment ends with the buffer.
             let group_bytes = (self.buf.len() - at) as u64;
-            self.buf[at..at + GROUP_START_BYTES].copy_from_slice(&record::group_start(group_bytes));
+            let start = record::group_start(group_bytes, self.active_salt());
+            self.buf[at..at + GROUP_START_BYTES].copy_from_slice(&start);
         }
         let started = Instant::now();
         let result = self
@@ -962,7 +989,7 @@ impl Wal {
         if loc.seq == self.active_seq() && loc.offset >= self.active_written_bytes {
             let at = usize::try_from(loc.offset - self.active_written_bytes)
                 .expect("buffered offsets fit in memory");
-            let (record, _) = record::decode(&self.buf[at..])
+            let (record, _) = record::decode(&self.buf[at..], self.active_salt())
                 .map_err(|e| corrupt(format!("buffered record: {e}")))?;
             return Ok(record);
         }
@@ -981,7 +1008,13 @@ impl Wal {
         let mut bytes = vec![0u8; PREFIX_BYTES + body_bytes];
         file.read_exact_at(&mut bytes, loc.offset)
             .map_err(io_error("read a record", &path))?;
-        let (record, _) = record::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let salt = loc
+            .seq
+            .checked_sub(self.segments[0].seq)
+            .and_then(|i| self.segments.get(usize::try_from(i).ok()?))
+            .expect("an entry's location names a segment the log holds")
+            .salt;
+        let (record, _) = record::decode(&bytes, salt).map_err(|e| corrupt(e.to_string()))?;
         Ok(record)
     }
 
@@ -1001,6 +1034,18 @@ impl Wal {
                 front.seq >= self.segments[0].seq,
                 "no entry lives in a removed segment"
             );
+        }
+    }
+}
+
+/// A new log's salt: random, so that no client can write a command that checks as a record of
+/// the log, and never 0, which means "no salt".
+fn new_salt(dir: &Path) -> Result<u32, WalError> {
+    loop {
+        let salt = getrandom::u32()
+            .map_err(|e| io_error("draw the log's checksum salt", dir)(e.into()))?;
+        if salt != 0 {
+            return Ok(salt);
         }
     }
 }

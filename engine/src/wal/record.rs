@@ -3,7 +3,8 @@
 //! ```text
 //! offset  size  field
 //!      0     4  body_len   bytes after the 8-byte prefix (kind .. end of payload), little-endian
-//!      4     4  crc        CRC32C over body_len's 4 bytes followed by the body
+//!      4     4  crc        CRC32C, started from the segment's salt, over body_len's 4 bytes
+//!                          followed by the body
 //!      8     1  kind       1 entry, 2 hard state, 3 snapshot (install), 4 truncation,
 //!                          5 compaction, 6 group start
 //!      9     8  index      entry index / commit / snapshot index / truncate-from / group bytes
@@ -17,6 +18,13 @@
 //! group start begins the records of each write group (one `fdatasync`; see
 //! [`super::recovery`] for what it tells recovery). A membership is three
 //! `u32`-counted lists of `u64` node ids (voters, outgoing, learners), each strictly ascending.
+//!
+//! The salt (see [`super::segment`]) is random per log and 0 in segments written before it
+//! existed. A record encoded under one salt never checks under another: for bytes of a given
+//! length the CRC's starting value maps one to one onto its result. So the bytes of a client's
+//! command, which can hold a whole record with a correct checksum under salt 0 (or any salt the
+//! client might guess), cannot pass for a record of the log when recovery searches damaged
+//! bytes for one.
 //!
 //! The decoder is the first code to touch bytes from disk: it must never panic, never allocate
 //! more than the input justifies, and accept only what the encoder can produce.
@@ -110,9 +118,9 @@ impl<E: Borrow<Entry>> Record<E> {
 }
 
 /// A group start's encoding, for a group of `group_bytes` (see [`Record::GroupStart`]).
-pub fn group_start(group_bytes: u64) -> [u8; GROUP_START_BYTES] {
+pub fn group_start(group_bytes: u64, salt: u32) -> [u8; GROUP_START_BYTES] {
     let mut out = Vec::with_capacity(GROUP_START_BYTES);
-    encode(&Record::<Entry>::GroupStart { group_bytes }, &mut out)
+    encode(&Record::<Entry>::GroupStart { group_bytes }, &mut out, salt)
         .expect("a group start has no payload");
     out.try_into().expect("a group start is a header alone")
 }
@@ -138,10 +146,15 @@ fn membership_bytes(m: &Membership) -> usize {
     3 * 4 + 8 * (m.voters.len() + m.outgoing.len() + m.learners.len())
 }
 
-/// Appends the encoding of `record` to `buf`. Returns the record's size in bytes.
+/// Appends the encoding of `record`, checksummed under the segment's `salt`, to `buf`. Returns
+/// the record's size in bytes.
 ///
 /// Fails (leaving `buf` as it was) only if the body would exceed [`RECORD_BODY_BYTES_MAX`].
-pub fn encode<E: Borrow<Entry>>(record: &Record<E>, buf: &mut Vec<u8>) -> Result<usize, usize> {
+pub fn encode<E: Borrow<Entry>>(
+    record: &Record<E>,
+    buf: &mut Vec<u8>,
+    salt: u32,
+) -> Result<usize, usize> {
     let start = buf.len();
     buf.extend_from_slice(&[0; PREFIX_BYTES]);
     match record {
@@ -191,10 +204,16 @@ pub fn encode<E: Borrow<Entry>>(record: &Record<E>, buf: &mut Vec<u8>) -> Result
     }
     let len = u32::try_from(body_bytes).expect("RECORD_BODY_BYTES_MAX fits in u32");
     let len_bytes = len.to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), &buf[start + PREFIX_BYTES..]);
+    let crc = checksum(salt, &len_bytes, &buf[start + PREFIX_BYTES..]);
     buf[start..start + 4].copy_from_slice(&len_bytes);
     buf[start + 4..start + PREFIX_BYTES].copy_from_slice(&crc.to_le_bytes());
     Ok(record_bytes)
+}
+
+/// A record's checksum: CRC32C started from `salt` (0 is plain CRC32C) over the length field
+/// and the body.
+pub fn checksum(salt: u32, len_bytes: &[u8; 4], body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(salt, len_bytes), body)
 }
 
 fn put_fixed(buf: &mut Vec<u8>, kind: u8, index: Index, term: Term) {
@@ -214,9 +233,9 @@ fn put_membership(buf: &mut Vec<u8>, m: &Membership) {
     }
 }
 
-/// Decodes the record at the start of `buf`, verifying its checksum. Returns the record and the
-/// number of bytes it took.
-pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
+/// Decodes the record at the start of `buf`, verifying its checksum under the segment's `salt`.
+/// Returns the record and the number of bytes it took.
+pub fn decode(buf: &[u8], salt: u32) -> Result<(Record, usize), DecodeError> {
     let Some(prefix) = buf.get(..PREFIX_BYTES) else {
         return Err(DecodeError::Incomplete {
             needed_bytes: PREFIX_BYTES,
@@ -224,7 +243,8 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
         });
     };
     let mut r = Reader(prefix);
-    let body_bytes = r.u32()? as usize;
+    let len_bytes = r.array::<4>()?;
+    let body_bytes = u32::from_le_bytes(len_bytes) as usize;
     let crc = r.u32()?;
     if !(BODY_FIXED_BYTES..=RECORD_BODY_BYTES_MAX).contains(&body_bytes) {
         return Err(DecodeError::BadLength { body_bytes });
@@ -236,8 +256,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
             available_bytes: buf.len(),
         });
     };
-    let computed = crc32c::crc32c_append(crc32c::crc32c(&prefix[..4]), body);
-    if computed != crc {
+    if checksum(salt, &len_bytes, body) != crc {
         return Err(DecodeError::Checksum);
     }
     let record = decode_body(body)?;
@@ -429,6 +448,8 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    const SALT: u32 = 0x5a17_c0de;
+
     fn samples() -> Vec<Record> {
         let joint = Membership {
             voters: [1, 2, 4].into(),
@@ -485,18 +506,47 @@ mod tests {
     fn every_kind_round_trips() {
         for record in samples() {
             let mut buf = Vec::new();
-            let n = encode(&record, &mut buf).unwrap();
+            let n = encode(&record, &mut buf, SALT).unwrap();
             assert_eq!(n, buf.len());
             assert_eq!(record_bytes(&record), n);
-            assert_eq!(decode(&buf), Ok((record.clone(), n)), "{record:?}");
+            assert_eq!(decode(&buf, SALT), Ok((record.clone(), n)), "{record:?}");
         }
+    }
+
+    #[test]
+    fn a_record_checks_only_under_the_salt_it_was_written_with() {
+        for record in samples() {
+            for salt in [0, 1, SALT, u32::MAX] {
+                let mut buf = Vec::new();
+                encode(&record, &mut buf, salt).unwrap();
+                assert!(decode(&buf, salt).is_ok(), "{record:?}");
+                for other in [0, 1, 2, SALT, SALT ^ 1, u32::MAX]
+                    .into_iter()
+                    .filter(|&o| o != salt)
+                {
+                    assert_eq!(
+                        decode(&buf, other),
+                        Err(DecodeError::Checksum),
+                        "{record:?} written under {salt:#x} checks under {other:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn salt_zero_is_the_plain_checksum_of_segments_written_before_salts() {
+        let mut buf = Vec::new();
+        encode(&samples()[1], &mut buf, 0).unwrap();
+        let plain = crc32c::crc32c(&[&buf[..4], &buf[PREFIX_BYTES..]].concat());
+        assert_eq!(buf[4..PREFIX_BYTES], plain.to_le_bytes());
     }
 
     #[test]
     fn every_record_may_start_a_record_and_a_damaged_one_may_not() {
         for record in samples() {
             let mut buf = Vec::new();
-            encode(&record, &mut buf).unwrap();
+            encode(&record, &mut buf, SALT).unwrap();
             assert!(may_start_record(&buf), "{record:?}");
             // Its length field one off, or its kind unknown: the layout no longer fits.
             for damage in [
@@ -515,12 +565,12 @@ mod tests {
     fn records_decode_back_to_back() {
         let mut buf = Vec::new();
         for record in samples() {
-            encode(&record, &mut buf).unwrap();
+            encode(&record, &mut buf, SALT).unwrap();
         }
         let mut at = 0;
         let mut out = Vec::new();
         while at < buf.len() {
-            let (r, n) = decode(&buf[at..]).unwrap();
+            let (r, n) = decode(&buf[at..], SALT).unwrap();
             out.push(r);
             at += n;
         }
@@ -531,11 +581,11 @@ mod tests {
     fn every_prefix_is_incomplete_and_every_bit_flip_is_caught() {
         for record in samples() {
             let mut buf = Vec::new();
-            encode(&record, &mut buf).unwrap();
+            encode(&record, &mut buf, SALT).unwrap();
             for len in 0..buf.len() {
                 assert!(
                     matches!(
-                        decode(&buf[..len]),
+                        decode(&buf[..len], SALT),
                         Err(DecodeError::Incomplete { .. } | DecodeError::BadLength { .. })
                     ),
                     "prefix of {len} bytes"
@@ -546,7 +596,7 @@ mod tests {
                     let mut damaged = buf.clone();
                     damaged[byte] ^= 1 << bit;
                     assert!(
-                        decode(&damaged).is_err(),
+                        decode(&damaged, SALT).is_err(),
                         "flip {byte}:{bit} went unnoticed"
                     );
                 }
@@ -559,7 +609,7 @@ mod tests {
         // Bodies the encoder never writes, sealed with a correct checksum.
         let seal = |body: &[u8]| {
             let len = (body.len() as u32).to_le_bytes();
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&len), body);
+            let crc = checksum(SALT, &len, body);
             let mut buf = len.to_vec();
             buf.extend_from_slice(&crc.to_le_bytes());
             buf.extend_from_slice(body);
@@ -606,7 +656,7 @@ mod tests {
             fixed(KIND_GROUP_START, 100, 1),
         ] {
             assert!(matches!(
-                decode(&seal(&body)),
+                decode(&seal(&body), SALT),
                 Err(DecodeError::Malformed(_))
             ));
         }
@@ -616,9 +666,12 @@ mod tests {
     fn impossible_lengths_are_refused_before_reading() {
         let mut buf = vec![0u8; 16];
         buf[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&buf), Err(DecodeError::BadLength { .. })));
         assert!(matches!(
-            decode(&[0; 64]),
+            decode(&buf, SALT),
+            Err(DecodeError::BadLength { .. })
+        ));
+        assert!(matches!(
+            decode(&[0; 64], SALT),
             Err(DecodeError::BadLength { body_bytes: 0 })
         ));
     }

@@ -2,6 +2,7 @@
 //!
 //! The rules, in the order they are checked:
 //! - sequence numbers have no gaps, and each segment starts where the log before it ended;
+//! - every salted header names the same salt: one log's;
 //! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
 //!   so any damage in it is corruption;
 //! - in the last segment, damage is a torn tail (the last, unsynced write group, cut off) unless
@@ -19,11 +20,12 @@
 //! Nothing on disk is changed until every check has passed: a refusal leaves the damage in place
 //! for a human (or, later, a repair from peers) to look at.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::record::Record;
-use super::segment::{self, segment_path, SEGMENT_HEADER_BYTES};
+use super::segment::{self, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::state::{LogState, Slot};
 use super::{fsync_dir, io_error, EntryLoc, IndexRange, SegmentMeta, TornTail, WalError};
 use crate::core::{Entry, Index, Term};
@@ -42,6 +44,8 @@ pub(super) struct Recovery {
     pub segments: Vec<SegmentMeta>,
     /// Valid bytes in the last segment.
     pub active_len_bytes: u64,
+    /// The log's salt, when a segment's header names one.
+    pub log_salt: Option<u32>,
     pub torn_tail: Option<TornTail>,
     /// Where the last segment's last write group starts, when the tail was cut inside that
     /// group: its start still claims the bytes cut, where the next writes go (see `Wal::open`).
@@ -86,6 +90,8 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     let mut state: Option<LogState<(EntryLoc, Entry)>> = None;
     let mut segments: Vec<SegmentMeta> = Vec::new();
     let mut active_len_bytes = 0;
+    let salted = first_salted(dir, &seqs)?;
+    let log_salt = salted.map(|(salt, _)| salt);
     let mut torn: Option<TornCut> = None;
     let mut open_group_at = None;
     let next_index = |s: &Option<LogState<_>>| s.as_ref().map_or(1, LogState::next_index);
@@ -94,7 +100,14 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         let is_last = i + 1 == seqs.len();
         let path = segment_path(dir, seq);
         let bytes = fs::read(&path).map_err(io_error("read a segment", &path))?;
-        let scan = segment::scan(&bytes);
+        // An unreadable header hides its segment's salt. One log has one salt, and a segment
+        // after a salted one is salted too; one before may have been written before salts.
+        let salts_without_header = match salted {
+            Some((salt, first)) if seq > first => vec![salt],
+            Some((salt, _)) => vec![0, salt],
+            None => vec![0],
+        };
+        let scan = segment::scan(&bytes, &salts_without_header);
         let corrupt = |offset: u64, index_range: IndexRange, reason: String| WalError::Corrupt {
             file: path.clone(),
             offset,
@@ -106,7 +119,11 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
             Ok(h) => h,
             Err(reason) => {
                 let valid_after = scan.damage.as_ref().and_then(|d| d.valid_after.as_ref());
-                if is_last && valid_after.is_none() {
+                // With no other header to name the log's salt, records after this one cannot be
+                // checked: any byte written after the header may belong to one.
+                let unchecked_after = log_salt.is_none()
+                    && !segment::all_zero(bytes.get(SEGMENT_HEADER_BYTES..).unwrap_or_default());
+                if is_last && valid_after.is_none() && !unchecked_after {
                     // Created by a rollover whose header never reached the disk.
                     torn = Some(TornCut {
                         path: path.clone(),
@@ -172,7 +189,7 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         let proof_after = scan
             .damage
             .as_ref()
-            .and_then(|d| later_group_after(&bytes, header.marks_groups, &scan.records, d));
+            .and_then(|d| later_group_after(&bytes, &header, &scan.records, d));
         if is_last && ends_inside_checkpoint && proof_after.is_none() {
             torn = Some(TornCut {
                 path: path.clone(),
@@ -202,6 +219,7 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         segments.push(SegmentMeta {
             seq,
             first_index: header.first_index,
+            salt: header.salt,
         });
         active_len_bytes = bytes.len() as u64;
         if let Some(from) = scan.unwritten_from {
@@ -339,9 +357,43 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         state,
         segments,
         active_len_bytes,
+        log_salt,
         torn_tail,
         open_group_at,
     }))
+}
+
+/// The salt the segments' readable headers name, if any does, with the first segment that names
+/// it. Two different salts mean a segment of another log among this one's: refused.
+fn first_salted(dir: &Path, seqs: &[u64]) -> Result<Option<(u32, u64)>, WalError> {
+    let mut found: Option<(u32, u64)> = None;
+    for &seq in seqs {
+        let path = segment_path(dir, seq);
+        let mut header = Vec::with_capacity(SEGMENT_HEADER_BYTES);
+        File::open(&path)
+            .and_then(|f| f.take(SEGMENT_HEADER_BYTES as u64).read_to_end(&mut header))
+            .map_err(io_error("read a segment's header", &path))?;
+        let Ok(h) = SegmentHeader::decode(&header) else {
+            continue;
+        };
+        match found {
+            _ if h.salt == 0 => {}
+            None => found = Some((h.salt, seq)),
+            Some((salt, _)) if salt == h.salt => {}
+            Some((_, first)) => {
+                return Err(WalError::Corrupt {
+                    file: path,
+                    offset: 0,
+                    index_range: IndexRange::starting_at(h.first_index),
+                    reason: format!(
+                        "the header's salt differs from {}'s: a segment of another log",
+                        segment::segment_file_name(first)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// What after `damage` proves it is not a torn tail: a valid record of a write group after the
@@ -349,12 +401,12 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
 /// bytes were synced), with its offset. In a segment without group starts, any valid record.
 fn later_group_after(
     bytes: &[u8],
-    marks_groups: bool,
+    header: &SegmentHeader,
     records: &[(u64, Record)],
     damage: &segment::Damage,
 ) -> Option<(u64, Record)> {
     let first_valid = damage.valid_after.clone()?;
-    if !marks_groups {
+    if !header.marks_groups {
         return Some(first_valid);
     }
     // Damage inside a group whose start survived: anything valid past that group's end.
@@ -368,14 +420,14 @@ fn later_group_after(
     if let Some(end) = group_end.filter(|&end| damage.offset < end) {
         let found = usize::try_from(end)
             .ok()
-            .and_then(|end| segment::find_valid_record(bytes, end));
+            .and_then(|end| segment::find_valid_record(bytes, end, header.salt));
         if found.is_some() {
             return found;
         }
     }
     // Otherwise (its start is damaged, or the group began in the segment before): the start
     // of a later group.
-    segment::group_start_after(bytes, damage.offset + 1)
+    segment::group_start_after(bytes, damage.offset + 1, header.salt)
 }
 
 /// Replays one record; on failure, the index it concerns and why it breaks the rules.

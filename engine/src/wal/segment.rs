@@ -3,8 +3,9 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic          "KEEL-WAL"
-//!      8     4  version        FORMAT_VERSION, little-endian (1: written before group starts)
-//!     12     4  flags          0 (reserved)
+//!      8     4  version        FORMAT_VERSION, little-endian (1: written before group starts;
+//!                              2: before salts)
+//!     12     4  salt           the log's checksum salt, never 0 (before version 3: flags, 0)
 //!     16     8  seq            the segment's sequence number, as in its file name
 //!     24     8  first_index    the index the next entry appended was to have when it was created
 //!     32     4  crc            CRC32C over bytes 0..32
@@ -13,6 +14,12 @@
 //!
 //! Segments are named `{seq:020}.wal` so that they sort by name; sequence numbers have no gaps.
 //! The last segment may run on in zeros after its last record: space filled ahead of use.
+//!
+//! The salt is drawn at random when the log is created and written into every segment's header;
+//! each record's checksum starts from it (see [`super::record`]), so bytes a client wrote inside
+//! a command never check as a record of the log. Segments of versions 1 and 2 are read with
+//! salt 0, the plain checksum they were written with. One log, one salt: a segment whose header
+//! cannot be read is searched under the salt the others name.
 
 use std::path::{Path, PathBuf};
 
@@ -20,9 +27,11 @@ use super::record::{self, DecodeError, Record, INDEX_MAX};
 use crate::core::Index;
 
 pub const MAGIC: [u8; 8] = *b"KEEL-WAL";
-/// Version 2 begins every write group with a [`Record::GroupStart`]; version 1 segments (which
-/// do not) are still read, under the stricter rule recovery had for them.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3 salts every record's checksum. Version 2 began every write group with a
+/// [`Record::GroupStart`]; segments of version 2, and of version 1 (which do not), are still
+/// read: with salt 0, and version 1 under the stricter rule recovery had for it.
+pub const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION_WITHOUT_SALT: u32 = 2;
 const FORMAT_VERSION_WITHOUT_GROUPS: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 36;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -32,20 +41,25 @@ const SEGMENT_SUFFIX: &str = ".wal";
 pub struct SegmentHeader {
     pub seq: u64,
     pub first_index: Index,
-    /// Every write group in the segment begins with a group start (format version 2).
+    /// Every write group in the segment begins with a group start (format version 2 on).
     pub marks_groups: bool,
+    /// What every record's checksum starts from: the log's salt, or 0 in a segment written
+    /// before salts (format version 3 on, where it is never 0).
+    pub salt: u32,
 }
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0; SEGMENT_HEADER_BYTES];
         out[..8].copy_from_slice(&MAGIC);
-        let version = if self.marks_groups {
-            FORMAT_VERSION
-        } else {
-            FORMAT_VERSION_WITHOUT_GROUPS
+        let version = match (self.marks_groups, self.salt) {
+            (true, 0) => FORMAT_VERSION_WITHOUT_SALT,
+            (true, _) => FORMAT_VERSION,
+            (false, 0) => FORMAT_VERSION_WITHOUT_GROUPS,
+            (false, _) => panic!("no segment format has salts without group starts"),
         };
         out[8..12].copy_from_slice(&version.to_le_bytes());
+        out[12..16].copy_from_slice(&self.salt.to_le_bytes());
         out[16..24].copy_from_slice(&self.seq.to_le_bytes());
         out[24..32].copy_from_slice(&self.first_index.to_le_bytes());
         let crc = crc32c::crc32c(&out[..32]);
@@ -69,14 +83,17 @@ impl SegmentHeader {
             return Err("segment header checksum mismatch".into());
         }
         let version = half(8);
-        if version != FORMAT_VERSION && version != FORMAT_VERSION_WITHOUT_GROUPS {
+        if !(FORMAT_VERSION_WITHOUT_GROUPS..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
                 "segment format version {version}; this build reads \
-                 {FORMAT_VERSION_WITHOUT_GROUPS} and {FORMAT_VERSION}"
+                 {FORMAT_VERSION_WITHOUT_GROUPS} to {FORMAT_VERSION}"
             ));
         }
-        if half(12) != 0 {
-            return Err("unknown segment flags".into());
+        let salt = half(12);
+        match (version, salt) {
+            (FORMAT_VERSION, 0) => return Err("salt 0 in a salted segment".into()),
+            (FORMAT_VERSION, _) | (_, 0) => {}
+            _ => return Err("unknown segment flags".into()),
         }
         let first_index = word(24);
         if first_index == 0 || first_index > INDEX_MAX {
@@ -85,7 +102,8 @@ impl SegmentHeader {
         Ok(Self {
             seq: word(16),
             first_index,
-            marks_groups: version == FORMAT_VERSION,
+            marks_groups: version != FORMAT_VERSION_WITHOUT_GROUPS,
+            salt,
         })
     }
 }
@@ -131,27 +149,35 @@ pub struct Damage {
     pub valid_after: Option<(u64, Record)>,
 }
 
-/// Reads a whole segment. Never panics, whatever the bytes.
-pub fn scan(bytes: &[u8]) -> Scan {
+/// Reads a whole segment. Never panics, whatever the bytes. When the header cannot be read, the
+/// search for valid records after it tries each of `salts_without_header`.
+pub fn scan(bytes: &[u8], salts_without_header: &[u32]) -> Scan {
     let header = SegmentHeader::decode(bytes);
-    if let Err(reason) = &header {
-        return Scan {
-            header: header.clone(),
-            records: Vec::new(),
-            damage: Some(Damage {
-                offset: 0,
-                reason: reason.clone(),
-                valid_after: find_valid_record(bytes, 1),
-            }),
-            unwritten_from: None,
-        };
-    }
+    let salt = match &header {
+        Ok(h) => h.salt,
+        Err(reason) => {
+            let valid_after = salts_without_header
+                .iter()
+                .filter_map(|&salt| find_valid_record(bytes, 1, salt))
+                .min_by_key(|(at, _)| *at);
+            return Scan {
+                header: header.clone(),
+                records: Vec::new(),
+                damage: Some(Damage {
+                    offset: 0,
+                    reason: reason.clone(),
+                    valid_after,
+                }),
+                unwritten_from: None,
+            };
+        }
+    };
     let mut records = Vec::new();
     let mut at = SEGMENT_HEADER_BYTES;
     let mut damage = None;
     let mut unwritten_from = None;
     while at < bytes.len() {
-        match record::decode(&bytes[at..]) {
+        match record::decode(&bytes[at..], salt) {
             Ok((r, n)) => {
                 records.push((at as u64, r));
                 at += n;
@@ -164,7 +190,7 @@ pub fn scan(bytes: &[u8]) -> Scan {
                 damage = Some(Damage {
                     offset: at as u64,
                     reason: describe(e),
-                    valid_after: find_valid_record(bytes, at + 1),
+                    valid_after: find_valid_record(bytes, at + 1, salt),
                 });
                 break;
             }
@@ -178,7 +204,7 @@ pub fn scan(bytes: &[u8]) -> Scan {
     }
 }
 
-fn all_zero(bytes: &[u8]) -> bool {
+pub fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
@@ -189,14 +215,14 @@ fn describe(e: DecodeError) -> String {
     }
 }
 
-/// The first offset at or after `from` where a whole, valid record starts.
+/// The first offset at or after `from` where a whole record valid under `salt` starts.
 ///
 /// A torn write leaves a partial record, zeros or garbage, and nothing valid after it; any valid
 /// record after the damage means the damage is inside the log, not at its end. This tries every
 /// offset, and checksums only where the bytes are laid out as a record
 /// ([`record::may_start_record`]): in a large torn entry of random bytes about one offset in a
 /// hundred has a length field that fits, and the checksums over those ran to minutes.
-pub fn find_valid_record(bytes: &[u8], from: usize) -> Option<(u64, Record)> {
+pub fn find_valid_record(bytes: &[u8], from: usize, salt: u32) -> Option<(u64, Record)> {
     // A segment zero-filled ahead of use and torn at its header: nothing to try.
     if bytes.get(from..).is_none_or(all_zero) {
         return None;
@@ -204,20 +230,20 @@ pub fn find_valid_record(bytes: &[u8], from: usize) -> Option<(u64, Record)> {
     (from..bytes.len())
         .filter(|&at| record::may_start_record(&bytes[at..]))
         .find_map(|at| {
-            record::decode(&bytes[at..])
+            record::decode(&bytes[at..], salt)
                 .ok()
                 .map(|(r, _)| (at as u64, r))
         })
 }
 
-/// The first group start at or after `from` among the valid records there, with its offset,
-/// searching past any further damage.
-pub fn group_start_after(bytes: &[u8], from: u64) -> Option<(u64, Record)> {
+/// The first group start at or after `from` among the records valid under `salt` there, with its
+/// offset, searching past any further damage.
+pub fn group_start_after(bytes: &[u8], from: u64, salt: u32) -> Option<(u64, Record)> {
     let mut at = usize::try_from(from).ok()?;
-    while let Some((found, _)) = find_valid_record(bytes, at) {
+    while let Some((found, _)) = find_valid_record(bytes, at, salt) {
         // Records run back to back from the one found, up to the next damage.
         let mut next = usize::try_from(found).ok()?;
-        while let Ok((record, n)) = record::decode(&bytes[next..]) {
+        while let Ok((record, n)) = record::decode(&bytes[next..], salt) {
             if matches!(record, Record::GroupStart { .. }) {
                 return Some((next as u64, record));
             }
@@ -231,6 +257,8 @@ pub fn group_start_after(bytes: &[u8], from: u64) -> Option<(u64, Record)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SALT: u32 = 0x5a17_c0de;
     use crate::core::{Entry, Payload};
 
     fn segment_with(n: u64) -> Vec<u8> {
@@ -238,6 +266,7 @@ mod tests {
             seq: 3,
             first_index: 1,
             marks_groups: true,
+            salt: SALT,
         }
         .encode()
         .to_vec();
@@ -247,7 +276,7 @@ mod tests {
                 term: 1,
                 payload: Payload::Command(bytes::Bytes::from(vec![index as u8; 40])),
             };
-            record::encode(&Record::Entry(e), &mut buf).unwrap();
+            record::encode(&Record::Entry(e), &mut buf, SALT).unwrap();
         }
         buf
     }
@@ -267,6 +296,7 @@ mod tests {
             seq: 7,
             first_index: 1234,
             marks_groups: true,
+            salt: SALT,
         };
         let bytes = h.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(h));
@@ -279,8 +309,62 @@ mod tests {
     }
 
     #[test]
+    fn each_format_version_says_what_its_records_are_checked_under() {
+        let salted = SegmentHeader {
+            seq: 7,
+            first_index: 1,
+            marks_groups: true,
+            salt: SALT,
+        };
+        let version = |h: SegmentHeader| u32::from_le_bytes(h.encode()[8..12].try_into().unwrap());
+        assert_eq!(version(salted), 3);
+        let before_salts = SegmentHeader { salt: 0, ..salted };
+        assert_eq!(version(before_salts), 2);
+        let before_groups = SegmentHeader {
+            marks_groups: false,
+            ..before_salts
+        };
+        assert_eq!(version(before_groups), 1);
+        for h in [salted, before_salts, before_groups] {
+            assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        }
+        // A header sealed with a correct checksum over fields no writer pairs.
+        let reseal = |mut b: [u8; SEGMENT_HEADER_BYTES], version: u32, salt: u32| {
+            b[8..12].copy_from_slice(&version.to_le_bytes());
+            b[12..16].copy_from_slice(&salt.to_le_bytes());
+            let crc = crc32c::crc32c(&b[..32]);
+            b[32..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let bytes = salted.encode();
+        assert!(
+            SegmentHeader::decode(&reseal(bytes, 3, 0)).is_err(),
+            "salt 0"
+        );
+        assert!(
+            SegmentHeader::decode(&reseal(bytes, 2, SALT)).is_err(),
+            "flags"
+        );
+        assert!(
+            SegmentHeader::decode(&reseal(bytes, 4, SALT)).is_err(),
+            "version"
+        );
+    }
+
+    #[test]
+    fn behind_an_unreadable_header_records_are_found_only_under_their_salt() {
+        let mut bytes = segment_with(3);
+        bytes[0] ^= 1;
+        let valid_after = |salts: &[u32]| scan(&bytes, salts).damage.unwrap().valid_after;
+        assert_eq!(valid_after(&[]), None);
+        assert_eq!(valid_after(&[0, SALT ^ 1]), None);
+        let (at, _) = valid_after(&[0, SALT]).unwrap();
+        assert_eq!(at, SEGMENT_HEADER_BYTES as u64);
+    }
+
+    #[test]
     fn clean_segment_scans_fully() {
-        let s = scan(&segment_with(5));
+        let s = scan(&segment_with(5), &[]);
         assert!(s.damage.is_none());
         assert_eq!(s.records.len(), 5);
         assert_eq!(s.records[0].0, SEGMENT_HEADER_BYTES as u64);
@@ -290,7 +374,7 @@ mod tests {
     fn torn_tail_has_nothing_valid_after_it() {
         let bytes = segment_with(5);
         let cut = bytes.len() - 10;
-        let s = scan(&bytes[..cut]);
+        let s = scan(&bytes[..cut], &[]);
         assert_eq!(s.records.len(), 4);
         let d = s.damage.unwrap();
         assert!(d.valid_after.is_none());
@@ -300,10 +384,10 @@ mod tests {
     #[test]
     fn damage_before_valid_records_is_found() {
         let mut bytes = segment_with(5);
-        let s = scan(&bytes);
+        let s = scan(&bytes, &[]);
         let second = s.records[1].0 as usize;
         bytes[second + 30] ^= 1;
-        let s = scan(&bytes);
+        let s = scan(&bytes, &[]);
         assert_eq!(s.records.len(), 1);
         let d = s.damage.unwrap();
         assert_eq!(d.offset, second as u64);
@@ -316,17 +400,17 @@ mod tests {
         let group_start = Record::<Entry>::GroupStart { group_bytes: 500 };
         let mut bytes = segment_with(2);
         let first_group = bytes.len() as u64;
-        record::encode(&group_start, &mut bytes).unwrap();
+        record::encode(&group_start, &mut bytes, SALT).unwrap();
         let records_from = bytes.len();
         bytes.extend_from_slice(&segment_with(3)[SEGMENT_HEADER_BYTES..]);
         let second_group = bytes.len() as u64;
-        record::encode(&group_start, &mut bytes).unwrap();
+        record::encode(&group_start, &mut bytes, SALT).unwrap();
         bytes.extend_from_slice(&segment_with(1)[SEGMENT_HEADER_BYTES..]);
         // The second of the three records after the first group start: the search walks the
         // first, meets the damage, and searches on past it.
         let entry_bytes = segment_with(1).len() - SEGMENT_HEADER_BYTES;
         bytes[records_from + entry_bytes + 5] ^= 1;
-        let found = |from| group_start_after(&bytes, from).map(|(at, _)| at);
+        let found = |from| group_start_after(&bytes, from, SALT).map(|(at, _)| at);
         assert_eq!(found(0), Some(first_group));
         assert_eq!(
             found(first_group + 1),
@@ -335,7 +419,7 @@ mod tests {
         );
         assert_eq!(found(second_group + 1), None);
         bytes.resize(bytes.len() + 4096, 0);
-        let found = |from| group_start_after(&bytes, from).map(|(at, _)| at);
+        let found = |from| group_start_after(&bytes, from, SALT).map(|(at, _)| at);
         assert_eq!(found(second_group + 1), None, "zeros after");
     }
 
@@ -359,10 +443,10 @@ mod tests {
             term: 1,
             payload: Payload::Command(bytes::Bytes::from(random)),
         };
-        record::encode(&Record::Entry(entry), &mut bytes).unwrap();
+        record::encode(&Record::Entry(entry), &mut bytes, SALT).unwrap();
         bytes.truncate(start + (bytes.len() - start) / 2);
         bytes.resize(64 << 20, 0);
-        let s = scan(&bytes);
+        let s = scan(&bytes, &[]);
         assert_eq!(s.records.len(), 1);
         let d = s.damage.expect("torn");
         assert_eq!(d.offset, start as u64);
