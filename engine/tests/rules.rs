@@ -1075,6 +1075,53 @@ fn an_append_contradicting_committed_entries_is_invalid() {
     assert_eq!(core.last_index(), 2);
 }
 
+fn progress_state(c: &Cluster, leader: NodeId, of: NodeId) -> ProgressState {
+    let (_, pr) = c
+        .core(leader)
+        .progress()
+        .find(|(id, _)| *id == of)
+        .expect("a member");
+    pr.state
+}
+
+#[test]
+fn a_report_on_another_snapshot_than_the_one_a_follower_waits_for_changes_nothing() {
+    let mut c = cluster_led_by_1();
+    c.crash(3);
+    c.propose(1, &["a", "b", "c"]).unwrap();
+    c.deliver_all();
+    let last = c.core(1).last_index();
+    c.compact(1, last).unwrap();
+    c.restart(3);
+    // Heartbeats and probes until the leader finds node 3 needs the snapshot; that stays unsent.
+    for _ in 0..100 {
+        if progress_state(&c, 1, 3) == (ProgressState::Snapshot { index: last }) {
+            break;
+        }
+        match c.in_flight().first() {
+            Some(m) if matches!(m.body, Body::Snapshot { .. }) => c.drop_at(0),
+            Some(_) => c.deliver_at(0),
+            None => c.tick(1),
+        }
+    }
+    assert_eq!(
+        progress_state(&c, 1, 3),
+        ProgressState::Snapshot { index: last }
+    );
+    // A transfer of an older snapshot, sent in an earlier term of this leader's, ends now.
+    for delivered in [true, false] {
+        c.with_core(1, |core| core.report_snapshot(3, last - 1, delivered));
+        assert_eq!(
+            progress_state(&c, 1, 3),
+            ProgressState::Snapshot { index: last },
+            "a report on snapshot {} (delivered: {delivered}) moved the leader on",
+            last - 1
+        );
+    }
+    c.with_core(1, |core| core.report_snapshot(3, last, true));
+    assert_eq!(progress_state(&c, 1, 3), ProgressState::Probe);
+}
+
 #[test]
 fn a_snapshot_with_an_invalid_membership_or_a_future_term_is_invalid() {
     for snapshot in [

@@ -246,6 +246,8 @@ impl Transport for QuicTransport {
     fn send_snapshot(&self, message: Message, data: SnapshotReader) {
         let shared = self.shared.clone();
         let to = message.to;
+        // Reported undelivered if the runtime is gone and the task never runs.
+        let unsent = message.clone();
         let started = self.spawn(async move {
             let delivered = match shared.peer(to) {
                 Some(peer) => match snapshot::send(&shared, &peer, &message, data).await {
@@ -258,12 +260,12 @@ impl Transport for QuicTransport {
                 None => false,
             };
             if let Some(inbox) = shared.inbox() {
-                inbox.snapshot_sent(to, delivered);
+                inbox.snapshot_sent(&message, delivered);
             }
         });
         if !started {
             if let Some(inbox) = self.shared.inbox() {
-                inbox.snapshot_sent(to, false);
+                inbox.snapshot_sent(&unsent, false);
             }
         }
     }

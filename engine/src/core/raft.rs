@@ -733,10 +733,13 @@ impl Core {
         Ok(Compaction { snapshot, released })
     }
 
-    /// The transport finished (or failed) sending a snapshot to `to`.
-    pub fn report_snapshot(&mut self, to: NodeId, delivered: bool) {
+    /// The transport finished (or failed) sending the snapshot at `index` to `to`. A report on
+    /// another snapshot than the one `to` waits for changes nothing: one sent before this node
+    /// lost and regained leadership can finish while a newer one streams, and taken for it, would
+    /// have the leader probe, and send a snapshot again, before the newer one arrived.
+    pub fn report_snapshot(&mut self, to: NodeId, index: Index, delivered: bool) {
         if let Some(pr) = self.progress.get_mut(&to) {
-            if let ProgressState::Snapshot { .. } = pr.state {
+            if pr.state == (ProgressState::Snapshot { index }) {
                 if !delivered {
                     pr.state = ProgressState::Probe;
                 }

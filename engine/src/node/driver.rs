@@ -498,7 +498,8 @@ impl Driver {
     }
 
     fn handle_snapshot_report(&mut self, report: SnapshotReport) {
-        self.core.report_snapshot(report.to, report.delivered);
+        self.core
+            .report_snapshot(report.to, report.index, report.delivered);
         if !report.delivered {
             self.replace_damaged_snapshot();
         }
@@ -785,7 +786,7 @@ impl Driver {
                 }
                 Err(e) => {
                     tracing::warn!(index = snapshot.index, error = %e, "snapshot file unreadable");
-                    self.core.report_snapshot(m.to, false);
+                    self.core.report_snapshot(m.to, snapshot.index, false);
                     self.replace_damaged_snapshot();
                 }
             }

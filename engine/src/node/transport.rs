@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::core::{Body, Message, NodeId};
+use crate::core::{Body, Index, Message, NodeId};
 use crate::wal::DurableSend;
 
 use super::error::Halt;
@@ -100,6 +100,7 @@ pub(crate) enum Inbound {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SnapshotReport {
     pub(crate) to: NodeId,
+    pub(crate) index: Index,
     pub(crate) delivered: bool,
 }
 
@@ -156,12 +157,20 @@ impl Inbox {
         SnapshotSink::create(self.clone(), message, total_bytes)
     }
 
-    /// The transport finished sending a snapshot to `to`. Never dropped (a report dropped
-    /// when the node's queue was full left the leader waiting on that follower's snapshot until
-    /// leadership changed), and never blocks.
-    pub fn snapshot_sent(&self, to: NodeId, delivered: bool) {
+    /// The transport finished sending the snapshot of `message`, the one
+    /// [`Transport::send_snapshot`] was given. Never dropped (a report dropped when the node's
+    /// queue was full left the leader waiting on that follower's snapshot until leadership
+    /// changed), and never blocks. A message that is not a snapshot's reports nothing.
+    pub fn snapshot_sent(&self, message: &Message, delivered: bool) {
+        let Body::Snapshot { snapshot } = &message.body else {
+            return;
+        };
         // Fails only once the node stopped, when nothing waits for it.
-        let _ = self.snapshot_reports.send(SnapshotReport { to, delivered });
+        let _ = self.snapshot_reports.send(SnapshotReport {
+            to: message.to,
+            index: snapshot.index,
+            delivered,
+        });
     }
 
     /// A proposal forwarded by another node. Held to this node's `max_proposal_bytes`: the
@@ -318,7 +327,7 @@ impl Transport for MemTransport {
     fn send_snapshot(&self, message: Message, data: SnapshotReader) {
         let to = message.to;
         let delivered = match self.net.route(self.id, to) {
-            Some(inbox) => match copy_snapshot(&inbox, message, data) {
+            Some(inbox) => match copy_snapshot(&inbox, message.clone(), data) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(from = self.id, to, error = %e, "snapshot not delivered");
@@ -328,7 +337,7 @@ impl Transport for MemTransport {
             None => false,
         };
         if let Some(own) = self.net.state.lock().inboxes.get(&self.id) {
-            own.snapshot_sent(to, delivered);
+            own.snapshot_sent(&message, delivered);
         }
     }
 
@@ -439,10 +448,15 @@ mod tests {
         let vote = || Body::VoteResponse { granted: true };
         inbox.deliver(message(1, vote()));
         inbox.deliver(message(1, vote())); // The queue is full: dropped, Raft resends it.
-        inbox.snapshot_sent(2, false);
+        let snapshot = SnapshotMeta {
+            index: 9,
+            ..SnapshotMeta::default()
+        };
+        inbox.snapshot_sent(&message(2, Body::Snapshot { snapshot }), false);
         assert_eq!(queue.len(), 1);
         let report = SnapshotReport {
             to: 2,
+            index: 9,
             delivered: false,
         };
         assert_eq!(reports.try_recv(), Ok(report));

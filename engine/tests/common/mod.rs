@@ -765,22 +765,22 @@ impl Cluster {
             (Body::Snapshot { snapshot }, Some(data)) => Some((snapshot.clone(), data)),
             _ => None,
         };
-        let is_snapshot = snapshot.is_some();
+        let snapshot_index = snapshot.as_ref().map(|(meta, _)| meta.index);
         if let Some(s) = snapshot {
             self.node_mut(to).incoming_snapshots.push(s);
         }
         self.step(env.msg);
-        if is_snapshot && self.is_up(from) {
-            self.with_core(from, |c| c.report_snapshot(to, true));
+        if let Some(index) = snapshot_index.filter(|_| self.is_up(from)) {
+            self.with_core(from, |c| c.report_snapshot(to, index, true));
         }
     }
 
     fn lose(&mut self, env: Envelope, why: &str) {
         self.trace.push(format!("{} {why}", fmt_msg(&env.msg)));
-        if let Body::Snapshot { .. } = env.msg.body {
-            let (from, to) = (env.msg.from, env.msg.to);
+        if let Body::Snapshot { snapshot } = &env.msg.body {
+            let (from, to, index) = (env.msg.from, env.msg.to, snapshot.index);
             if self.is_up(from) {
-                self.with_core(from, |c| c.report_snapshot(to, false));
+                self.with_core(from, |c| c.report_snapshot(to, index, false));
             }
         }
     }

@@ -165,6 +165,7 @@ enum Event {
     SnapshotReport {
         from: NodeId,
         to: NodeId,
+        index: Index,
         delivered: bool,
     },
     Restart(NodeId),
@@ -383,10 +384,11 @@ impl World {
             Event::SnapshotReport {
                 from,
                 to,
+                index,
                 delivered,
             } => {
                 if let Some(core) = self.nodes.get_mut(&from).and_then(|n| n.core.as_mut()) {
-                    core.report_snapshot(to, delivered);
+                    core.report_snapshot(to, index, delivered);
                     self.drive(from)?;
                 }
             }
@@ -721,12 +723,13 @@ impl World {
             _ => None,
         };
         let delays = self.net.delays(&mut self.rng);
-        if delays.is_empty() && snapshot_data.is_some() {
+        if let Some(data) = snapshot_data.as_ref().filter(|_| delays.is_empty()) {
             self.schedule(
                 1,
                 Event::SnapshotReport {
                     from: msg.from,
                     to: msg.to,
+                    index: data.applied,
                     delivered: false,
                 },
             );
@@ -743,15 +746,16 @@ impl World {
 
     fn deliver(&mut self, env: Envelope) -> Result<(), Violation> {
         let (from, to) = (env.msg.from, env.msg.to);
-        let is_snapshot = env.snapshot_data.is_some();
+        let snapshot_index = env.snapshot_data.as_ref().map(|data| data.applied);
         let up = self.nodes.get(&to).is_some_and(|n| n.core.is_some());
         if !up || self.partitions.is_cut(from, to) {
-            if is_snapshot {
+            if let Some(index) = snapshot_index {
                 self.schedule(
                     1,
                     Event::SnapshotReport {
                         from,
                         to,
+                        index,
                         delivered: false,
                     },
                 );
@@ -770,12 +774,13 @@ impl World {
         }
         node.core.as_mut().expect("checked above").step(env.msg);
         self.drive(to)?;
-        if is_snapshot {
+        if let Some(index) = snapshot_index {
             self.schedule(
                 1,
                 Event::SnapshotReport {
                     from,
                     to,
+                    index,
                     delivered: true,
                 },
             );
