@@ -1237,8 +1237,13 @@ fn timeouts_too_long_for_the_clock_wait_without_a_deadline() {
 fn manual_ticks_make_elections_deterministic() {
     let cluster = Cluster::with(1, |cfg| cfg.manual_ticks = true);
     let node = cluster.node(1);
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(node.leader(), None, "no time passes without ticks");
+    // Past the longest election timeout a lone voter could draw (two of them), with room.
+    let election_timeout = config(1, &[1]).election_timeout;
+    assert_eq!(
+        node.wait_for_leader(3 * election_timeout),
+        Err(Error::Timeout),
+        "no time passes without ticks"
+    );
     node.tick(100);
     assert_eq!(node.wait_for_leader(WAIT), Ok(1));
     assert_eq!(node.status().expect("status").role, Role::Leader);
