@@ -58,8 +58,10 @@ pub struct QuicConfig {
     /// being read (QUIC flow control then holds its sender back) until there is, within
     /// `handshake_timeout`. Without this bound, clients could make a node hold
     /// `max_proposal_bytes` on every stream of every connection; counting what a header only
-    /// announces would let headers alone hold the whole budget. Requests that each hold part of
-    /// a full budget and wait for more all wait out `handshake_timeout`.
+    /// announces would let headers alone hold the whole budget. When it is full, one request at
+    /// a time that holds part of it reads the rest of its body past it, so that requests that
+    /// each hold part of a full budget never wait for each other: the bytes held can exceed the
+    /// budget by one request.
     pub kv_request_bytes_max: usize,
     /// Whether a key-value write that reaches a follower is forwarded to the leader and
     /// answered from there (a client then needs only one node's address), instead of refused

@@ -111,6 +111,11 @@ async fn answer(
 /// Reads a request, taking room for its bytes as they arrive (see `kv_request_bytes_max`), and
 /// the room it holds. Room for what a header only announces would let a client that sends
 /// headers alone hold the whole budget.
+///
+/// Requests that each hold part of a full budget would each wait for room only the others
+/// hold, until all were given up on. So a request that holds room and finds none left may read
+/// the rest of its body past the budget instead, one request at a time: that one always
+/// finishes and lets go of its room, and the budget is exceeded by one request at most.
 async fn read_request<'a>(
     shared: &'a Shared,
     recv: &mut quinn::RecvStream,
@@ -123,21 +128,34 @@ async fn read_request<'a>(
         return Err(FrameError::UnexpectedKind(header.kind as u8));
     }
     let mut room: Option<tokio::sync::SemaphorePermit<'a>> = None;
+    let mut past_the_budget = None;
     let mut body = frame::BodyReader::new(header);
+    let closed = |_| FrameError::Io("the request budget was closed".into());
     // Each chunk is taken from the stream before its room: a stream holds at most one chunk
     // (QUIC's, not the request's size) beyond the budget while it waits.
     while let Some(bytes) = body.read_chunk(recv).await? {
         // A request larger than the whole budget holds all of it at most.
         let held = room.as_ref().map_or(0, |r| r.num_permits());
         let more = bytes.min(shared.cfg.kv_request_bytes_max - held);
-        if more == 0 {
+        if more == 0 || past_the_budget.is_some() {
             continue;
         }
-        let permit = shared
-            .kv_request_bytes
-            .acquire_many(u32::try_from(more).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| FrameError::Io("the request budget was closed".into()))?;
+        let more = u32::try_from(more).unwrap_or(u32::MAX);
+        let budget = &shared.kv_request_bytes;
+        let permit = match budget.try_acquire_many(more) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::NoPermits) if room.is_some() => {
+                tokio::select! {
+                    biased;
+                    permit = budget.acquire_many(more) => permit.map_err(closed)?,
+                    token = shared.kv_past_the_budget.lock() => {
+                        past_the_budget = Some(token);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => budget.acquire_many(more).await.map_err(closed)?,
+        };
         match &mut room {
             Some(r) => r.merge(permit),
             None => room = Some(permit),

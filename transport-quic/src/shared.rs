@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub kv_connections: std::sync::atomic::AtomicUsize,
     /// Room for key-value requests held, one permit per byte (`kv_request_bytes_max`).
     pub kv_request_bytes: tokio::sync::Semaphore,
+    /// Held by the one request reading past a full budget (see `kv_server::read_request`).
+    pub kv_past_the_budget: tokio::sync::Mutex<()>,
     /// One permit per call blocking a thread of its own ([`BLOCKING_CALLS_MAX`]).
     pub blocking_calls: tokio::sync::Semaphore,
     pub handle: tokio::runtime::Handle,

@@ -95,6 +95,7 @@ impl QuicTransport {
             kv: RwLock::new(None),
             kv_connections: Default::default(),
             kv_request_bytes: tokio::sync::Semaphore::new(kv_request_bytes_max),
+            kv_past_the_budget: tokio::sync::Mutex::new(()),
             blocking_calls: tokio::sync::Semaphore::new(crate::shared::BLOCKING_CALLS_MAX),
             handle: runtime.handle().clone(),
         });

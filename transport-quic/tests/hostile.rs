@@ -838,6 +838,52 @@ fn key_value_requests_held_at_once_are_bounded_in_bytes_across_streams() {
 }
 
 #[test]
+fn requests_that_together_outgrow_the_budget_all_finish_none_waits_out_the_timeout() {
+    let cluster = cluster_with_a_kv_budget();
+    let leader = cluster.leader();
+    let (client, conn) = Rogue::kv_client_of(&cluster, leader);
+    // Eight puts of 3/8 of the budget each, sent at once: their bytes arrive interleaved, so
+    // each takes part of the budget before any is whole. Waiting for more room while holding
+    // part of it, each would wait for room only the others hold, until given up on (3 s).
+    let puts: Vec<Vec<u8>> = (0..8)
+        .map(|i| {
+            let command = KvCommand::Put {
+                key: Bytes::from(format!("large-{i}")),
+                value: Bytes::from(vec![b'v'; KV_BUDGET * 3 / 8]),
+            }
+            .encode();
+            let body = archive(&WireKvRequest::Propose { command }).expect("archived");
+            encode_contiguous(FrameKind::KvRequest, &body).expect("frame")
+        })
+        .collect();
+    let answers = client.runtime.block_on(async {
+        let tasks: Vec<_> = puts
+            .into_iter()
+            .map(|put| {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+                    send.write_all(&put).await.expect("written");
+                    let _ = send.finish();
+                    // Well before a stuck request is given up on (3 s).
+                    let read = expect_frame(&mut recv, FrameKind::KvResponse, 1 << 20);
+                    tokio::time::timeout(Duration::from_secs(2), read).await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.expect("the put's task ran"));
+        }
+        answers
+    });
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.unwrap_or_else(|_| panic!("put {i} waited for room for good"));
+        assert_applied(&answer.expect("a response frame"));
+    }
+}
+
+#[test]
 fn a_client_that_never_reads_its_answers_holds_no_request_room() {
     let cluster = cluster_with_a_kv_budget();
     let leader = cluster.leader();
