@@ -108,19 +108,27 @@ async fn answer(
     }
 }
 
+/// What a request holds until it is executed: its body lives that long.
+struct Room<'a> {
+    /// Its bytes' share of the request budget.
+    _permit: Option<tokio::sync::SemaphorePermit<'a>>,
+    /// Held by the one request whose body was read past a full budget (see `read_request`).
+    _past_the_budget: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
 /// Reads a request, taking room for its bytes as they arrive (see `kv_request_bytes_max`), and
 /// the room it holds. Room for what a header only announces would let a client that sends
 /// headers alone hold the whole budget.
 ///
 /// Requests that each hold part of a full budget would each wait for room only the others
 /// hold, until all were given up on. So a request that holds room and finds none left may read
-/// the rest of its body past the budget instead, one request at a time: that one always
-/// finishes and lets go of its room, and the budget is exceeded by one request at most.
+/// the rest of its body past the budget instead, one request at a time (until it is executed):
+/// that one always finishes and lets go, and the budget is exceeded by one request at most.
 async fn read_request<'a>(
     shared: &'a Shared,
     recv: &mut quinn::RecvStream,
     max_body_bytes: usize,
-) -> Result<(frame::Frame, Option<tokio::sync::SemaphorePermit<'a>>), FrameError> {
+) -> Result<(frame::Frame, Room<'a>), FrameError> {
     let header = frame::read_header(recv, max_body_bytes)
         .await?
         .ok_or(FrameError::Truncated)?;
@@ -161,6 +169,10 @@ async fn read_request<'a>(
             None => room = Some(permit),
         }
     }
+    let room = Room {
+        _permit: room,
+        _past_the_budget: past_the_budget,
+    };
     Ok((body.finish(), room))
 }
 
