@@ -341,7 +341,7 @@ fn damage_followed_only_by_records_of_its_own_write_group_is_a_torn_tail() {
 /// A segment's bytes with every record checksummed under `salt` and its header saying so: with
 /// salt 0, as a build before salts wrote them (and `marks_groups` false, before group starts).
 fn resalted(bytes: &[u8], salt: u32, marks_groups: bool) -> Vec<u8> {
-    let scan = segment::scan(bytes, &[]);
+    let scan = segment::scan(bytes, 0);
     assert!(scan.damage.is_none());
     let header = SegmentHeader {
         marks_groups,
@@ -389,7 +389,7 @@ fn a_record_a_client_wrote_inside_a_command_never_passes_for_a_later_write_group
     let last = wal.segment_paths().pop().unwrap();
     drop(wal);
     let bytes = fs::read(&last).unwrap();
-    let (fifth, _) = segment::scan(&bytes, &[])
+    let (fifth, _) = segment::scan(&bytes, 0)
         .records
         .into_iter()
         .find(|(_, r)| matches!(r, Record::Entry(e) if e.index == 5))
@@ -402,13 +402,16 @@ fn a_record_a_client_wrote_inside_a_command_never_passes_for_a_later_write_group
 
 #[test]
 fn a_segment_of_another_log_is_refused() {
-    let fx = Fixture::new();
-    // Whole by itself, every checksum right, but under a salt no other segment names.
-    let damaged = damage(&fx.segments[2], |b| *b = resalted(b, SALT, true));
-    let (file, offset, _, reason) = fx.expect_corrupt();
-    assert_eq!((file.as_path(), offset), (fx.segments[2].as_path(), 0));
-    assert!(reason.contains("another log"), "{reason}");
-    assert_unchanged(&fx.segments[2], &damaged);
+    // Whole by itself, every checksum right, but under a salt no other segment names, or under
+    // none after salted ones.
+    for (salt, named) in [(SALT, "another log"), (0, "unsalted segment after")] {
+        let fx = Fixture::new();
+        let damaged = damage(&fx.segments[2], |b| *b = resalted(b, salt, true));
+        let (file, offset, _, reason) = fx.expect_corrupt();
+        assert_eq!((file.as_path(), offset), (fx.segments[2].as_path(), 0));
+        assert!(reason.contains(named), "{reason}");
+        assert_unchanged(&fx.segments[2], &damaged);
+    }
 }
 
 #[test]
@@ -417,11 +420,13 @@ fn a_log_written_before_salts_opens_whole_and_salts_its_new_segments() {
     for path in &fx.segments {
         damage(path, |b| *b = resalted(b, 0, true));
     }
-    let rec = fx.expect_recovered();
+    let (mut wal, rec) = Wal::open(&fx.dir, opts()).unwrap();
     assert_eq!(rec.entries, fx.entries);
-    let (mut wal, _) = Wal::open(&fx.dir, opts()).unwrap();
+    // It begins a salted segment at once: no group goes into an unsalted one any more.
+    let old = fx.segments.len();
+    assert_eq!(wal.segment_paths().len(), old + 1);
     let mut next = fx.entries.len() as u64 + 1;
-    while wal.segment_paths().len() < fx.segments.len() + 3 {
+    while wal.segment_paths().len() < old + 3 {
         wal.append(&Write {
             entries: vec![entry(next)],
             ..Write::default()
@@ -441,7 +446,6 @@ fn a_log_written_before_salts_opens_whole_and_salts_its_new_segments() {
         .map(|p| SegmentHeader::decode(&fs::read(p).unwrap()).unwrap().salt)
         .collect();
     drop(wal);
-    let old = fx.segments.len();
     assert!(salts[..old].iter().all(|&s| s == 0), "{salts:?}");
     assert!(
         salts[old..].iter().all(|&s| s != 0 && s == salts[old]),
@@ -449,6 +453,57 @@ fn a_log_written_before_salts_opens_whole_and_salts_its_new_segments() {
     );
     let (_, rec) = Wal::open(&fx.dir, opts()).unwrap();
     assert_eq!(rec.entries, (1..next).map(entry).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_lone_salted_segment_whose_header_rots_is_refused_not_started_afresh() {
+    // No other header names the salt, so nothing after this one can be checked: removed as
+    // torn at creation, it would take the node's vote and acknowledged entries with it.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let written = WalOptions {
+        segment_bytes_max: 1 << 20,
+        sync: SyncMode::UnsafeNoFsync,
+        ..opts()
+    };
+    let (mut wal, _) = Wal::open(&dir, written).unwrap();
+    for index in 1..=3 {
+        wal.append(&Write {
+            entries: vec![entry(index)],
+            ..Write::default()
+        })
+        .unwrap();
+        wal.sync().unwrap();
+    }
+    let segments = wal.segment_paths();
+    drop(wal);
+    assert_eq!(segments.len(), 1);
+    let damaged = damage(&segments[0], |b| b[20] ^= 0x04);
+    let err = Wal::open(&dir, opts()).expect_err("refused");
+    assert!(matches!(&err, WalError::Corrupt { file, offset: 0, .. } if *file == segments[0]));
+    assert_unchanged(&segments[0], &damaged);
+}
+
+#[test]
+fn a_salted_segment_whose_header_rots_after_unsalted_ones_is_refused() {
+    let fx = Fixture::new();
+    for path in &fx.segments {
+        damage(path, |b| *b = resalted(b, 0, true));
+    }
+    // Opened by this build: a salted segment follows, with a group in it.
+    let (mut wal, _) = Wal::open(&fx.dir, opts()).unwrap();
+    wal.append(&Write {
+        entries: vec![entry(fx.entries.len() as u64 + 1)],
+        ..Write::default()
+    })
+    .unwrap();
+    wal.sync().unwrap();
+    let salted = wal.segment_paths().pop().unwrap();
+    drop(wal);
+    let damaged = damage(&salted, |b| b[20] ^= 0x04);
+    let err = Wal::open(&fx.dir, opts()).expect_err("refused");
+    assert!(matches!(&err, WalError::Corrupt { file, offset: 0, .. } if *file == salted));
+    assert_unchanged(&salted, &damaged);
 }
 
 /// A byte of the last write's entry (after its group start) in the last segment.
@@ -461,6 +516,9 @@ fn a_segment_written_before_group_starts_keeps_the_stricter_rule() {
     // Format version 1 marks no groups: there, any valid record after damage is corruption.
     let fx = Fixture::new();
     let at = last_entry_offset(&fx);
+    for path in &fx.segments[..fx.segments.len() - 1] {
+        damage(path, |b| *b = resalted(b, 0, false));
+    }
     let damaged = damage(fx.last(), |b| {
         *b = resalted(b, 0, false);
         b[at] ^= 0x20;
@@ -594,7 +652,7 @@ fn a_torn_group_written_after_a_torn_tail_was_cut_is_a_torn_tail_too() {
 /// Where the last write group in a segment starts.
 fn last_group_start(path: &Path) -> usize {
     let bytes = fs::read(path).unwrap();
-    let scan = segment::scan(&bytes, &[]);
+    let scan = segment::scan(&bytes, 0);
     let (at, _) = scan
         .records
         .iter()
@@ -814,8 +872,7 @@ fn random_damage_is_cut_as_a_torn_tail_or_refused_never_lost() {
                 let torn_tail = rec.torn_tail.as_ref();
                 // A file cut exactly between two records is a shorter log, whole: nothing to
                 // report (with a group start before every group, such cuts come more often).
-                let cut_between_records =
-                    kind == 2 && segment::scan(&damaged, &[]).damage.is_none();
+                let cut_between_records = kind == 2 && segment::scan(&damaged, 0).damage.is_none();
                 assert!(
                     torn_tail.is_some() || zeros_to_end || cut_between_records,
                     "round {round}: damage at {at} (kind {kind}) is not reported"

@@ -160,9 +160,16 @@ impl Inbox {
     /// The transport finished sending the snapshot of `message`, the one
     /// [`Transport::send_snapshot`] was given. Never dropped (a report dropped when the node's
     /// queue was full left the leader waiting on that follower's snapshot until leadership
-    /// changed), and never blocks. A message that is not a snapshot's reports nothing.
+    /// changed), and never blocks.
     pub fn snapshot_sent(&self, message: &Message, delivered: bool) {
         let Body::Snapshot { snapshot } = &message.body else {
+            // A transport's bug: the leader waits on that follower's snapshot until it is
+            // answered some other way (the follower acknowledges it, or leadership changes).
+            tracing::warn!(
+                to = message.to,
+                kind = message.body.kind(),
+                "a snapshot report on a message that carries no snapshot: ignored"
+            );
             return;
         };
         // Fails only once the node stopped, when nothing waits for it.

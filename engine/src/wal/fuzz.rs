@@ -37,7 +37,7 @@ pub fn decode_everything(data: &[u8]) {
         }
     }
 
-    let scanned = scan(data, &[0]);
+    let scanned = scan(data, 0);
     if let Some(damage) = &scanned.damage {
         assert!(damage.offset as usize <= data.len());
     }

@@ -425,6 +425,13 @@ impl Wal {
             wal.close_cut_group(at)?;
         }
         wal.sync_recovered()?;
+        if wal.active_salt() == 0 {
+            // Written before salts: what comes next goes into a salted segment, where bytes a
+            // client wrote can no longer pass for records. (A build before salts cannot open
+            // the log after this.)
+            wal.roll()?;
+            wal.data_syncs_attempted = 0;
+        }
         wal.recorded_snapshot.publish(wal.state.snapshot.index);
         Ok((wal, recovered))
     }

@@ -22,9 +22,10 @@
 //! The salt (see [`super::segment`]) is random per log and 0 in segments written before it
 //! existed. A record encoded under one salt never checks under another: for bytes of a given
 //! length the CRC's starting value maps one to one onto its result. So the bytes of a client's
-//! command, which can hold a whole record with a correct checksum under salt 0 (or any salt the
-//! client might guess), cannot pass for a record of the log when recovery searches damaged
-//! bytes for one.
+//! command, which can hold whole records with correct checksums under salt 0, cannot pass for a
+//! record of the log when recovery searches damaged bytes for one; a client that does not know
+//! the log's salt passes one with each forged record's 1-in-2^32 guess at most (a 32-bit
+//! checksum is no secret key, but the salt never leaves the node's disk).
 //!
 //! The decoder is the first code to touch bytes from disk: it must never panic, never allocate
 //! more than the input justifies, and accept only what the encoder can produce.

@@ -1,8 +1,10 @@
 //! Recovery: read every segment, verify every record, and rebuild the log they describe.
 //!
 //! The rules, in the order they are checked:
+//! - every salted header names the same salt, one log's, and no unsalted segment follows a
+//!   salted one (checked first, over every header: an unreadable header's segment is searched
+//!   under that salt);
 //! - sequence numbers have no gaps, and each segment starts where the log before it ended;
-//! - every salted header names the same salt: one log's;
 //! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
 //!   so any damage in it is corruption;
 //! - in the last segment, damage is a torn tail (the last, unsynced write group, cut off) unless
@@ -90,8 +92,7 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     let mut state: Option<LogState<(EntryLoc, Entry)>> = None;
     let mut segments: Vec<SegmentMeta> = Vec::new();
     let mut active_len_bytes = 0;
-    let salted = first_salted(dir, &seqs)?;
-    let log_salt = salted.map(|(salt, _)| salt);
+    let log_salt = log_salt(dir, &seqs)?;
     let mut torn: Option<TornCut> = None;
     let mut open_group_at = None;
     let next_index = |s: &Option<LogState<_>>| s.as_ref().map_or(1, LogState::next_index);
@@ -100,14 +101,9 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         let is_last = i + 1 == seqs.len();
         let path = segment_path(dir, seq);
         let bytes = fs::read(&path).map_err(io_error("read a segment", &path))?;
-        // An unreadable header hides its segment's salt. One log has one salt, and a segment
-        // after a salted one is salted too; one before may have been written before salts.
-        let salts_without_header = match salted {
-            Some((salt, first)) if seq > first => vec![salt],
-            Some((salt, _)) => vec![0, salt],
-            None => vec![0],
-        };
-        let scan = segment::scan(&bytes, &salts_without_header);
+        // An unreadable header hides its segment's salt: the log's, if a header names one. (A
+        // segment before the first salted one is refused for its header anyway: it is sealed.)
+        let scan = segment::scan(&bytes, log_salt.unwrap_or(0));
         let corrupt = |offset: u64, index_range: IndexRange, reason: String| WalError::Corrupt {
             file: path.clone(),
             offset,
@@ -134,12 +130,18 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
                     });
                     break;
                 }
+                let why = if !is_last {
+                    "in a segment followed by others"
+                } else if valid_after.is_some() {
+                    "in a segment that holds valid records"
+                } else {
+                    "in a segment that holds bytes after it, which no other header's salt lets \
+                     anyone check"
+                };
                 return Err(corrupt(
                     0,
                     IndexRange::starting_at(next_index(&state)),
-                    format!(
-                        "{reason} (in a segment that holds valid records or is followed by others)"
-                    ),
+                    format!("{reason} ({why})"),
                 ));
             }
         };
@@ -363,9 +365,10 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     }))
 }
 
-/// The salt the segments' readable headers name, if any does, with the first segment that names
-/// it. Two different salts mean a segment of another log among this one's: refused.
-fn first_salted(dir: &Path, seqs: &[u64]) -> Result<Option<(u32, u64)>, WalError> {
+/// The salt the segments' readable headers name, if any does. Two different salts mean a segment
+/// of another log among this one's, and an unsalted segment after a salted one a segment no
+/// writer of this log made: both refused.
+fn log_salt(dir: &Path, seqs: &[u64]) -> Result<Option<u32>, WalError> {
     let mut found: Option<(u32, u64)> = None;
     for &seq in seqs {
         let path = segment_path(dir, seq);
@@ -376,24 +379,30 @@ fn first_salted(dir: &Path, seqs: &[u64]) -> Result<Option<(u32, u64)>, WalError
         let Ok(h) = SegmentHeader::decode(&header) else {
             continue;
         };
-        match found {
-            _ if h.salt == 0 => {}
-            None => found = Some((h.salt, seq)),
-            Some((salt, _)) if salt == h.salt => {}
-            Some((_, first)) => {
-                return Err(WalError::Corrupt {
-                    file: path,
-                    offset: 0,
-                    index_range: IndexRange::starting_at(h.first_index),
-                    reason: format!(
-                        "the header's salt differs from {}'s: a segment of another log",
-                        segment::segment_file_name(first)
-                    ),
-                });
+        let refused = match found {
+            None if h.salt == 0 => continue,
+            None => {
+                found = Some((h.salt, seq));
+                continue;
             }
-        }
+            Some((salt, _)) if salt == h.salt => continue,
+            Some((_, first)) if h.salt == 0 => format!(
+                "an unsalted segment after the salted {}: written by no writer of this log",
+                segment::segment_file_name(first)
+            ),
+            Some((_, first)) => format!(
+                "the header's salt differs from {}'s: a segment of another log",
+                segment::segment_file_name(first)
+            ),
+        };
+        return Err(WalError::Corrupt {
+            file: path,
+            offset: 0,
+            index_range: IndexRange::starting_at(h.first_index),
+            reason: refused,
+        });
     }
-    Ok(found)
+    Ok(found.map(|(salt, _)| salt))
 }
 
 /// What after `damage` proves it is not a torn tail: a valid record of a write group after the

@@ -150,16 +150,13 @@ pub struct Damage {
 }
 
 /// Reads a whole segment. Never panics, whatever the bytes. When the header cannot be read, the
-/// search for valid records after it tries each of `salts_without_header`.
-pub fn scan(bytes: &[u8], salts_without_header: &[u32]) -> Scan {
+/// search for valid records after it checks them under `salt_without_header`.
+pub fn scan(bytes: &[u8], salt_without_header: u32) -> Scan {
     let header = SegmentHeader::decode(bytes);
     let salt = match &header {
         Ok(h) => h.salt,
         Err(reason) => {
-            let valid_after = salts_without_header
-                .iter()
-                .filter_map(|&salt| find_valid_record(bytes, 1, salt))
-                .min_by_key(|(at, _)| *at);
+            let valid_after = find_valid_record(bytes, 1, salt_without_header);
             return Scan {
                 header: header.clone(),
                 records: Vec::new(),
@@ -257,9 +254,9 @@ pub fn group_start_after(bytes: &[u8], from: u64, salt: u32) -> Option<(u64, Rec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{Entry, Payload};
 
     const SALT: u32 = 0x5a17_c0de;
-    use crate::core::{Entry, Payload};
 
     fn segment_with(n: u64) -> Vec<u8> {
         let mut buf = SegmentHeader {
@@ -355,16 +352,16 @@ mod tests {
     fn behind_an_unreadable_header_records_are_found_only_under_their_salt() {
         let mut bytes = segment_with(3);
         bytes[0] ^= 1;
-        let valid_after = |salts: &[u32]| scan(&bytes, salts).damage.unwrap().valid_after;
-        assert_eq!(valid_after(&[]), None);
-        assert_eq!(valid_after(&[0, SALT ^ 1]), None);
-        let (at, _) = valid_after(&[0, SALT]).unwrap();
+        let valid_after = |salt| scan(&bytes, salt).damage.unwrap().valid_after;
+        assert_eq!(valid_after(0), None);
+        assert_eq!(valid_after(SALT ^ 1), None);
+        let (at, _) = valid_after(SALT).unwrap();
         assert_eq!(at, SEGMENT_HEADER_BYTES as u64);
     }
 
     #[test]
     fn clean_segment_scans_fully() {
-        let s = scan(&segment_with(5), &[]);
+        let s = scan(&segment_with(5), 0);
         assert!(s.damage.is_none());
         assert_eq!(s.records.len(), 5);
         assert_eq!(s.records[0].0, SEGMENT_HEADER_BYTES as u64);
@@ -374,7 +371,7 @@ mod tests {
     fn torn_tail_has_nothing_valid_after_it() {
         let bytes = segment_with(5);
         let cut = bytes.len() - 10;
-        let s = scan(&bytes[..cut], &[]);
+        let s = scan(&bytes[..cut], 0);
         assert_eq!(s.records.len(), 4);
         let d = s.damage.unwrap();
         assert!(d.valid_after.is_none());
@@ -384,10 +381,10 @@ mod tests {
     #[test]
     fn damage_before_valid_records_is_found() {
         let mut bytes = segment_with(5);
-        let s = scan(&bytes, &[]);
+        let s = scan(&bytes, 0);
         let second = s.records[1].0 as usize;
         bytes[second + 30] ^= 1;
-        let s = scan(&bytes, &[]);
+        let s = scan(&bytes, 0);
         assert_eq!(s.records.len(), 1);
         let d = s.damage.unwrap();
         assert_eq!(d.offset, second as u64);
@@ -446,7 +443,7 @@ mod tests {
         record::encode(&Record::Entry(entry), &mut bytes, SALT).unwrap();
         bytes.truncate(start + (bytes.len() - start) / 2);
         bytes.resize(64 << 20, 0);
-        let s = scan(&bytes, &[]);
+        let s = scan(&bytes, 0);
         assert_eq!(s.records.len(), 1);
         let d = s.damage.expect("torn");
         assert_eq!(d.offset, start as u64);

@@ -902,7 +902,7 @@ fn after_a_failed_sync_the_next_open_cuts_the_log_back_to_where_it_was_durable()
         "a rollover began a segment: {on_disk:?}"
     );
     // The sealed segment is durable, through its last entry.
-    let sealed = segment::scan(&std::fs::read(&segments[segments.len() - 1]).unwrap(), &[]);
+    let sealed = segment::scan(&std::fs::read(&segments[segments.len() - 1]).unwrap(), 0);
     let sealed_last = (sealed.records.iter().rev())
         .find_map(|(_, r)| matches!(r, Record::Entry(_)).then(|| r.index()))
         .expect("entries");
@@ -1046,7 +1046,7 @@ fn a_sealed_segment_keeps_no_zeros() {
     let paths = wal.segment_paths();
     for path in &paths[..paths.len() - 1] {
         let bytes = std::fs::read(path).unwrap();
-        let scan = segment::scan(&bytes, &[]);
+        let scan = segment::scan(&bytes, 0);
         assert!(
             scan.damage.is_none() && scan.unwritten_from.is_none(),
             "{path:?}"
