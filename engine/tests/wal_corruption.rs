@@ -54,17 +54,24 @@ struct Fixture {
     entries_before_last_write: usize,
 }
 
+/// A new log in a directory of its own, written without syncs: no segment is zero-filled ahead
+/// of use, whose timing would move the segment boundaries from run to run (and a seed would not
+/// replay).
+fn unsynced_log(segment_bytes_max: u64) -> (tempfile::TempDir, PathBuf, Wal) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let written = WalOptions {
+        segment_bytes_max,
+        sync: SyncMode::UnsafeNoFsync,
+        ..opts()
+    };
+    let (wal, _) = Wal::open(&dir, written).unwrap();
+    (tmp, dir, wal)
+}
+
 impl Fixture {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("log");
-        // Written without syncs: no segment is zero-filled ahead of use, whose timing would
-        // move the segment boundaries from run to run (and a seed would not replay).
-        let written = WalOptions {
-            sync: SyncMode::UnsafeNoFsync,
-            ..opts()
-        };
-        let (mut wal, _) = Wal::open(&dir, written).unwrap();
+        let (tmp, dir, mut wal) = unsynced_log(SEGMENT_BYTES_MAX);
         let mut entries: Vec<Entry> = Vec::new();
         let write_group = |wal: &mut Wal, entries: &mut Vec<Entry>, count: u64| {
             let next = entries.len() as u64 + 1;
@@ -362,13 +369,7 @@ fn a_record_a_client_wrote_inside_a_command_never_passes_for_a_later_write_group
     // them: here group starts. When its entry is damaged in the last write (a page before them
     // lost), the search for valid records after the damage walks through the command's bytes;
     // taken for "a later write group", they made the log refuse to open.
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("log");
-    let written = WalOptions {
-        sync: SyncMode::UnsafeNoFsync,
-        ..opts()
-    };
-    let (mut wal, _) = Wal::open(&dir, written).unwrap();
+    let (_tmp, dir, mut wal) = unsynced_log(SEGMENT_BYTES_MAX);
     let forged: Vec<u8> = [25, 200, 4096]
         .into_iter()
         .flat_map(|group_bytes| record::group_start(group_bytes, 0))
@@ -459,14 +460,7 @@ fn a_log_written_before_salts_opens_whole_and_salts_its_new_segments() {
 fn a_lone_salted_segment_whose_header_rots_is_refused_not_started_afresh() {
     // No other header names the salt, so nothing after this one can be checked: removed as
     // torn at creation, it would take the node's vote and acknowledged entries with it.
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("log");
-    let written = WalOptions {
-        segment_bytes_max: 1 << 20,
-        sync: SyncMode::UnsafeNoFsync,
-        ..opts()
-    };
-    let (mut wal, _) = Wal::open(&dir, written).unwrap();
+    let (_tmp, dir, mut wal) = unsynced_log(1 << 20);
     for index in 1..=3 {
         wal.append(&Write {
             entries: vec![entry(index)],
