@@ -2,8 +2,7 @@
 //!
 //! The rules, in the order they are checked:
 //! - every salted header names the same salt, one log's, and no unsalted segment follows a
-//!   salted one (checked first, over every header: an unreadable header's segment is searched
-//!   under that salt);
+//!   salted one (a last segment whose header is unreadable is searched under that salt);
 //! - sequence numbers have no gaps, and each segment starts where the log before it ended;
 //! - a sealed segment (any but the last) is whole: it was fsynced before its successor existed,
 //!   so any damage in it is corruption;
@@ -22,8 +21,7 @@
 //! Nothing on disk is changed until every check has passed: a refusal leaves the damage in place
 //! for a human (or, later, a repair from peers) to look at.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::record::Record;
@@ -92,7 +90,8 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
     let mut state: Option<LogState<(EntryLoc, Entry)>> = None;
     let mut segments: Vec<SegmentMeta> = Vec::new();
     let mut active_len_bytes = 0;
-    let log_salt = log_salt(dir, &seqs)?;
+    // The log's salt, and the first segment that named it.
+    let mut salted: Option<(u32, u64)> = None;
     let mut torn: Option<TornCut> = None;
     let mut open_group_at = None;
     let next_index = |s: &Option<LogState<_>>| s.as_ref().map_or(1, LogState::next_index);
@@ -101,8 +100,9 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         let is_last = i + 1 == seqs.len();
         let path = segment_path(dir, seq);
         let bytes = fs::read(&path).map_err(io_error("read a segment", &path))?;
-        // An unreadable header hides its segment's salt: the log's, if a header names one. (A
-        // segment before the first salted one is refused for its header anyway: it is sealed.)
+        // An unreadable header hides its segment's salt: the log's, if a header before it named
+        // one. (Only a last segment's is searched: any other is sealed, and refused for it.)
+        let log_salt = salted.map(|(salt, _)| salt);
         let scan = segment::scan(&bytes, log_salt.unwrap_or(0));
         let corrupt = |offset: u64, index_range: IndexRange, reason: String| WalError::Corrupt {
             file: path.clone(),
@@ -153,6 +153,13 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
                     "the header names segment {} but the file is segment {seq}",
                     header.seq
                 ),
+            ));
+        }
+        if let Err(reason) = same_log(&mut salted, &header) {
+            return Err(corrupt(
+                0,
+                IndexRange::starting_at(header.first_index),
+                reason,
             ));
         }
         if let Some(log) = &state {
@@ -359,50 +366,33 @@ pub(super) fn recover(dir: &Path) -> Result<Option<Recovery>, WalError> {
         state,
         segments,
         active_len_bytes,
-        log_salt,
+        log_salt: salted.map(|(salt, _)| salt),
         torn_tail,
         open_group_at,
     }))
 }
 
-/// The salt the segments' readable headers name, if any does. Two different salts mean a segment
-/// of another log among this one's, and an unsalted segment after a salted one a segment no
-/// writer of this log made: both refused.
-fn log_salt(dir: &Path, seqs: &[u64]) -> Result<Option<u32>, WalError> {
-    let mut found: Option<(u32, u64)> = None;
-    for &seq in seqs {
-        let path = segment_path(dir, seq);
-        let mut header = Vec::with_capacity(SEGMENT_HEADER_BYTES);
-        File::open(&path)
-            .and_then(|f| f.take(SEGMENT_HEADER_BYTES as u64).read_to_end(&mut header))
-            .map_err(io_error("read a segment's header", &path))?;
-        let Ok(h) = SegmentHeader::decode(&header) else {
-            continue;
-        };
-        let refused = match found {
-            None if h.salt == 0 => continue,
-            None => {
-                found = Some((h.salt, seq));
-                continue;
-            }
-            Some((salt, _)) if salt == h.salt => continue,
-            Some((_, first)) if h.salt == 0 => format!(
-                "an unsalted segment after the salted {}: written by no writer of this log",
-                segment::segment_file_name(first)
-            ),
-            Some((_, first)) => format!(
-                "the header's salt differs from {}'s: a segment of another log",
-                segment::segment_file_name(first)
-            ),
-        };
-        return Err(WalError::Corrupt {
-            file: path,
-            offset: 0,
-            index_range: IndexRange::starting_at(h.first_index),
-            reason: refused,
-        });
+/// Whether `header` belongs to the log whose salt `salted` holds (with the first segment that
+/// named it), which it sets at the log's first salted segment. Another salt means a segment of
+/// another log among this one's, and an unsalted segment after a salted one a segment no writer
+/// of this log made.
+fn same_log(salted: &mut Option<(u32, u64)>, header: &SegmentHeader) -> Result<(), String> {
+    match *salted {
+        None if header.salt != 0 => *salted = Some((header.salt, header.seq)),
+        Some((salt, first)) if header.salt != salt => {
+            let named = segment::segment_file_name(first);
+            return Err(if header.salt == 0 {
+                format!(
+                    "an unsalted segment after the salted {named}: written by no writer of \
+                     this log"
+                )
+            } else {
+                format!("the header's salt differs from {named}'s: a segment of another log")
+            });
+        }
+        _ => {}
     }
-    Ok(found.map(|(salt, _)| salt))
+    Ok(())
 }
 
 /// What after `damage` proves it is not a torn tail: a valid record of a write group after the
